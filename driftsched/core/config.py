@@ -1,0 +1,213 @@
+"""Typed configuration of the core, loaded once at the edge (CLI, Serve application builder).
+
+Every field carries a docstring; validators state the offending value and how to fix it. Building a
+config reads no files and no environment: `load_core_config` is the only function that touches YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from driftsched.core.errors import ConfigError
+
+CATEGORIES: tuple[str, ...] = ("qa", "chat", "code", "summarize", "longform")
+
+DEFAULT_PRIORS: dict[str, float] = {
+    "qa": 64.0,
+    "chat": 256.0,
+    "code": 384.0,
+    "summarize": 192.0,
+    "longform": 768.0,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TenantConfig(_Strict):
+    """One tenant application sharing the pool."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Tenant name; used as a metric label, so keep it short."""
+    tier: int = Field(default=1, ge=0, le=9)
+    """QoS tier; 0 is the most important. `priority` and `aging` order by it."""
+    weight: float = 1.0
+    """Fair-share weight of the `weighted` policy (token-accounted)."""
+    requests_per_minute: float | None = None
+    """Request-rate quota (token bucket holding one minute of requests); None = unlimited."""
+    tokens_per_minute: float | None = None
+    """Token quota: prompt + estimated output tokens per minute; None = unlimited."""
+    max_queued: int = 1000
+    """Most requests this tenant may have waiting at once."""
+    latency_slo_s: float | None = None
+    """Optional end-to-end latency objective, reported per tenant."""
+    output_scale: float = 1.0
+    """Prior multiplier on every category's output estimate for this tenant (before any feedback)."""
+
+    @field_validator("weight", "output_scale")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"must be > 0, got {value}; use a positive number such as 1.0")
+        return value
+
+    @field_validator("requests_per_minute", "tokens_per_minute", "latency_slo_s")
+    @classmethod
+    def _positive_or_none(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
+            raise ValueError(f"must be > 0 or null (unlimited), got {value}")
+        return value
+
+    @field_validator("max_queued")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}; raise it or remove the tenant")
+        return value
+
+
+class ClassifierConfig(_Strict):
+    """Thresholds of the rule-based classifier (see `driftsched.core.classify`)."""
+
+    short_max_tokens: int = 64
+    """A request with max_tokens at or below this and no other cue is `qa`."""
+    long_prompt_tokens: int = 1500
+    """A prompt at least this long with no other cue is `summarize`."""
+    short_below: float = 128
+    """Corrected estimates below this are size class `short`."""
+    long_from: float = 512
+    """Corrected estimates at or above this are size class `long`."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClassifierConfig:
+        if not 0 < self.short_below < self.long_from:
+            raise ValueError(
+                f"need 0 < short_below < long_from, got short_below={self.short_below}, "
+                f"long_from={self.long_from}; lower short_below or raise long_from"
+            )
+        return self
+
+
+class DriftConfig(_Strict):
+    """Adaptive bias correction (formula in `driftsched.core.drift`)."""
+
+    enabled: bool = True
+    """False keeps corrected == raw (the `sjf-uncorrected` reference)."""
+    half_life_s: float = 600.0
+    """Half-life of the slow statistics that set the correction in steady state."""
+    fast_half_life_s: float = 60.0
+    """Half-life of the fast statistics that take over after an abrupt shift."""
+    prior_strength: float = 8.0
+    """Pseudo-observations pulling a node's factor toward its parent's (few-sample rule)."""
+    shift_ratio: float = 1.3
+    """Fast and slow factors differing by more than this ratio count as an abrupt shift."""
+    shift_min_samples: float = 8.0
+    """Effective fast samples needed before a shift may be declared."""
+    prompt_buckets: bool = True
+    """Learn a finer factor per prompt-length bucket (half-octaves) under each (tenant, category)."""
+    min_factor: float = 0.05
+    max_factor: float = 20.0
+    """Clamp on the correction factor, so one outlier cannot zero or explode estimates."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DriftConfig:
+        if not 0 < self.fast_half_life_s <= self.half_life_s:
+            raise ValueError(
+                f"need 0 < fast_half_life_s <= half_life_s, got {self.fast_half_life_s} and "
+                f"{self.half_life_s}; shorten fast_half_life_s"
+            )
+        if self.shift_ratio <= 1:
+            raise ValueError(f"shift_ratio must be > 1, got {self.shift_ratio}; try 1.3")
+        if not 0 < self.min_factor < 1 < self.max_factor:
+            raise ValueError(
+                f"need 0 < min_factor < 1 < max_factor, got {self.min_factor}, {self.max_factor}"
+            )
+        if self.prior_strength < 0 or self.shift_min_samples < 0:
+            raise ValueError("prior_strength and shift_min_samples must be >= 0")
+        return self
+
+
+class EstimatorConfig(_Strict):
+    """Admission-time output-token estimator (see `driftsched.core.estimator`)."""
+
+    priors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRIORS))
+    """Prior mean output tokens per category, before any feedback."""
+    default_prior: float = 256.0
+    """Prior for a category missing from `priors`."""
+    prompt_exponents: dict[str, float] = Field(default_factory=lambda: {"summarize": 0.3})
+    """Output grows as (prompt_tokens / reference_prompt_tokens) ** exponent for these categories."""
+    reference_prompt_tokens: float = 512.0
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+    @field_validator("priors")
+    @classmethod
+    def _priors_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not v > 0}
+        if bad:
+            raise ValueError(f"priors must be > 0 tokens, got {bad}; set a positive mean length")
+        return value
+
+
+class SchedulerConfig(_Strict):
+    """Policy and system-wide admission limits."""
+
+    policy: str = "sjf"
+    """A registered policy name (fifo, priority, weighted, sjf, aging) or "module:Class"."""
+    policy_options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the policy's constructor (e.g. aging's `age_step_s`)."""
+    max_queued_total: int = 10_000
+    """Requests waiting across all tenants beyond which admission answers `system_overloaded`."""
+    max_request_tokens: int = 32_768
+    """Largest prompt_tokens + max_tokens accepted (the model's context length)."""
+    overload_retry_after_s: float = 1.0
+    """Retry hint given with `system_overloaded`."""
+
+
+class CoreConfig(_Strict):
+    """Everything the scheduling core needs."""
+
+    tenants: list[TenantConfig]
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
+
+    @field_validator("tenants")
+    @classmethod
+    def _unique(cls, value: list[TenantConfig]) -> list[TenantConfig]:
+        if not value:
+            raise ValueError("at least one tenant is required; add an entry under `tenants`")
+        names = [t.name for t in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tenant names must be unique, repeated: {dupes}; rename them")
+        return value
+
+    def tenant_map(self) -> dict[str, TenantConfig]:
+        return {t.name: t for t in self.tenants}
+
+
+def parse_core_config(data: dict[str, Any]) -> CoreConfig:
+    """Validate a mapping, turning pydantic's error into a ConfigError with one line per problem."""
+    try:
+        return CoreConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']} "
+            f"(got {err.get('input')!r})"
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid DriftSched config:\n" + "\n".join(lines)) from None
+
+
+def load_core_config(path: str | Path) -> CoreConfig:
+    """Read a YAML file holding a CoreConfig mapping."""
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return parse_core_config(data)

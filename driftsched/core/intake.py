@@ -1,0 +1,68 @@
+"""Intake: validate a request, classify it and estimate it, producing a ticket for admission.
+
+In the live system this runs in the ingress (with a local copy of the drift corrections), and the
+central scheduler only sees the ticket; in the simulator the scheduler calls it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from driftsched.core.classify import Classifier
+from driftsched.core.config import CoreConfig, TenantConfig
+from driftsched.core.estimator import Estimator
+from driftsched.core.request import Admission, RejectReason, Request, Ticket
+
+
+class Intake:
+    """Turns a `Request` into a `Ticket`, or into a rejection for invalid input or unknown tenant."""
+
+    def __init__(self, config: CoreConfig, estimator: Estimator | None = None) -> None:
+        self.tenants: Mapping[str, TenantConfig] = config.tenant_map()
+        self.classifier = Classifier(config.classifier)
+        self.estimator = estimator or Estimator(config.estimator, self.tenants)
+        self.max_request_tokens = config.scheduler.max_request_tokens
+
+    def validate(self, request: Request) -> Admission | None:
+        """A rejection if the request is malformed or its tenant unknown, else None."""
+        if request.tenant not in self.tenants:
+            return Admission(None, RejectReason.UNKNOWN_TENANT, f"unknown tenant {request.tenant!r}")
+        problem = None
+        if request.prompt_tokens < 0:
+            problem = f"prompt_tokens must be >= 0, got {request.prompt_tokens}"
+        elif request.max_tokens < 1:
+            problem = f"max_tokens must be >= 1, got {request.max_tokens}"
+        elif request.prompt_tokens + request.max_tokens > self.max_request_tokens:
+            problem = (
+                f"prompt_tokens + max_tokens = {request.prompt_tokens + request.max_tokens} exceeds "
+                f"the context limit {self.max_request_tokens}; shorten the prompt or lower max_tokens"
+            )
+        elif request.priority is not None and not 0 <= request.priority <= 9:
+            problem = f"priority must be between 0 and 9, got {request.priority}"
+        return None if problem is None else Admission(None, RejectReason.INVALID, problem)
+
+    def ticket(self, request: Request, now: float) -> Ticket:
+        """Classify and estimate a valid request (call `validate` first)."""
+        tenant = self.tenants[request.tenant]
+        category = self.classifier.category(
+            request.category, request.prompt_tokens, request.max_tokens, request.prompt_text
+        )
+        est = self.estimator.estimate(
+            request.tenant, category, request.prompt_tokens, request.max_tokens, now
+        )
+        return Ticket(
+            request_id=request.request_id,
+            tenant=request.tenant,
+            tier=tenant.tier if request.priority is None else request.priority,
+            weight=tenant.weight,
+            category=category,
+            size_class=self.classifier.size_class(est.corrected),
+            prompt_tokens=request.prompt_tokens,
+            max_tokens=request.max_tokens,
+            raw_estimate=est.raw,
+            corrected_estimate=est.corrected,
+            arrival_time=request.arrival_time,
+            seq=0,
+            deadline=request.deadline,
+            bucket=est.bucket,
+        )

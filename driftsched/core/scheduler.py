@@ -1,0 +1,214 @@
+"""The scheduler core: admission, per-tenant accounting, one policy, drift feedback.
+
+Life of a request::
+
+    submit/admit ──▶ queued ──dispatch──▶ in flight ──complete──▶ done (observation fed back)
+          │            ├──cancel──▶ cancelled     └──abort──▶ done (no observation)
+          ▼            └──deadline passes──▶ expired
+       rejected (reason, retry hint)
+
+Every admitted request leaves the queue exactly once: by dispatch, cancel or expiry. The caller owns
+capacity: it calls `dispatch` whenever an engine slot frees up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+
+from driftsched.core.admission import TenantQuota
+from driftsched.core.clock import Clock
+from driftsched.core.config import CoreConfig
+from driftsched.core.errors import UnknownRequestError
+from driftsched.core.estimator import Estimate, Estimator
+from driftsched.core.intake import Intake
+from driftsched.core.request import Admission, RejectReason, Request, Ticket
+from driftsched.core.stats import SchedulerStats, TenantCounters
+from policies.base import Policy
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Per-tenant admission and queues in front of one policy (see module docstring)."""
+
+    def __init__(
+        self,
+        config: CoreConfig,
+        policy: Policy,
+        clock: Clock,
+        estimator: Estimator | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.clock = clock
+        self.intake = Intake(config, estimator)
+        self.estimator = self.intake.estimator
+        now = clock()
+        self._quotas = {name: TenantQuota(t, now) for name, t in self.intake.tenants.items()}
+        self._max_queued = {name: t.max_queued for name, t in self.intake.tenants.items()}
+        self._counters = {name: TenantCounters() for name in self.intake.tenants}
+        self._queued_per_tenant = dict.fromkeys(self.intake.tenants, 0)
+        self._queued: dict[str, Ticket] = {}
+        self._in_flight: dict[str, Ticket] = {}
+        self._deadlines: list[tuple[float, int, Ticket]] = []
+        self._seq = 0
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> Admission:
+        """Validate, classify, estimate and admit a request."""
+        rejection = self.intake.validate(request)
+        if rejection is not None:
+            self._count_rejection(request.tenant, rejection.reason)
+            return rejection
+        return self.admit(self.intake.ticket(request, self.clock()))
+
+    def admit(self, ticket: Ticket) -> Admission:
+        """Admit a ticket made by an `Intake` (possibly in another process) or reject it."""
+        now = self.clock()
+        tenant = ticket.tenant
+        quota = self._quotas.get(tenant)
+        if quota is None:
+            return self._reject(tenant, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant!r}")
+        if ticket.request_id in self._queued or ticket.request_id in self._in_flight:
+            return self._reject(tenant, RejectReason.INVALID, "duplicate request id")
+        if len(self._queued) >= self.config.scheduler.max_queued_total:
+            return self._reject(
+                tenant, RejectReason.OVERLOADED, "the system queue is full",
+                self.config.scheduler.overload_retry_after_s,
+            )
+        if self._queued_per_tenant[tenant] >= self._max_queued[tenant]:
+            return self._reject(
+                tenant, RejectReason.TENANT_QUEUE_FULL,
+                f"tenant {tenant!r} already has {self._max_queued[tenant]} requests waiting",
+                self.config.scheduler.overload_retry_after_s,
+            )
+        wait = quota.request_wait_s(now)
+        if wait > 0:
+            return self._reject(
+                tenant, RejectReason.REQUEST_QUOTA, "requests-per-minute quota exceeded", wait
+            )
+        wait = quota.token_wait_s(ticket.cost_tokens, now)
+        if wait > 0:
+            return self._reject(
+                tenant, RejectReason.TOKEN_QUOTA, "tokens-per-minute quota exceeded", wait
+            )
+        quota.charge(ticket.cost_tokens)
+        self._seq += 1
+        ticket.seq = self._seq
+        self._queued[ticket.request_id] = ticket
+        self._queued_per_tenant[tenant] += 1
+        self._counters[tenant].admitted += 1
+        if ticket.deadline is not None:
+            heapq.heappush(self._deadlines, (ticket.deadline, ticket.seq, ticket))
+        self.policy.add(ticket, now)
+        return Admission(ticket)
+
+    def _reject(
+        self, tenant: str, reason: RejectReason, detail: str, retry_after_s: float | None = None
+    ) -> Admission:
+        self._count_rejection(tenant, reason)
+        return Admission(None, reason, detail, retry_after_s)
+
+    def _count_rejection(self, tenant: str, reason: RejectReason | None) -> None:
+        counters = self._counters.get(tenant)
+        if counters is not None and reason is not None:
+            counters.rejected[reason.value] = counters.rejected.get(reason.value, 0) + 1
+
+    # -- leaving the queue -----------------------------------------------------------------------
+
+    def _unqueue(self, ticket: Ticket) -> None:
+        del self._queued[ticket.request_id]
+        self._queued_per_tenant[ticket.tenant] -= 1
+
+    def dispatch(self) -> Ticket | None:
+        """The policy's next ticket, now in flight; None if nothing (unexpired) is waiting."""
+        now = self.clock()
+        if self._deadlines and self._deadlines[0][0] <= now:
+            self.expire_due()
+        ticket = self.policy.pop(now)
+        if ticket is None:
+            return None
+        self._unqueue(ticket)
+        ticket.dispatch_time = now
+        self._in_flight[ticket.request_id] = ticket
+        self._counters[ticket.tenant].dispatched += 1
+        return ticket
+
+    def cancel(self, request_id: str) -> Ticket | None:
+        """Withdraw a queued request; None if it is not queued (already dispatched or unknown)."""
+        ticket = self._queued.get(request_id)
+        if ticket is None or not self.policy.remove(ticket):
+            return None
+        self._unqueue(ticket)
+        self._quotas[ticket.tenant].reconcile(ticket.corrected_estimate, 0.0)
+        self._counters[ticket.tenant].cancelled += 1
+        return ticket
+
+    def expire_due(self) -> list[Ticket]:
+        """Remove queued tickets whose deadline has passed; the caller answers them (e.g. 504)."""
+        now, expired = self.clock(), []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            ticket = heapq.heappop(self._deadlines)[2]
+            if self._queued.get(ticket.request_id) is ticket and self.policy.remove(ticket):
+                self._unqueue(ticket)
+                self._quotas[ticket.tenant].reconcile(ticket.corrected_estimate, 0.0)
+                self._counters[ticket.tenant].expired += 1
+                expired.append(ticket)
+        return expired
+
+    def complete(self, request_id: str, output_tokens: int, observe: bool = True) -> Ticket:
+        """An in-flight request finished with `output_tokens`; feeds drift statistics if `observe`."""
+        ticket = self._in_flight.pop(request_id, None)
+        if ticket is None:
+            raise UnknownRequestError(f"no request {request_id!r} in flight")
+        tenant = ticket.tenant
+        self._counters[tenant].completed += 1
+        self._quotas[tenant].reconcile(ticket.corrected_estimate, float(output_tokens))
+        self.policy.on_finish(ticket, output_tokens)
+        if observe:
+            estimate = Estimate(ticket.raw_estimate, ticket.corrected_estimate, ticket.bucket)
+            self.estimator.observe(tenant, ticket.category, estimate, output_tokens, self.clock())
+        return ticket
+
+    def abort(self, request_id: str) -> Ticket | None:
+        """An in-flight request ended without a usable observation (engine failure, disconnect)."""
+        ticket = self._in_flight.pop(request_id, None)
+        if ticket is not None:
+            self._quotas[ticket.tenant].reconcile(ticket.corrected_estimate, 0.0)
+        return ticket
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    @property
+    def num_queued(self) -> int:
+        return len(self._queued)
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def is_queued(self, request_id: str) -> bool:
+        return request_id in self._queued
+
+    def snapshot(self) -> SchedulerStats:
+        """Queue depths, counters and drift statistics right now."""
+        now = self.clock()
+        in_flight = dict.fromkeys(self._counters, 0)
+        for ticket in self._in_flight.values():
+            in_flight[ticket.tenant] += 1
+        tracker = self.estimator.tracker
+        return SchedulerStats(
+            time=now,
+            policy=self.policy.name,
+            queued=dict(self._queued_per_tenant),
+            in_flight=in_flight,
+            counters={
+                k: TenantCounters(c.admitted, c.dispatched, c.completed, c.cancelled, c.expired,
+                                  dict(c.rejected))
+                for k, c in self._counters.items()
+            },
+            drift=tracker.stats(now),
+            drift_total=tracker.totals(),
+        )

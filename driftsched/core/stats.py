@@ -1,0 +1,38 @@
+"""The scheduler's stats snapshot: what the metrics exporter and the simulator's results both report."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from driftsched.core.drift import DriftStat
+
+
+@dataclass(slots=True)
+class TenantCounters:
+    """Lifetime counters of one tenant."""
+
+    admitted: int = 0
+    dispatched: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class SchedulerStats:
+    """A point-in-time view of the scheduler."""
+
+    time: float
+    policy: str
+    queued: dict[str, int]
+    in_flight: dict[str, int]
+    counters: dict[str, TenantCounters]
+    drift: list[DriftStat]
+    drift_total: DriftStat
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form."""
+        return dataclasses.asdict(self)

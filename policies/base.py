@@ -1,0 +1,84 @@
+"""The policy interface and a heap-backed base for policies that order tickets by a static key.
+
+Caller contract: `now` is passed in by the caller (the scheduler's injected clock, or the simulator's
+virtual clock); a policy never reads the time itself, so simulation and production order alike.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from driftsched.core.request import Ticket
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Orders queued tickets: `add`, `pop`, `peek`, `remove`, `__len__` (+ a completion hook)."""
+
+    name: ClassVar[str]
+
+    def add(self, ticket: Ticket, now: float) -> None: ...
+
+    def pop(self, now: float) -> Ticket | None: ...
+
+    def peek(self, now: float) -> Ticket | None: ...
+
+    def remove(self, ticket: Ticket) -> bool: ...
+
+    def on_finish(self, ticket: Ticket, output_tokens: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+class HeapPolicy:
+    """A min-heap of `(key..., seq, ticket)` with lazy removal; subclasses define `key`.
+
+    Removal only forgets the ticket; its heap entry is skipped when it surfaces, and the heap is
+    rebuilt when dead entries outnumber live ones, so every operation stays O(log n) amortised.
+    """
+
+    name: ClassVar[str] = "heap"
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[Any, ...]] = []
+        self._live: dict[str, Ticket] = {}
+
+    def key(self, ticket: Ticket) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def add(self, ticket: Ticket, now: float) -> None:
+        self._live[ticket.request_id] = ticket
+        heapq.heappush(self._heap, (*self.key(ticket), ticket.seq, ticket))
+
+    def _discard_dead_top(self) -> None:
+        heap, live = self._heap, self._live
+        while heap and live.get(heap[0][-1].request_id) is not heap[0][-1]:
+            heapq.heappop(heap)
+
+    def pop(self, now: float) -> Ticket | None:
+        self._discard_dead_top()
+        if not self._heap:
+            return None
+        ticket: Ticket = heapq.heappop(self._heap)[-1]
+        del self._live[ticket.request_id]
+        return ticket
+
+    def peek(self, now: float) -> Ticket | None:
+        self._discard_dead_top()
+        return self._heap[0][-1] if self._heap else None
+
+    def remove(self, ticket: Ticket) -> bool:
+        if self._live.get(ticket.request_id) is not ticket:
+            return False
+        del self._live[ticket.request_id]
+        if len(self._heap) > 2 * len(self._live) + 64:
+            self._heap = [e for e in self._heap if self._live.get(e[-1].request_id) is e[-1]]
+            heapq.heapify(self._heap)
+        return True
+
+    def on_finish(self, ticket: Ticket, output_tokens: int) -> None:
+        """Most policies need no completion feedback."""
+
+    def __len__(self) -> int:
+        return len(self._live)
