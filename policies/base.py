@@ -32,7 +32,9 @@ class Policy(Protocol):
 
 
 class HeapPolicy:
-    """A min-heap of `(key..., seq, ticket)` with lazy removal; subclasses define `key`.
+    """A min-heap of `(key..., seq, n, ticket)` with lazy removal; subclasses define `key`.
+
+    `n` counts insertions, so even tickets sharing a `seq` never compare the tickets themselves.
 
     Removal only forgets the ticket; its heap entry is skipped when it surfaces, and the heap is
     rebuilt when dead entries outnumber live ones, so every operation stays O(log n) amortised.
@@ -43,13 +45,15 @@ class HeapPolicy:
     def __init__(self) -> None:
         self._heap: list[tuple[Any, ...]] = []
         self._live: dict[str, Ticket] = {}
+        self._count = 0
 
     def key(self, ticket: Ticket) -> tuple[float, ...]:
         raise NotImplementedError
 
     def add(self, ticket: Ticket, now: float) -> None:
         self._live[ticket.request_id] = ticket
-        heapq.heappush(self._heap, (*self.key(ticket), ticket.seq, ticket))
+        self._count += 1
+        heapq.heappush(self._heap, (*self.key(ticket), ticket.seq, self._count, ticket))
 
     def _discard_dead_top(self) -> None:
         heap, live = self._heap, self._live

@@ -47,7 +47,8 @@ class WeightedFairPolicy:
         self._live[ticket.request_id] = ticket
         self._live_per_tenant[tenant] = self._live_per_tenant.get(tenant, 0) + 1
         queue = self._queues.setdefault(tenant, [])
-        heapq.heappush(queue, (ticket.tier, ticket.arrival_time, ticket.seq, ticket))
+        self._order += 1
+        heapq.heappush(queue, (ticket.tier, ticket.arrival_time, ticket.seq, self._order, ticket))
         if tenant not in self._in_ready:
             self._mark_ready(tenant)
 

@@ -99,15 +99,17 @@ class DriftConfig(_Strict):
     enabled: bool = True
     """False keeps corrected == raw (the `sjf-uncorrected` reference)."""
     half_life_s: float = 600.0
-    """Half-life of the slow statistics that set the correction in steady state."""
-    fast_half_life_s: float = 60.0
-    """Half-life of the fast statistics that take over after an abrupt shift."""
+    """Half-life of the decayed statistics that set the correction in steady state."""
+    shift_window: int = 32
+    """Most recent observations kept per node; they take over after an abrupt shift."""
+    shift_ratio: float = 1.5
+    """Window and steady-state factors differing by more than this ratio count as a shift."""
+    shift_min_samples: int = 12
+    """Observations the window needs before a shift may be declared."""
     prior_strength: float = 8.0
     """Pseudo-observations pulling a node's factor toward its parent's (few-sample rule)."""
-    shift_ratio: float = 1.3
-    """Fast and slow factors differing by more than this ratio count as an abrupt shift."""
-    shift_min_samples: float = 8.0
-    """Effective fast samples needed before a shift may be declared."""
+    recent_half_life_s: float = 60.0
+    """Half-life of the "recent" error statistics reported beside the all-time ones."""
     prompt_buckets: bool = True
     """Learn a finer factor per prompt-length bucket (half-octaves) under each (tenant, category)."""
     min_factor: float = 0.05
@@ -116,10 +118,15 @@ class DriftConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> DriftConfig:
-        if not 0 < self.fast_half_life_s <= self.half_life_s:
+        if not (self.half_life_s > 0 and self.recent_half_life_s > 0):
             raise ValueError(
-                f"need 0 < fast_half_life_s <= half_life_s, got {self.fast_half_life_s} and "
-                f"{self.half_life_s}; shorten fast_half_life_s"
+                f"half-lives must be > 0 seconds, got half_life_s={self.half_life_s}, "
+                f"recent_half_life_s={self.recent_half_life_s}"
+            )
+        if not 1 <= self.shift_min_samples <= self.shift_window:
+            raise ValueError(
+                f"need 1 <= shift_min_samples <= shift_window, got {self.shift_min_samples} and "
+                f"{self.shift_window}; lower shift_min_samples or enlarge shift_window"
             )
         if self.shift_ratio <= 1:
             raise ValueError(f"shift_ratio must be > 1, got {self.shift_ratio}; try 1.3")
@@ -127,8 +134,8 @@ class DriftConfig(_Strict):
             raise ValueError(
                 f"need 0 < min_factor < 1 < max_factor, got {self.min_factor}, {self.max_factor}"
             )
-        if self.prior_strength < 0 or self.shift_min_samples < 0:
-            raise ValueError("prior_strength and shift_min_samples must be >= 0")
+        if self.prior_strength < 0:
+            raise ValueError(f"prior_strength must be >= 0, got {self.prior_strength}")
         return self
 
 

@@ -5,17 +5,18 @@ output tokens y, at time t. Observations feed a hierarchy of nodes, coarse to fi
 
     ()  →  (category,)  →  (tenant, category)  →  (tenant, category, prompt_bucket)
 
-Each node keeps exponentially time-decayed sums on two time scales s ∈ {slow, fast} with half-life h_s:
+Each node keeps exponentially time-decayed sums with half-life h (`half_life_s`)::
 
-    N_s = Σ w_i,   E_s = Σ w_i·e_i,   Y_s = Σ w_i·y_i,   w_i = 2^(−(t_now − t_i) / h_s)
+    N = Σ w_i,   E = Σ w_i·e_i,   Y = Σ w_i·y_i,   w_i = 2^(−(t_now − t_i) / h)
 
-and the node's observed bias is the ratio of means r_s = Y_s / E_s (multiplicative: output lengths are
-skewed and errors scale with the length, so a factor transfers across max_tokens and prompt sizes).
+and its K most recent observations by timestamp (K = `shift_window`), with window sums E_K and Y_K.
+The node's observed bias is a ratio of means, r = Y / E (multiplicative: output lengths are skewed
+and errors scale with length, so a factor transfers across max_tokens and prompt sizes).
 
-* **Abrupt shifts.** If N_fast ≥ m (`shift_min_samples`) and |ln(r_fast / r_slow)| > ln ρ
-  (`shift_ratio`), the fast scale is used, (r, N) = (r_fast, N_fast); otherwise (r_slow, N_slow).
-  The slow scale gives a low-variance factor in steady state; the fast one follows a shift within
-  about m observations instead of a slow half-life.
+* **Abrupt shifts.** If the window holds at least m observations (`shift_min_samples`) and
+  |ln(r_K / r)| > ln ρ (`shift_ratio`), the window takes over: (r, N) = (Y_K / E_K, |window|).
+  The decayed sums give a low-variance factor in steady state; the window follows a shift within
+  about K observations whatever the request rate, instead of waiting out a half-life.
 * **Few samples.** A node's factor shrinks toward its parent's with n0 (`prior_strength`)
   pseudo-observations: f = (N·r + n0·f_parent) / (N + n0), and f_parent = 1 above the root.
   A new (tenant, category) thus starts from what the category taught on other tenants, and N decays
@@ -27,12 +28,15 @@ skewed and errors scale with the length, so a factor transfers across max_tokens
 Decayed sums merge exactly: bring both to the later reference time and add. Merging the trackers of
 several replicas therefore equals feeding one tracker every observation, in any order, and a snapshot
 is just the sums (JSON-serialisable). Accuracy statistics per (tenant, category) — count, mean signed
-drift y − e, MAE and RMSE of raw and corrected estimates, and fast-decayed ("recent") MAE — are plain
-or decayed sums too, and merge the same way.
+drift y − e, MAE and RMSE of raw and corrected estimates, and the recent MAE (decayed with
+`recent_half_life_s`) — are plain or decayed sums too, and merge the same way. The window merges as
+"the K latest of both", which is also order-independent.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -44,44 +48,61 @@ NodeKey = tuple[str | int, ...]
 
 
 class _Node:
-    """Decayed sums of one node: slow (n, e, y) and fast (n, e, y) at reference time `t`."""
+    """One node: slow decayed sums (n, e, y) at reference time `t`, and the recent window.
 
-    __slots__ = ("ef", "es", "nf", "ns", "t", "yf", "ys")
+    The window holds the `size` most recent observations as sorted (t, e, y) triples; keeping the
+    latest by timestamp (not by arrival at this tracker) makes it independent of feeding order.
+    """
 
-    def __init__(self, t: float = 0.0, sums: tuple[float, ...] = (0.0,) * 6) -> None:
+    __slots__ = ("es", "ns", "size", "t", "we", "window", "wy", "ys")
+
+    def __init__(self, size: int, t: float = 0.0, sums: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                 window: list[tuple[float, float, float]] | None = None) -> None:
+        self.size = size
         self.t = t
-        self.ns, self.es, self.ys, self.nf, self.ef, self.yf = sums
+        self.ns, self.es, self.ys = sums
+        self.window: list[tuple[float, float, float]] = window or []
+        self._resum()
 
-    def add(self, t: float, e: float, y: float, ks: float, kf: float) -> None:
-        """Add one observation; `ks`/`kf` are ln2/half-life of each scale."""
+    def _resum(self) -> None:
+        self.we = sum(e for _, e, _ in self.window)
+        self.wy = sum(y for _, _, y in self.window)
+
+    def add(self, t: float, e: float, y: float, ks: float) -> None:
+        """Add one observation; `ks` is ln2 / slow half-life."""
         if t >= self.t:
-            ds, df = math.exp(-(t - self.t) * ks), math.exp(-(t - self.t) * kf)
-            self.ns, self.es, self.ys = self.ns * ds + 1.0, self.es * ds + e, self.ys * ds + y
-            self.nf, self.ef, self.yf = self.nf * df + 1.0, self.ef * df + e, self.yf * df + y
+            d = math.exp(-(t - self.t) * ks)
+            self.ns, self.es, self.ys = self.ns * d + 1.0, self.es * d + e, self.ys * d + y
             self.t = t
         else:  # late observation from another replica: decay the observation, not the sums
-            ws, wf = math.exp(-(self.t - t) * ks), math.exp(-(self.t - t) * kf)
-            self.ns += ws
-            self.es += ws * e
-            self.ys += ws * y
-            self.nf += wf
-            self.ef += wf * e
-            self.yf += wf * y
+            w = math.exp(-(self.t - t) * ks)
+            self.ns += w
+            self.es += w * e
+            self.ys += w * y
+        window, item = self.window, (t, e, y)
+        if window and item < window[-1]:
+            bisect.insort(window, item)
+        else:
+            window.append(item)
+        self.we += e
+        self.wy += y
+        if len(window) > self.size:
+            _, old_e, old_y = window.pop(0)
+            self.we -= old_e
+            self.wy -= old_y
 
-    def merge(self, other: _Node, ks: float, kf: float) -> None:
+    def merge(self, other: _Node, ks: float) -> None:
         t = max(self.t, other.t)
-        a_s, a_f = math.exp(-(t - self.t) * ks), math.exp(-(t - self.t) * kf)
-        b_s, b_f = math.exp(-(t - other.t) * ks), math.exp(-(t - other.t) * kf)
-        self.ns = self.ns * a_s + other.ns * b_s
-        self.es = self.es * a_s + other.es * b_s
-        self.ys = self.ys * a_s + other.ys * b_s
-        self.nf = self.nf * a_f + other.nf * b_f
-        self.ef = self.ef * a_f + other.ef * b_f
-        self.yf = self.yf * a_f + other.yf * b_f
+        a, b = math.exp(-(t - self.t) * ks), math.exp(-(t - other.t) * ks)
+        self.ns = self.ns * a + other.ns * b
+        self.es = self.es * a + other.es * b
+        self.ys = self.ys * a + other.ys * b
         self.t = t
+        self.window = list(heapq.merge(self.window, other.window))[-self.size:]
+        self._resum()
 
-    def sums(self) -> tuple[float, ...]:
-        return (self.ns, self.es, self.ys, self.nf, self.ef, self.yf)
+    def state(self) -> list[Any]:
+        return [self.t, self.ns, self.es, self.ys, [list(o) for o in self.window]]
 
 
 class _Errors:
@@ -167,7 +188,8 @@ class DriftTracker:
     def __init__(self, config: DriftConfig | None = None) -> None:
         self.config = config or DriftConfig()
         self._ks = _LN2 / self.config.half_life_s
-        self._kf = _LN2 / self.config.fast_half_life_s
+        self._kf = _LN2 / self.config.recent_half_life_s
+        self._window = self.config.shift_window
         self._ln_shift = math.log(self.config.shift_ratio)
         self._nodes: dict[NodeKey, _Node] = {}
         self._errors: dict[tuple[str, str], _Errors] = {}
@@ -188,8 +210,8 @@ class DriftTracker:
         for key in self._path(tenant, category, bucket):
             node = self._nodes.get(key)
             if node is None:
-                node = self._nodes[key] = _Node(now)
-            node.add(now, raw, observed, ks, kf)
+                node = self._nodes[key] = _Node(self._window, now)
+            node.add(now, float(raw), float(observed), ks)
         errors = self._errors.get((tenant, category))
         if errors is None:
             errors = self._errors[(tenant, category)] = _Errors((now,) + (0.0,) * 11)
@@ -201,9 +223,10 @@ class DriftTracker:
         for key, node in other._nodes.items():
             mine = self._nodes.get(key)
             if mine is None:
-                self._nodes[key] = _Node(node.t, node.sums())
+                self._nodes[key] = _Node(self._window, node.t, (node.ns, node.es, node.ys),
+                                         list(node.window))
             else:
-                mine.merge(node, ks, kf)
+                mine.merge(node, ks)
         for ekey, err in other._errors.items():
             have = self._errors.get(ekey)
             if have is None:
@@ -227,16 +250,16 @@ class DriftTracker:
             node = self._nodes.get(key)
             if node is None:
                 break  # a missing node has no children either: the parent's factor stands
-            ns, nf = node.ns, node.nf
+            n = node.ns
             if now is not None and now > node.t:
-                ns *= math.exp(-(now - node.t) * self._ks)
-                nf *= math.exp(-(now - node.t) * self._kf)
+                n *= math.exp(-(now - node.t) * self._ks)
             r_slow = node.ys / node.es if node.es > 0 else f
-            r, n = r_slow, ns
-            if nf >= cfg.shift_min_samples and node.ef > 0 and r_slow > 0:
-                r_fast = node.yf / node.ef
-                if r_fast > 0 and abs(math.log(r_fast / r_slow)) > self._ln_shift:
-                    r, n = r_fast, nf
+            r = r_slow
+            recent = len(node.window)
+            if recent >= cfg.shift_min_samples and node.we > 0 and r_slow > 0:
+                r_recent = node.wy / node.we
+                if r_recent > 0 and abs(math.log(r_recent / r_slow)) > self._ln_shift:
+                    r, n = r_recent, float(recent)
             f = (n * r + n0 * f) / (n + n0) if n + n0 > 0 else f
         return min(cfg.max_factor, max(cfg.min_factor, f))
 
@@ -283,19 +306,22 @@ class DriftTracker:
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state; `restore` rebuilds an equal tracker."""
         return {
-            "version": 1,
-            "nodes": [[list(k), n.t, *n.sums()] for k, n in self._nodes.items()],
+            "version": 2,
+            "nodes": [[list(k), *n.state()] for k, n in self._nodes.items()],
             "errors": [[t, c, *e.values()] for (t, c), e in self._errors.items()],
         }
 
     @classmethod
     def restore(cls, data: dict[str, Any], config: DriftConfig | None = None) -> DriftTracker:
         """Rebuild a tracker from `snapshot()` output."""
-        if data.get("version") != 1:
+        if data.get("version") != 2:
             raise ValueError(f"unsupported drift snapshot version {data.get('version')!r}")
         tracker = cls(config)
-        for key, t, *sums in data["nodes"]:
-            tracker._nodes[tuple(key)] = _Node(float(t), tuple(float(s) for s in sums))
+        for key, t, ns, es, ys, window in data["nodes"]:
+            tracker._nodes[tuple(key)] = _Node(
+                tracker._window, float(t), (float(ns), float(es), float(ys)),
+                [(float(a), float(b), float(c)) for a, b, c in window],
+            )
         for tenant, category, *values in data["errors"]:
             tracker._errors[(str(tenant), str(category))] = _Errors(tuple(float(v) for v in values))
         return tracker
