@@ -1,0 +1,1 @@
+"""Simulation support: L4 performance model, engine state, synthetic workloads and trace replay."""

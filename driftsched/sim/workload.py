@@ -1,0 +1,252 @@
+"""The ``paper`` synthetic multi-tenant workload, and the arrival-rate helper shared with trace replay.
+
+Four API applications share one pool of L4 replicas (tier 0 is the highest QoS tier):
+
+================  ====  ======  =====  =====================================================================
+tenant            tier  weight  share  story
+================  ====  ======  =====  =====================================================================
+support-bot       0     4       35%    customer-support assistant in a SaaS product; short answers, chats
+code-assist       1     3       25%    IDE coding assistant; code edits with explanations
+docs-pipeline     2     2       20%    back-office document pipeline; summaries of long tickets, submitted
+                                       in bursts by a batch job (mean burst of 8 requests, 50 ms apart)
+content-studio    3     1       20%    marketing content generator; long articles and reports
+================  ====  ======  =====  =====================================================================
+
+True output lengths are lognormal per category (median, sigma), scaled per (tenant, category) by the
+tenant's prompt style, then clipped to ``[1, max_tokens]``. Their means differ from the estimator's
+admission-time priors (qa 64, chat 256, code 384, summarize 192, longform 768) the way deployed models do:
+Q&A answers are terser (mean ~50), code answers carry explanations (~1.6x the prior), long-form runs into
+the cap. Two mid-run template changes (runtime drift) act from the middle of the run on: code-assist starts
+asking for unit tests with every edit (code outputs x2) and support-bot adds "be concise" to its chat
+system prompt (chat outputs x0.6).
+
+Arrivals: Poisson per tenant (docs-pipeline: Poisson bursts), generated at unit total rate and then stretched
+so that the offered work is ``load`` times the estimated capacity of ``replicas`` replicas
+(``scale_to_load``). With ``load > 1`` queues build up for the whole run: sustained contention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from driftsched.sim.perf_model import PerfModel
+
+CATEGORIES = ("qa", "chat", "code", "summarize", "longform")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadItem:
+    """One request to replay: arrival, who sent it, sizes known at admission, and the true output length."""
+
+    arrival_s: float
+    tenant: str
+    category: str
+    prompt_tokens: int
+    max_tokens: int
+    output_tokens: int  # TRUE length: only the simulated engine may read it
+    priority: int | None = None
+    prompt_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSpec:
+    """A tenant application: QoS tier (0 = highest), fair-share weight, optional rate limits."""
+
+    name: str
+    tier: int
+    weight: float
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Requests sorted by arrival, with the tenants that send them."""
+
+    name: str
+    items: list[WorkloadItem]
+    tenants: tuple[TenantSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    """How one tenant sends traffic: share, category mix, per-category max_tokens and length scale."""
+
+    spec: TenantSpec
+    share: float
+    mix: dict[str, float]
+    max_tokens: dict[str, int]
+    length_scale: dict[str, float]
+    burst_size: float = 1.0  # mean requests per arrival event (geometric)
+
+
+# (median, sigma) of lognormal token counts; prompt lengths are clipped to [8, 8000].
+OUTPUT_LENGTH = {
+    "qa": (36, 0.8),
+    "chat": (190, 0.7),
+    "code": (520, 0.6),
+    "summarize": (160, 0.5),
+    "longform": (900, 0.45),
+}
+PROMPT_LENGTH = {
+    "qa": (180, 0.6),  # question + short system prompt
+    "chat": (600, 0.7),  # system prompt + conversation history
+    "code": (900, 0.6),  # file context + instruction
+    "summarize": (2000, 0.5),  # a document
+    "longform": (250, 0.5),  # a brief and an outline
+}
+SHIFT_AT = 0.5  # fraction of the run (by arrival order) from which the template changes act
+SHIFTS = {("code-assist", "code"): 2.0, ("support-bot", "chat"): 0.6}
+BURST_GAP_S = 0.05  # spacing inside a burst, in seconds at the final rate (not rescaled)
+
+PROFILES = (
+    _Profile(
+        TenantSpec("support-bot", tier=0, weight=4.0),
+        0.35,
+        {"qa": 0.6, "chat": 0.35, "summarize": 0.05},
+        {"qa": 512, "chat": 512, "summarize": 512},
+        {"qa": 0.8},
+    ),
+    _Profile(
+        TenantSpec("code-assist", tier=1, weight=3.0),
+        0.25,
+        {"code": 0.7, "qa": 0.2, "chat": 0.1},
+        {"code": 2048, "qa": 512, "chat": 1024},
+        {},
+    ),
+    _Profile(
+        TenantSpec("docs-pipeline", tier=2, weight=2.0, requests_per_minute=600.0),
+        0.20,
+        {"summarize": 0.8, "qa": 0.2},
+        {"summarize": 400, "qa": 256},
+        {"summarize": 0.7},  # bullet-point template
+        burst_size=8.0,
+    ),
+    _Profile(
+        TenantSpec("content-studio", tier=3, weight=1.0),
+        0.20,
+        {"longform": 0.7, "chat": 0.2, "summarize": 0.1},
+        {"longform": 1536, "chat": 1024, "summarize": 1024},
+        {"longform": 1.2},
+    ),
+)
+
+_TEXT = {
+    "qa": ("What is the refund window for annual plans?", "Which port does the API use?"),
+    "chat": ("Hi! I need help setting up my account, can we go through it?", "Thanks, and then?"),
+    "code": ("```python\ndef parse(rows):\n    ...\n```\nFix the bug in this function.",),
+    "summarize": ("Summarize the following ticket thread in a few bullet points:\n...",),
+    "longform": ("Write a report on our Q3 product launch, with sections and a conclusion.",),
+}
+
+
+def capacity_rps(perf: PerfModel, items: Sequence[WorkloadItem]) -> float:
+    """Requests/s one replica sustains on this mix when kept full (see ``saturated_throughput_rps``)."""
+    n = len(items)
+    prompt = sum(it.prompt_tokens for it in items) / n
+    output = sum(it.output_tokens for it in items) / n
+    # Time-averaged KV of a resident sequence: weight each request by its residence (output steps).
+    weighted = sum(it.output_tokens * (it.prompt_tokens + it.output_tokens / 2) for it in items)
+    return perf.saturated_throughput_rps(prompt, output, weighted / (output * n))
+
+
+def scale_to_load(
+    items: Sequence[WorkloadItem], perf: PerfModel, replicas: int, load: float
+) -> list[WorkloadItem]:
+    """Stretch the time axis so the mean arrival rate is ``load`` x the capacity of ``replicas``."""
+    if len(items) < 2 or load <= 0 or replicas < 1:
+        raise ValueError(f"need >= 2 items, load > 0 and replicas >= 1 (got load={load})")
+    start, span = items[0].arrival_s, items[-1].arrival_s - items[0].arrival_s
+    target = load * replicas * capacity_rps(perf, items)
+    factor = (len(items) - 1) / target / span if span > 0 else 0.0
+    return [replace(it, arrival_s=(it.arrival_s - start) * factor) for it in items]
+
+
+def _lognormal(rng: np.random.Generator, median: float, sigma: float, n: int) -> np.ndarray:
+    return np.asarray(np.exp(rng.normal(math.log(median), sigma, n)))
+
+
+def paper_workload(
+    num_requests: int,
+    seed: int = 0,
+    replicas: int = 4,
+    load: float = 1.2,
+    perf: PerfModel | None = None,
+    with_text: bool = True,
+) -> Workload:
+    """Generate the ``paper`` workload: ``num_requests`` requests offering ``load`` x capacity."""
+    rng = np.random.default_rng(seed)
+    horizon = num_requests * 1.2 + 50.0  # unit total rate: enough arrivals to cut at num_requests
+    arrivals: list[tuple[float, int]] = []
+    for index, prof in enumerate(PROFILES):
+        events = rng.poisson(prof.share * horizon / prof.burst_size)
+        starts = np.sort(rng.uniform(0.0, horizon, events))
+        sizes = rng.geometric(1.0 / prof.burst_size, events)
+        for start, size in zip(starts.tolist(), sizes.tolist(), strict=True):
+            arrivals.extend((start, index) for _ in range(size))
+    arrivals.sort()
+    arrivals = arrivals[:num_requests]
+    n = len(arrivals)
+    tenant_of = np.array([index for _, index in arrivals], dtype=np.int64)
+    cat_of = np.zeros(n, dtype=np.int64)
+    out_median = np.zeros(n)
+    cap = np.zeros(n, dtype=np.int64)
+    shifted = np.arange(n) >= SHIFT_AT * n
+    for index, prof in enumerate(PROFILES):
+        mask = tenant_of == index
+        cats = [CATEGORIES.index(c) for c in prof.mix]
+        cat_of[mask] = rng.choice(cats, size=int(mask.sum()), p=list(prof.mix.values()))
+        for cat in prof.mix:
+            sel = mask & (cat_of == CATEGORIES.index(cat))
+            out_median[sel] = OUTPUT_LENGTH[cat][0] * prof.length_scale.get(cat, 1.0)
+            out_median[sel & shifted] *= SHIFTS.get((prof.spec.name, cat), 1.0)
+            cap[sel] = prof.max_tokens[cat]
+    out_sigma = np.array([OUTPUT_LENGTH[c][1] for c in CATEGORIES])[cat_of]
+    outputs = np.clip(np.rint(out_median * np.exp(out_sigma * rng.standard_normal(n))), 1, cap)
+    p_median = np.array([PROMPT_LENGTH[c][0] for c in CATEGORIES])[cat_of]
+    p_sigma = np.array([PROMPT_LENGTH[c][1] for c in CATEGORIES])[cat_of]
+    prompts = np.clip(np.rint(p_median * np.exp(p_sigma * rng.standard_normal(n))), 8, 8000)
+    pick = rng.integers(0, 1 << 30, n)
+    items = [
+        WorkloadItem(
+            t,
+            PROFILES[ti].spec.name,
+            CATEGORIES[ci],
+            int(pt),
+            int(mt),
+            int(ot),
+            None,
+            _TEXT[CATEGORIES[ci]][pk % len(_TEXT[CATEGORIES[ci]])] if with_text else None,
+        )
+        for (t, _), ti, ci, pt, mt, ot, pk in zip(
+            arrivals,
+            tenant_of.tolist(),
+            cat_of.tolist(),
+            prompts.tolist(),
+            cap.tolist(),
+            outputs.tolist(),
+            pick.tolist(),
+            strict=True,
+        )
+    ]
+    perf = perf or PerfModel()
+    items = scale_to_load(items, perf, replicas, load)
+    items = _tighten_bursts(items)
+    return Workload("paper", items, tuple(p.spec for p in PROFILES))
+
+
+def _tighten_bursts(items: list[WorkloadItem]) -> list[WorkloadItem]:
+    """Spread requests that share an arrival instant (a burst) BURST_GAP_S apart, keeping order."""
+    out: list[WorkloadItem] = []
+    last: dict[str, tuple[float, float]] = {}  # tenant -> (burst start, last assigned time)
+    for it in items:
+        start, assigned = last.get(it.tenant, (-1.0, -1.0))
+        t = assigned + BURST_GAP_S if it.arrival_s == start else it.arrival_s
+        last[it.tenant] = (it.arrival_s, t)
+        out.append(replace(it, arrival_s=t) if t != it.arrival_s else it)
+    out.sort(key=lambda it: it.arrival_s)
+    return out
