@@ -122,6 +122,13 @@ class Scheduler:
         del self._queued[ticket.request_id]
         self._queued_per_tenant[ticket.tenant] -= 1
 
+    def peek(self) -> Ticket | None:
+        """The ticket `dispatch` would return now, left in the queue (for capacity checks)."""
+        now = self.clock()
+        if self._deadlines and self._deadlines[0][0] <= now:
+            self.expire_due()
+        return self.policy.peek(now)
+
     def dispatch(self) -> Ticket | None:
         """The policy's next ticket, now in flight; None if nothing (unexpired) is waiting."""
         now = self.clock()
