@@ -23,6 +23,7 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -195,7 +196,7 @@ class Simulation:
         duration, events = engine.step(max(0.0, min(self._next_arrival - self.clock.now, 3600.0)))
         end = self.clock.now + duration
         for seq in events.first_token:
-            self.first_token[int(seq.request_id)] = end
+            self.first_token[cast(int, seq.request_id)] = end
         self._pending[r] = events.finished
         self.busy[r] = True
         heapq.heappush(self._events, (end, r))
@@ -204,7 +205,7 @@ class Simulation:
         now = self.clock.now
         scheduler = self.scheduler
         for seq in self._pending[r]:
-            i = int(seq.request_id)
+            i = cast(int, seq.request_id)
             self.finish[i] = now
             scheduler.complete(str(i), seq.output_tokens, observe=not self.oracle)
         self._pending[r] = []

@@ -1,0 +1,1 @@
+"""Ray Serve shells around the scheduling core: engines, LLM replicas, scheduler and drift actors."""

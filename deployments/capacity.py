@@ -1,0 +1,90 @@
+"""The scheduler actor's ledger of replica capacity: who reported what, and which grants are outstanding.
+
+Replicas *pull*: each one reports its capacity (slots, KV room, the request ids it is running) every
+heartbeat. The ledger counts a slot as used from the moment the scheduler grants it until the ingress
+releases it, and also counts anything the replica says it is running that the ledger did not grant
+(requests granted by a scheduler instance that has since restarted). So a grant goes only to a replica
+whose reported slots exceed what is granted or running there.
+
+A replica silent for `replica_timeout_s` is dropped with its grants. A grant that its replica has never
+reported running for `grant_grace_s` is presumed lost (its ingress died) and released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from deployments.engine import Capacity
+
+
+@dataclass(slots=True)
+class ReplicaState:
+    """One replica as last reported, with the grants outstanding on it."""
+
+    replica_id: str
+    capacity: Capacity
+    reported_at: float
+    granted: dict[str, float] = field(default_factory=dict)  # request id -> grant time
+
+    def in_use(self) -> int:
+        return len(self.granted.keys() | set(self.capacity.active))
+
+    def free(self) -> int:
+        return max(0, self.capacity.max_slots - self.in_use())
+
+
+class CapacityLedger:
+    """Free slots per replica, from heartbeats and grants (see module docstring)."""
+
+    def __init__(self, replica_timeout_s: float = 5.0, grant_grace_s: float = 30.0) -> None:
+        self.replica_timeout_s = replica_timeout_s
+        self.grant_grace_s = grant_grace_s
+        self._replicas: dict[str, ReplicaState] = {}
+
+    def report(self, replica_id: str, capacity: Capacity, now: float) -> list[str]:
+        """A replica's heartbeat: register it or refresh what it runs; returns grants presumed lost."""
+        state = self._replicas.get(replica_id)
+        if state is None:
+            self._replicas[replica_id] = ReplicaState(replica_id, capacity, now)
+            return []
+        state.capacity, state.reported_at = capacity, now
+        active = set(capacity.active)
+        lost = [rid for rid, granted_at in state.granted.items()
+                if rid not in active and now - granted_at > self.grant_grace_s]
+        for rid in lost:
+            del state.granted[rid]
+        return lost
+
+    def take(self, request_id: str, now: float) -> str | None:
+        """Grant one slot on the replica with the most free slots; None when all are full."""
+        best = max(self._replicas.values(), key=lambda r: (r.free(), r.replica_id), default=None)
+        if best is None or best.free() <= 0:
+            return None
+        best.granted[request_id] = now
+        return best.replica_id
+
+    def release(self, replica_id: str, request_id: str) -> bool:
+        """Return a granted slot; False if the ledger did not hold it."""
+        state = self._replicas.get(replica_id)
+        return state is not None and state.granted.pop(request_id, None) is not None
+
+    def expire(self, now: float) -> list[tuple[str, list[str]]]:
+        """Drop silent replicas; returns (replica id, its outstanding grants) for each one dropped."""
+        dead = [r for r in self._replicas.values() if now - r.reported_at > self.replica_timeout_s]
+        for state in dead:
+            del self._replicas[state.replica_id]
+        return [(state.replica_id, list(state.granted)) for state in dead]
+
+    def has_free(self) -> bool:
+        return any(r.free() > 0 for r in self._replicas.values())
+
+    def replicas(self) -> Iterable[ReplicaState]:
+        return self._replicas.values()
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per replica: slots, in use, free (for metrics)."""
+        return {
+            r.replica_id: {"slots": r.capacity.max_slots, "in_use": r.in_use(), "free": r.free()}
+            for r in self._replicas.values()
+        }

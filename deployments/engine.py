@@ -1,0 +1,97 @@
+"""The engine interface an LLM replica drives, and the values that cross it.
+
+An engine turns one granted request into a stream of token deltas. Two implementations are planned:
+the simulated L4 engine (`deployments.sim_engine`) and the vLLM async engine (a later issue). Both
+satisfy `Engine`; the replica deployment never knows which one it holds.
+
+Prompt token counting differs by engine: the simulated engine uses `approx_token_count`, a documented
+approximation (about four characters per token, and never fewer tokens than whitespace-separated
+words), while the vLLM engine will count with the model's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+CHARS_PER_TOKEN = 4.0
+
+
+def approx_token_count(text: str) -> int:
+    """Tokens in `text` for the simulated engine: ceil(chars / 4), but never fewer than the words.
+
+    English BPE vocabularies average roughly four characters per token; counting words as a floor keeps
+    short, space-heavy prompts from being undercounted. Empty text is 0 tokens.
+    """
+    if not text:
+        return 0
+    return max(len(text.split()), math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """What a replica receives for one granted request (the prompt travels here, never via the queue)."""
+
+    request_id: str
+    prompt: str
+    prompt_tokens: int
+    max_tokens: int
+    category: str
+    temperature: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    target_tokens: int | None = None
+    """Benchmark-only output length for the simulated engine; None unless benchmark mode is on."""
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    """Token counts of one finished request, as OpenAI reports them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True, frozen=True)
+class TokenDelta:
+    """New text of one request; the last delta carries `finish_reason` ("stop" or "length") and usage."""
+
+    text: str
+    num_tokens: int
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Capacity:
+    """What an engine can take right now: sequence slots and KV room, plus what it is running."""
+
+    max_slots: int
+    free_slots: int
+    free_kv_tokens: int
+    active: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference engine as the replica deployment uses it."""
+
+    async def start(self) -> None:
+        """Start background work (model load, step loop)."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        """Token deltas of one request; the final delta has a finish reason and usage."""
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request (client gone); a no-op for unknown ids."""
+
+    def capacity(self) -> Capacity:
+        """Current capacity, reported to the scheduler."""
+
+    async def stop(self) -> None:
+        """Release resources; pending generations end."""

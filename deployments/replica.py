@@ -1,0 +1,131 @@
+"""The LLM replica deployment: one engine per GPU, pulling work by reporting its free capacity.
+
+A replica reports `Engine.capacity()` to the scheduler actor every heartbeat (registering itself, and
+re-registering after the actor restarts), serves granted requests as a token stream, and feeds each
+finished request's observed length into a local `DriftTracker` batch that it merges into the shared
+drift actor about once a second (one actor call per batch, not per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+
+from deployments.actors import drift_actor, scheduler_actor
+from deployments.engine import GenerationRequest, TokenDelta
+from deployments.replica_config import ReplicaConfig, build_engine
+from driftsched.core.config import DriftConfig
+from driftsched.core.drift import DriftTracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, frozen=True)
+class ActorNames:
+    """Where a component finds the application's actors, and what it needs to create them.
+
+    Names are ``<app>.<role>.<fingerprint>``; the app name is only known inside a replica.
+    """
+
+    fingerprint: str
+    core_config: dict[str, Any]
+    drift_snapshot_path: str | None
+    replica_timeout_s: float
+
+    def name(self, role: str) -> str:
+        return f"{serve.get_replica_context().app_name}.{role}.{self.fingerprint}"
+
+    def scheduler(self) -> Any:
+        return scheduler_actor(self.name("scheduler"), self.core_config, self.replica_timeout_s)
+
+    def drift(self) -> Any:
+        drift_cfg = self.core_config.get("estimator", {}).get("drift", {})
+        return drift_actor(self.name("drift"), drift_cfg, self.drift_snapshot_path)
+
+
+@dataclass(slots=True, frozen=True)
+class EstimateKey:
+    """The ticket fields a replica needs to record a drift observation."""
+
+    tenant: str
+    category: str
+    bucket: int
+    raw: float
+    corrected: float
+
+
+@serve.deployment(name="LLMReplica")
+class LLMReplica:
+    """Serve deployment wrapping one `Engine` (see module docstring)."""
+
+    async def __init__(self, config: dict[str, Any], actors: ActorNames) -> None:
+        self._config = ReplicaConfig.model_validate(config)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._engine = build_engine(self._config)
+        await self._engine.start()
+        drift_cfg = actors.core_config.get("estimator", {}).get("drift", {})
+        self._drift_config = DriftConfig.model_validate(drift_cfg)
+        self._scheduler = actors.scheduler()
+        self._drift = actors.drift()
+        self._batch = DriftTracker(self._drift_config)
+        self._batch_size = 0
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._push_drift())]
+        logger.info("replica %s up: %s, %d slots", self._replica_id, self._config.model,
+                    self._config.max_num_seqs)
+
+    async def generate(
+        self, request: GenerationRequest, estimate: EstimateKey, target_replica: str | None = None
+    ) -> AsyncIterator[TokenDelta]:
+        """Stream one granted request's tokens; records the observed length when it finishes."""
+        async for delta in self._engine.generate(request):
+            if delta.usage is not None:
+                self._batch.observe(
+                    estimate.tenant, estimate.category, estimate.bucket, estimate.raw,
+                    estimate.corrected, float(delta.usage.completion_tokens), time.time(),
+                )
+                self._batch_size += 1
+            yield delta
+
+    async def capacity(self) -> dict[str, Any]:
+        cap = self._engine.capacity()
+        return {"replica_id": self._replica_id, "max_slots": cap.max_slots,
+                "free_slots": cap.free_slots, "active": len(cap.active)}
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(
+                    self._scheduler.report.remote(self._replica_id, self._engine.capacity()),
+                    timeout=5.0,
+                )
+            except (RayActorError, TimeoutError) as exc:
+                logger.warning("capacity report failed (%s); retrying", type(exc).__name__)
+            except Exception:
+                logger.exception("capacity report failed; retrying")
+            await asyncio.sleep(self._config.heartbeat_s)
+
+    async def _push_drift(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.drift_push_s)
+            if self._batch_size == 0:
+                continue
+            batch, self._batch, self._batch_size = self._batch, DriftTracker(self._drift_config), 0
+            try:
+                await asyncio.wait_for(self._drift.merge.remote(batch.snapshot()), timeout=10.0)
+            except Exception as exc:  # keep the batch: merging is exact, so send it next time
+                logger.warning("drift push failed (%s); keeping the batch", type(exc).__name__)
+                batch.merge(self._batch)
+                self._batch, self._batch_size = batch, self._batch_size + 1
+
+    async def __del__(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self._engine.stop()

@@ -1,0 +1,80 @@
+"""Typed configuration of the LLM replicas and the engine factory that reads it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deployments.engine import Engine
+from driftsched.core.config import DEFAULT_PRIORS
+from driftsched.sim import perf_model
+
+MODELS = {
+    "llama-3.1-8b-bf16": perf_model.LLAMA_3_1_8B_BF16,
+    "llama-3.1-8b-fp8": perf_model.LLAMA_3_1_8B_FP8,
+    "qwen3-1.7b-bf16": perf_model.QWEN3_1_7B_BF16,
+    "qwen3-0.6b-bf16": perf_model.QWEN3_0_6B_BF16,
+    "mistral-7b-awq": perf_model.MISTRAL_7B_AWQ,
+}
+
+# The simulated "true" output lengths deliberately differ from the estimator's priors for some
+# categories, so a fresh deployment shows drift that the correction then learns.
+DEFAULT_OUTPUT_MEANS: dict[str, float] = {**DEFAULT_PRIORS, "chat": 320.0, "code": 520.0, "qa": 48.0}
+
+
+class ReplicaConfig(BaseModel):
+    """LLM replicas: how many, which engine, and the simulated engine's knobs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: Literal["sim"] = "sim"
+    """Engine backend; "sim" (simulated L4) for now, "vllm" in a later release."""
+    num_replicas: int = Field(default=2, ge=1, le=64)
+    """Replicas, one per GPU."""
+    model: str = "llama-3.1-8b-fp8"
+    """Model served; for the simulated engine, one of the performance model's shapes."""
+    served_model_name: str = "driftsched-sim"
+    """Name reported by /v1/models and accepted in the `model` field."""
+    max_num_seqs: int = Field(default=32, ge=1, le=1024)
+    """Engine slots: sequences running at once on one replica (vLLM's max_num_seqs)."""
+    max_num_batched_tokens: int = Field(default=2048, ge=16)
+    """Token budget of one engine step (chunked prefill)."""
+    time_scale: float = Field(default=1.0, gt=0, le=100)
+    """Real seconds per modelled second: 1.0 is an L4 in real time, 0.02 is 50x faster."""
+    output_means: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_OUTPUT_MEANS))
+    """Mean true output tokens per category for the simulated engine."""
+    output_sigma: float = Field(default=0.6, ge=0, le=3)
+    """Log-normal sigma of simulated output lengths."""
+    seed: int = 0
+    """Seed of the simulated output-length RNG."""
+    heartbeat_s: float = Field(default=0.5, gt=0, le=10)
+    """How often a replica reports its capacity to the scheduler."""
+    drift_push_s: float = Field(default=1.0, gt=0, le=60)
+    """How often a replica sends its batch of drift observations to the drift actor."""
+    num_cpus: float = Field(default=0.1, ge=0)
+    """CPUs reserved per replica actor (an L4 replica needs little CPU; vLLM will want more)."""
+    accelerator_type: str | None = None
+    """Ray accelerator type to pin replicas to (e.g. "L4"); none for the simulated engine."""
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r}; choose one of {sorted(MODELS)}")
+        return value
+
+
+def build_engine(config: ReplicaConfig) -> Engine:
+    """The engine a replica runs, from its configuration."""
+    from deployments.sim_engine import SimulatedEngine
+
+    perf = perf_model.PerfModel(
+        MODELS[config.model],
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+    )
+    return SimulatedEngine(
+        perf, time_scale=config.time_scale, output_means=dict(config.output_means),
+        output_sigma=config.output_sigma, seed=config.seed,
+    )

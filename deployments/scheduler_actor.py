@@ -1,0 +1,202 @@
+"""The central scheduler actor: the core `Scheduler` plus a capacity ledger, behind two hot-path calls.
+
+Hot path, per request (both from the ingress):
+
+1. ``acquire(ticket, queue_timeout_s)`` admits the ticket (quotas, queue caps) and parks until the
+   policy picks it for a replica slot, returning a grant naming the replica; or returns a rejection,
+   or "expired" when the ticket's queue deadline passes first.
+2. ``release(request_id, replica_id, output_tokens, timings)`` frees the slot, settles the tenant's
+   token quota, and records the ingress's timings for /metrics.
+
+Replicas call ``report`` each heartbeat (that is also how they register, and re-register after this
+actor restarts). ``cancel`` withdraws a request wherever it is (client disconnect). The actor holds no
+scheduling logic: ordering is the core's policy, slot accounting is `CapacityLedger`.
+
+Restart: the actor is a named Ray actor restarted by Ray (max_restarts=-1). A restarted instance starts
+empty; in-flight ``acquire`` calls fail on the caller's side and are retried there within their deadline;
+replicas re-register within one heartbeat, and their running requests are counted from the reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployments.capacity import CapacityLedger
+from deployments.engine import Capacity
+from deployments.telemetry import RequestBook, RequestTimings
+from driftsched.core.clock import monotonic_clock
+from driftsched.core.config import parse_core_config
+from driftsched.core.errors import UnknownRequestError
+from driftsched.core.request import Ticket
+from driftsched.core.scheduler import Scheduler
+from driftsched.core.stats import SchedulerStats
+from policies import make_policy
+
+logger = logging.getLogger(__name__)
+
+_MAINTENANCE_S = 0.2
+
+
+@dataclass(slots=True, frozen=True)
+class AcquireResult:
+    """Outcome of ``acquire``: status is granted, rejected, expired or cancelled."""
+
+    status: str
+    replica_id: str | None = None
+    reason: str | None = None
+    detail: str = ""
+    retry_after_s: float | None = None
+    queue_wait_s: float = 0.0
+
+
+@dataclass(slots=True)
+class SchedulerView:
+    """Everything /metrics needs from the scheduler, in one call."""
+
+    stats: SchedulerStats
+    replicas: dict[str, dict[str, int]]
+    histograms: dict[tuple[str, str], Any]
+    tokens: dict[str, int]
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class SchedulerActor:
+    """Thin adapter: core scheduler + capacity ledger + parked waiters (see module docstring)."""
+
+    def __init__(self, core_config: dict[str, Any], replica_timeout_s: float = 5.0) -> None:
+        config = parse_core_config(core_config)
+        policy = make_policy(config.scheduler.policy, **config.scheduler.policy_options)
+        self._clock = monotonic_clock
+        self._core = Scheduler(config, policy, self._clock)
+        self._ledger = CapacityLedger(replica_timeout_s=replica_timeout_s)
+        self._book = RequestBook()
+        self._waiters: dict[str, asyncio.Future[str | None]] = {}
+        self._granted: dict[str, str] = {}
+        self._maintenance: asyncio.Task[None] | None = None
+        logger.info("scheduler actor started with policy %s", policy.name)
+
+    async def acquire(self, ticket: Ticket, queue_timeout_s: float) -> AcquireResult:
+        self._ensure_maintenance()
+        now = self._clock()
+        ticket.arrival_time, ticket.deadline = now, now + queue_timeout_s  # this actor's clock
+        admission = self._core.admit(ticket)
+        if not admission.admitted:
+            reason = admission.reason.value if admission.reason is not None else None
+            return AcquireResult("rejected", None, reason, admission.detail, admission.retry_after_s)
+        rid = ticket.request_id
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = future
+        self._pump()
+        try:
+            replica = await asyncio.wait_for(asyncio.shield(future), queue_timeout_s + 0.01)
+        except TimeoutError:
+            self._core.expire_due()
+            if not future.done():  # not due by the core's clock yet: withdraw it anyway
+                self._core.cancel(rid)
+                future.set_result(None)
+            replica = future.result()
+        except asyncio.CancelledError:
+            self._withdraw(rid)
+            raise
+        finally:
+            self._waiters.pop(rid, None)
+        if replica is None:
+            return AcquireResult("expired", detail="queue deadline passed")
+        if replica == "":
+            return AcquireResult("cancelled")
+        return AcquireResult("granted", replica, queue_wait_s=self._clock() - now)
+
+    async def release(
+        self, request_id: str, replica_id: str, output_tokens: int | None,
+        timings: RequestTimings | None = None,
+    ) -> None:
+        self._granted.pop(request_id, None)
+        self._ledger.release(replica_id, request_id)
+        if output_tokens is None:
+            self._core.abort(request_id)
+        else:
+            # drift is observed by the replicas; an unknown id was granted by an earlier instance
+            with contextlib.suppress(UnknownRequestError):
+                self._core.complete(request_id, output_tokens, observe=False)
+        if timings is not None:
+            self._book.record(timings)
+        self._pump()
+
+    async def cancel(self, request_id: str) -> None:
+        self._withdraw(request_id)
+        self._pump()
+
+    async def report(self, replica_id: str, capacity: Capacity) -> None:
+        self._ensure_maintenance()
+        for rid in self._ledger.report(replica_id, capacity, self._clock()):
+            logger.warning("grant %s on %s was never used; releasing it", rid, replica_id)
+            self._granted.pop(rid, None)
+            self._core.abort(rid)
+        self._pump()
+
+    async def view(self) -> SchedulerView:
+        book = self._book
+        return SchedulerView(
+            self._core.snapshot(), self._ledger.summary(), dict(book.histograms),
+            dict(book.tokens), dict(book.outcomes),
+        )
+
+    async def ping(self) -> str:
+        return self._core.policy.name
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _withdraw(self, request_id: str) -> None:
+        """Cancel a queued request, or free the slot of a granted one."""
+        if self._core.cancel(request_id) is not None:
+            future = self._waiters.get(request_id)
+            if future is not None and not future.done():
+                future.set_result("")
+            return
+        replica = self._granted.pop(request_id, None)
+        if replica is not None:
+            self._ledger.release(replica, request_id)
+            self._core.abort(request_id)
+
+    def _pump(self) -> None:
+        """Grant queued tickets by policy while some replica has a free slot."""
+        now = self._clock()
+        while self._core.num_queued and self._ledger.has_free():
+            ticket = self._core.dispatch()
+            if ticket is None:
+                break
+            rid = ticket.request_id
+            future = self._waiters.get(rid)
+            if future is None or future.done():
+                self._core.abort(rid)
+                continue
+            replica = self._ledger.take(rid, now)
+            assert replica is not None  # has_free() held and nothing ran in between
+            self._granted[rid] = replica
+            future.set_result(replica)
+
+    def _ensure_maintenance(self) -> None:
+        if self._maintenance is None or self._maintenance.done():
+            self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(_MAINTENANCE_S)
+            try:
+                for replica_id, grants in self._ledger.expire(self._clock()):
+                    logger.warning("replica %s stopped reporting; dropping %d grants",
+                                   replica_id, len(grants))
+                    for rid in grants:
+                        self._granted.pop(rid, None)
+                        self._core.abort(rid)
+                for ticket in self._core.expire_due():
+                    future = self._waiters.get(ticket.request_id)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+                self._pump()
+            except Exception:
+                logger.exception("scheduler maintenance failed; continuing")

@@ -1,0 +1,64 @@
+"""Per-tenant latency histograms and token counters, gathered centrally from every ingress.
+
+Each ingress reports a finished request's timings on the release call it makes anyway, so the scheduler
+actor holds one book for the whole application and `/metrics` is the same whichever ingress replica
+answers. Buckets are fixed; the book is a plain value (dicts and lists) that crosses Ray as-is.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)
+LATENCY_KINDS: tuple[str, ...] = ("queue_wait", "ttft", "e2e")
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Cumulative-at-export histogram: counts per bucket (last one is +Inf) and the sum."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, value)] += 1
+        self.total += value
+
+
+@dataclass(slots=True)
+class RequestTimings:
+    """What an ingress measured for one request (seconds; None where the stage was not reached)."""
+
+    tenant: str
+    queue_wait_s: float | None = None
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    output_tokens: int = 0
+    outcome: str = "ok"
+    """ok, client_disconnect, replica_error, timeout."""
+
+
+class RequestBook:
+    """Histograms per (kind, tenant), tokens generated per tenant, outcomes per (tenant, outcome)."""
+
+    def __init__(self) -> None:
+        self.histograms: dict[tuple[str, str], Histogram] = {}
+        self.tokens: dict[str, int] = {}
+        self.outcomes: dict[tuple[str, str], int] = {}
+
+    def record(self, timings: RequestTimings) -> None:
+        tenant = timings.tenant
+        for kind, value in zip(
+            LATENCY_KINDS, (timings.queue_wait_s, timings.ttft_s, timings.e2e_s), strict=True
+        ):
+            if value is not None:
+                hist = self.histograms.get((kind, tenant))
+                if hist is None:
+                    hist = self.histograms[(kind, tenant)] = Histogram()
+                hist.observe(value)
+        self.tokens[tenant] = self.tokens.get(tenant, 0) + timings.output_tokens
+        key = (tenant, timings.outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1

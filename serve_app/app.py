@@ -1,0 +1,44 @@
+"""The application builder: `serve run config.yaml` calls `build_app(args)` with the `args:` mapping.
+
+This is the only place application arguments are read; components get typed sub-configs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from deployments.replica import ActorNames, LLMReplica
+from serve_app.config import parse_app_config
+from serve_app.ingress import Ingress
+
+_SLOT_MARGIN = 4  # replicas accept a few more than their slots: the scheduler is the real limit
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate the args and bind the ingress to the LLM replicas."""
+    config = parse_app_config(args)
+    replicas, gateway = config.replicas, config.gateway
+    actors = ActorNames(
+        fingerprint=config.fingerprint(),
+        core_config=config.core.model_dump(mode="json"),
+        drift_snapshot_path=gateway.drift_snapshot_path,
+        replica_timeout_s=gateway.replica_timeout_s,
+    )
+    actor_options: dict[str, Any] = {"num_cpus": replicas.num_cpus}
+    if replicas.accelerator_type:
+        actor_options["accelerator_type"] = replicas.accelerator_type
+    llm = LLMReplica.options(
+        num_replicas=replicas.num_replicas,
+        max_ongoing_requests=replicas.max_num_seqs + _SLOT_MARGIN,
+        ray_actor_options=actor_options,
+        request_router_config=RequestRouterConfig(
+            request_router_class="deployments.router:GrantedReplicaRouter"),
+    ).bind(replicas.model_dump(mode="json"), actors)
+    return Ingress.options(
+        num_replicas=gateway.ingress_replicas,
+        max_ongoing_requests=gateway.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": gateway.ingress_num_cpus},
+    ).bind(config.model_dump(mode="json"), actors, llm)

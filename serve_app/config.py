@@ -1,0 +1,99 @@
+"""The application's arguments (`args:` in config.yaml), parsed once by the application builder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deployments.replica_config import ReplicaConfig
+from driftsched.core.config import CoreConfig
+from driftsched.core.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuthConfig(_Strict):
+    """Where tenants' API keys come from. Keys are compared in constant time and never logged."""
+
+    demo_keys: dict[str, str] = Field(default_factory=dict)
+    """Key -> tenant, inline. For local demos only: anything in config.yaml is public."""
+    keys_env: str | None = "DRIFTSCHED_API_KEYS"
+    """Environment variable (read by each ingress replica) holding JSON {"<key>": "<tenant>"}."""
+    keys_file: str | None = None
+    """File (read by each ingress replica) holding the same JSON mapping."""
+
+
+class GatewayConfig(_Strict):
+    """Ingress behaviour: deadlines, drift refresh, and Serve sizing."""
+
+    queue_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest a request may wait for a replica slot; past it the answer is 504."""
+    stall_timeout_s: float = Field(default=60.0, gt=0)
+    """Longest wait for the next token from a replica before the request fails."""
+    default_max_tokens: int = Field(default=512, ge=1)
+    """max_tokens of a chat request that gives none (completions default to OpenAI's 16)."""
+    drift_refresh_s: float = Field(default=1.0, gt=0)
+    """How often each ingress refreshes its local copy of the drift statistics."""
+    drift_snapshot_path: str | None = None
+    """File where the drift actor persists its statistics; none keeps them in memory only."""
+    replica_timeout_s: float = Field(default=5.0, gt=0)
+    """A replica silent this long is dropped by the scheduler with its grants."""
+    ingress_replicas: int = Field(default=1, ge=1)
+    ingress_max_ongoing_requests: int = Field(default=20_000, ge=1)
+    """Per ingress replica; must exceed the requests that can wait, or Serve's FIFO bypasses the policy."""
+    ingress_num_cpus: float = Field(default=0.2, ge=0)
+
+
+class AppConfig(_Strict):
+    """Everything under the application's `args:`."""
+
+    core: CoreConfig
+    replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    benchmark_mode: bool = False
+    """Honour `driftsched_target_tokens` in request bodies (simulated engine only)."""
+
+    @field_validator("auth")
+    @classmethod
+    def _no_empty_keys(cls, value: AuthConfig) -> AuthConfig:
+        if any(not key for key in value.demo_keys):
+            raise ValueError("demo_keys has an empty key; remove it")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> AppConfig:
+        tenants = {t.name for t in self.core.tenants}
+        unknown = sorted(set(self.auth.demo_keys.values()) - tenants)
+        if unknown:
+            raise ValueError(f"auth.demo_keys name unknown tenants {unknown}; add them under core.tenants")
+        slots = self.replicas.num_replicas * self.replicas.max_num_seqs
+        waiting = self.core.scheduler.max_queued_total + slots
+        capacity = self.gateway.ingress_max_ongoing_requests * self.gateway.ingress_replicas
+        if capacity <= waiting:
+            raise ValueError(
+                f"ingress_max_ongoing_requests x ingress_replicas = {capacity} must exceed the requests "
+                f"that can be queued or running ({waiting}); raise ingress_max_ongoing_requests"
+            )
+        return self
+
+    def fingerprint(self) -> str:
+        """Short hash of everything but the keys: names this configuration's actors."""
+        data = self.model_dump(mode="json", exclude={"auth"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def parse_app_config(args: dict[str, Any]) -> AppConfig:
+    """Validate the application's args, one readable line per problem."""
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        ]
+        raise ConfigError("invalid DriftSched application args:\n" + "\n".join(lines)) from None

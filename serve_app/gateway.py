@@ -1,0 +1,200 @@
+"""The per-request path between HTTP and the replicas: intake, acquire a slot, stream, release.
+
+Actor calls per request on the hot path: two — ``acquire`` (admission + wait for a grant) and
+``release`` (fire-and-forget, carrying the observed length and timings). Tokens come straight back
+from the granted replica through a streaming `DeploymentHandle`. Classification and estimation run
+here, from a local copy of the drift statistics refreshed in the background (no per-request call).
+
+Every wait has a deadline: acquiring waits at most the queue timeout (plus a little for a scheduler
+restart), and each token at most the stall timeout. A request that ends any way — finished, client
+gone, replica failure, timeout — releases its slot exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import RequestCancelledError
+
+from deployments.actors import ActorUnavailable, call
+from deployments.engine import GenerationRequest, TokenDelta, approx_token_count
+from deployments.replica import EstimateKey
+from deployments.scheduler_actor import AcquireResult
+from deployments.telemetry import RequestTimings
+from driftsched.core.intake import Intake
+from driftsched.core.request import RejectReason, Request
+from serve_app.config import GatewayConfig
+
+logger = logging.getLogger(__name__)
+
+_STATUS = {
+    RejectReason.INVALID: 400,
+    RejectReason.UNKNOWN_TENANT: 401,
+    RejectReason.REQUEST_QUOTA: 429,
+    RejectReason.TOKEN_QUOTA: 429,
+    RejectReason.TENANT_QUEUE_FULL: 429,
+    RejectReason.OVERLOADED: 503,
+}
+_RESTART_GRACE_S = 10.0  # extra time to reach a restarting scheduler before answering 503
+
+
+class GatewayError(Exception):
+    """A request failed with an HTTP status and an OpenAI-style error type/code."""
+
+    def __init__(self, status: int, type_: str, code: str, message: str,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.type, self.code, self.message = status, type_, code, message
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A validated, classified, estimated request, ready to acquire a slot."""
+
+    request: GenerationRequest
+    estimate: EstimateKey
+    ticket: object
+    tenant: str
+    started: float
+
+
+def reject_error(reason: str | None, detail: str, retry_after_s: float | None) -> GatewayError:
+    code = RejectReason(reason) if reason else RejectReason.OVERLOADED
+    status = _STATUS[code]
+    type_ = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
+             503: "overloaded_error"}[status]
+    return GatewayError(status, type_, code.value, detail, retry_after_s)
+
+
+@dataclass(slots=True)
+class Lease:
+    """A running request: deltas, then None (done) or a GatewayError, arrive on `deltas`.
+
+    The replica stream is consumed by a task started when the slot was granted, so the slot is
+    released even if the HTTP response never starts; `cancel` (client gone) stops it early.
+    """
+
+    deltas: asyncio.Queue[TokenDelta | GatewayError | None]
+    task: asyncio.Task[None]
+
+    async def next(self) -> TokenDelta | GatewayError | None:
+        return await self.deltas.get()
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+
+class Gateway:
+    """Owns the ingress side of one request's life (see module docstring)."""
+
+    def __init__(self, intake: Intake, config: GatewayConfig, scheduler: object, llm: object,
+                 benchmark_mode: bool) -> None:
+        self.intake, self.config = intake, config
+        self.scheduler, self.llm = scheduler, llm
+        self.benchmark_mode = benchmark_mode
+
+    def prepare(self, tenant: str, prompt: str, max_tokens: int | None, default_max_tokens: int,
+                temperature: float, stop: list[str], target_tokens: int | None) -> Prepared:
+        """Count, validate, classify and estimate; raises GatewayError(400) for invalid input."""
+        started = time.monotonic()
+        prompt_tokens = approx_token_count(prompt)
+        limit = self.intake.max_request_tokens
+        if max_tokens is None:
+            max_tokens = max(1, min(default_max_tokens, limit - prompt_tokens))
+        rid = uuid.uuid4().hex
+        request = Request(rid, tenant, prompt_tokens, max_tokens, time.time(), prompt_text=prompt)
+        rejection = self.intake.validate(request)
+        if rejection is not None:
+            raise reject_error(rejection.reason, rejection.detail, None)
+        ticket = self.intake.ticket(request, time.time())
+        gen = GenerationRequest(
+            rid, prompt, prompt_tokens, max_tokens, ticket.category, temperature, stop,
+            target_tokens if self.benchmark_mode else None,
+        )
+        estimate = EstimateKey(tenant, ticket.category, ticket.bucket, ticket.raw_estimate,
+                               ticket.corrected_estimate)
+        return Prepared(gen, estimate, ticket, tenant, started)
+
+    async def acquire(self, prepared: Prepared) -> tuple[str, float]:
+        """Wait for a grant: (replica id, queue wait); GatewayError for 429/503/504."""
+        timeout = self.config.queue_timeout_s
+        deadline = time.monotonic() + timeout + _RESTART_GRACE_S
+        rid = prepared.request.request_id
+        try:
+            result: AcquireResult = await call(
+                lambda: self.scheduler.acquire.remote(prepared.ticket, timeout),  # type: ignore[attr-defined]
+                deadline, what="scheduler",
+            )
+        except ActorUnavailable:
+            raise GatewayError(503, "overloaded_error", "scheduler_unavailable",
+                               "the scheduler is restarting; retry shortly", 1.0) from None
+        except asyncio.CancelledError:  # client went away while queued
+            self.scheduler.cancel.remote(rid)  # type: ignore[attr-defined]
+            raise
+        if result.status == "granted" and result.replica_id is not None:
+            return result.replica_id, result.queue_wait_s
+        if result.status == "rejected":
+            raise reject_error(result.reason, result.detail, result.retry_after_s)
+        if result.status == "expired":
+            self.release(prepared, "", None, RequestTimings(prepared.tenant, outcome="timeout"))
+            raise GatewayError(504, "timeout_error", "queue_timeout",
+                               f"no replica slot within {timeout:g}s; retry later")
+        raise GatewayError(499, "cancelled", "cancelled", "request cancelled")
+
+    def release(self, prepared: Prepared, replica_id: str, output_tokens: int | None,
+                timings: RequestTimings) -> None:
+        """Fire-and-forget release (a lost one is reclaimed by the scheduler's ledger)."""
+        try:
+            self.scheduler.release.remote(  # type: ignore[attr-defined]
+                prepared.request.request_id, replica_id, output_tokens, timings)
+        except RayActorError:
+            logger.warning("release of %s not delivered", prepared.request.request_id)
+
+    def start(self, prepared: Prepared, replica_id: str, queue_wait_s: float) -> Lease:
+        """Start streaming from the granted replica (see `Lease`)."""
+        out: asyncio.Queue[TokenDelta | GatewayError | None] = asyncio.Queue()
+        task = asyncio.get_running_loop().create_task(
+            self._pump(prepared, replica_id, queue_wait_s, out))
+        return Lease(out, task)
+
+    async def _pump(self, prepared: Prepared, replica_id: str, queue_wait_s: float,
+                    out: asyncio.Queue[TokenDelta | GatewayError | None]) -> None:
+        handle = self.llm.options(stream=True)  # type: ignore[attr-defined]
+        response = handle.generate.remote(prepared.request, prepared.estimate, target_replica=replica_id)
+        timings = RequestTimings(prepared.tenant, queue_wait_s=queue_wait_s, outcome="client_disconnect")
+        output_tokens: int | None = None
+        try:
+            while True:
+                delta = await asyncio.wait_for(response.__anext__(), self.config.stall_timeout_s)
+                if timings.ttft_s is None:
+                    timings.ttft_s = time.monotonic() - prepared.started
+                timings.output_tokens += delta.num_tokens
+                out.put_nowait(delta)
+                if delta.finish_reason is not None:
+                    output_tokens, timings.outcome = timings.output_tokens, "ok"
+                    timings.e2e_s = time.monotonic() - prepared.started
+                    break
+            out.put_nowait(None)
+        except StopAsyncIteration:
+            timings.outcome = "replica_error"
+            out.put_nowait(GatewayError(502, "api_error", "replica_error", "the replica ended early"))
+        except TimeoutError:
+            timings.outcome = "timeout"
+            out.put_nowait(GatewayError(504, "timeout_error", "replica_stalled",
+                                        f"no token for {self.config.stall_timeout_s:g}s"))
+        except (RayActorError, RayTaskError, RequestCancelledError) as exc:
+            timings.outcome = "replica_error"
+            logger.warning("request %s failed on replica %s: %s", prepared.request.request_id,
+                           replica_id, type(exc).__name__)
+            out.put_nowait(GatewayError(502, "api_error", "replica_failed",
+                                        "the replica serving this request failed; retry"))
+        finally:
+            if output_tokens is None:
+                response.cancel()
+            self.release(prepared, replica_id, output_tokens, timings)

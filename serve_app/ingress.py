@@ -1,0 +1,203 @@
+"""The HTTP ingress deployment: OpenAI-style endpoints, auth, errors, streaming, metrics.
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions (streamed as SSE or not), GET /v1/models,
+GET /healthz, GET /metrics. The per-request path lives in `serve_app.gateway`; this module maps HTTP
+to it and its outcomes to status codes: 400 invalid body, 401 missing/unknown key, 429 over quota,
+503 overloaded or scheduler unavailable, 504 queue deadline passed, 502 replica failure.
+"""
+
+# Deliberately no `from __future__ import annotations` here: Serve's class-based FastAPI view cannot
+# resolve string annotations, so `request: Request` would become a required query parameter.
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+from ray import serve
+from ray.exceptions import RayActorError
+
+from deployments.actors import ActorUnavailable, call
+from deployments.replica import ActorNames
+from driftsched.core.drift import DriftTracker
+from driftsched.core.intake import Intake
+from serve_app.config import AppConfig
+from serve_app.gateway import Gateway, GatewayError, Lease
+from serve_app.metrics import render
+from serve_app.protocol import SSE_DONE, ChatBody, CompletionBody, ResponseShaper, error_body, sse
+
+logger = logging.getLogger(__name__)
+app = FastAPI(title="DriftSched")
+
+
+def _error(err: GatewayError) -> JSONResponse:
+    headers = {}
+    if err.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
+    return JSONResponse(error_body(err.message, err.type, err.code), err.status, headers=headers)
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    """FastAPI ingress (see module docstring)."""
+
+    async def __init__(self, config: dict[str, Any], actors: ActorNames, llm: Any) -> None:
+        from serve_app.auth import KeyStore
+
+        self.config = AppConfig.model_validate(config)
+        core = self.config.core
+        self.keys = KeyStore.load(self.config.auth, {t.name for t in core.tenants})
+        self.intake = Intake(core)
+        self.scheduler, self.drift = actors.scheduler(), actors.drift()
+        self.gateway = Gateway(self.intake, self.config.gateway, self.scheduler, llm,
+                               self.config.benchmark_mode)
+        self.model_name = self.config.replicas.served_model_name
+        self.rejected: Counter[str] = Counter()
+        self._drift_copy: dict[str, Any] | None = None
+        self._refresh = asyncio.get_running_loop().create_task(self._refresh_drift())
+
+    # -- endpoints -------------------------------------------------------------------------------
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, chat=True)
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "created": 0, "owned_by": "driftsched"}]}
+
+    @app.get("/healthz")
+    async def healthz(self) -> Response:
+        try:
+            policy = await call(lambda: self.scheduler.ping.remote(), time.monotonic() + 2.0)
+        except ActorUnavailable:
+            return JSONResponse({"status": "degraded", "scheduler": "unavailable"}, 503)
+        return JSONResponse({"status": "ok", "policy": policy})
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        try:
+            view = await call(lambda: self.scheduler.view.remote(), time.monotonic() + 3.0)
+        except ActorUnavailable:
+            view = None
+        drift = self.intake.estimator.tracker.stats(time.time())
+        return Response(render(view, drift, self.rejected), media_type=CONTENT_TYPE_LATEST)
+
+    # -- the request path ------------------------------------------------------------------------
+
+    def _refuse(self, err: GatewayError) -> JSONResponse:
+        self.rejected[err.code] += 1
+        return _error(err)
+
+    async def _serve(self, request: Request, chat: bool) -> Response:
+        tenant = self.keys.tenant_for(request.headers.get("authorization"))
+        if tenant is None:
+            return self._refuse(GatewayError(401, "authentication_error", "invalid_api_key",
+                                             "missing or unknown API key"))
+        try:
+            raw = await request.json()
+            body = (ChatBody if chat else CompletionBody).model_validate(raw)
+            prompt = body.prompt_text()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return self._refuse(GatewayError(400, "invalid_request_error", "invalid_body",
+                                             f"{where}: {first['msg']}"))
+        except ValueError as exc:  # bad JSON, or a body shape we do not serve
+            return self._refuse(GatewayError(400, "invalid_request_error", "invalid_body", str(exc)))
+        if body.model is not None and body.model != self.model_name:
+            return self._refuse(GatewayError(404, "invalid_request_error", "model_not_found",
+                                             f"model {body.model!r} does not exist"))
+        max_tokens = body.max_tokens or getattr(body, "max_completion_tokens", None)
+        default = self.config.gateway.default_max_tokens if chat else 16
+        try:
+            prepared = self.gateway.prepare(tenant, prompt, max_tokens, default, body.temperature,
+                                            body.stops(), body.driftsched_target_tokens)
+        except GatewayError as err:
+            return self._refuse(err)
+        try:
+            replica, queue_wait = await self.gateway.acquire(prepared)
+        except GatewayError as err:
+            return _error(err)
+        lease = self.gateway.start(prepared, replica, queue_wait)
+        shaper = ResponseShaper(chat, self.model_name)
+        headers = {"x-driftsched-request-id": prepared.request.request_id,
+                   "x-driftsched-category": prepared.estimate.category,
+                   "x-driftsched-estimated-tokens": f"{prepared.estimate.corrected:.1f}"}
+        try:
+            first = await lease.next()
+        except asyncio.CancelledError:
+            lease.cancel()
+            raise
+        if isinstance(first, GatewayError):
+            return _error(first)
+        if body.stream:
+            events = self._sse(shaper, lease, first, body.include_usage())
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        try:
+            text, item = [], first
+            while item is not None:
+                if isinstance(item, GatewayError):
+                    return _error(item)
+                text.append(item.text)
+                if item.usage is not None:
+                    return JSONResponse(shaper.full("".join(text), item.finish_reason, item.usage),
+                                        headers=headers)
+                item = await lease.next()
+        except asyncio.CancelledError:
+            lease.cancel()
+            raise
+        return _error(GatewayError(502, "api_error", "replica_error", "the replica ended early"))
+
+    async def _sse(self, shaper: ResponseShaper, lease: Lease, first: Any, include_usage: bool
+                   ) -> AsyncIterator[str]:
+        item, is_first = first, True
+        try:
+            while item is not None:
+                if isinstance(item, GatewayError):
+                    yield sse(error_body(item.message, item.type, item.code))
+                    return
+                yield shaper.chunk(item.text, item.finish_reason, first=is_first)
+                is_first = False
+                if item.usage is not None:
+                    if include_usage:
+                        yield shaper.usage_chunk(item.usage)
+                    yield SSE_DONE
+                    return
+                item = await lease.next()
+        finally:
+            lease.cancel()  # no-op once the stream finished; stops the replica if the client left
+
+    # -- drift statistics copy -------------------------------------------------------------------
+
+    async def _refresh_drift(self) -> None:
+        drift_config = self.config.core.estimator.drift
+        seen: tuple[str, int] | None = None
+        while True:
+            await asyncio.sleep(self.config.gateway.drift_refresh_s)
+            try:
+                boot, merges, snap = await asyncio.wait_for(self.drift.snapshot.remote(), 5.0)
+                if seen is not None and boot != seen[0] and not snap["errors"] and self._drift_copy:
+                    await asyncio.wait_for(self.drift.seed.remote(self._drift_copy), 5.0)
+                    seen = None
+                    continue
+                if (boot, merges) != seen:
+                    self.intake.estimator.tracker = DriftTracker.restore(snap, drift_config)
+                    self._drift_copy, seen = snap, (boot, merges)
+            except (RayActorError, TimeoutError) as exc:
+                logger.warning("drift refresh failed (%s); keeping the local copy", type(exc).__name__)
+            except Exception:
+                logger.exception("drift refresh failed; keeping the local copy")

@@ -1,0 +1,136 @@
+"""Prometheus exposition of the scheduler's snapshot, the request book and the drift statistics.
+
+Everything application-wide comes from the scheduler actor's `SchedulerView` (queue depths, counters,
+latency histograms, replica capacity) and from the ingress's copy of the shared drift statistics, so
+any ingress replica answers /metrics with the same numbers. Only `driftsched_ingress_rejected_total`
+(requests refused before reaching the scheduler: bad body, bad key) is per ingress replica.
+Labels are bounded: tenant, reason, category, estimate kind, replica, outcome — never a request id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from deployments.scheduler_actor import SchedulerView
+from deployments.telemetry import LATENCY_BUCKETS_S
+from driftsched.core.drift import DriftStat
+
+_HISTOGRAMS = {
+    "queue_wait": ("driftsched_queue_wait_seconds", "Time from arrival to a replica grant."),
+    "ttft": ("driftsched_ttft_seconds", "Time from arrival to the first token."),
+    "e2e": ("driftsched_e2e_latency_seconds", "Time from arrival to the last token."),
+}
+
+
+class _Snapshot:
+    """A one-shot collector over the data of one scrape."""
+
+    def __init__(self, view: SchedulerView | None, drift: list[DriftStat],
+                 ingress_rejected: Mapping[str, int]) -> None:
+        self.view, self.drift, self.ingress_rejected = view, drift, ingress_rejected
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("driftsched_scheduler_up", "1 if the scheduler actor answered this scrape.")
+        up.add_metric([], 1.0 if self.view is not None else 0.0)
+        yield up
+        rejected = CounterMetricFamily("driftsched_ingress_rejected",
+                                       "Requests refused by this ingress replica before scheduling.",
+                                       labels=["reason"])
+        for reason, n in sorted(self.ingress_rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        if self.view is not None:
+            yield from self._scheduler(self.view)
+        yield from self._drift(self.drift)
+
+    def _scheduler(self, view: SchedulerView) -> Iterator[Metric]:
+        stats = view.stats
+        policy = GaugeMetricFamily("driftsched_policy_info", "The active policy.", labels=["policy"])
+        policy.add_metric([stats.policy], 1.0)
+        yield policy
+        for name, doc, values in (
+            ("driftsched_queue_depth_requests", "Requests waiting per tenant.", stats.queued),
+            ("driftsched_in_flight_requests", "Requests running per tenant.", stats.in_flight),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=["tenant"])
+            for tenant, n in sorted(values.items()):
+                gauge.add_metric([tenant], n)
+            yield gauge
+        for field in ("admitted", "dispatched", "completed", "cancelled", "expired"):
+            counter = CounterMetricFamily(f"driftsched_requests_{field}", f"Requests {field}.",
+                                          labels=["tenant"])
+            for tenant, c in sorted(stats.counters.items()):
+                counter.add_metric([tenant], getattr(c, field))
+            yield counter
+        rej = CounterMetricFamily("driftsched_requests_rejected", "Requests refused by admission.",
+                                  labels=["tenant", "reason"])
+        for tenant, c in sorted(stats.counters.items()):
+            for reason, n in sorted(c.rejected.items()):
+                rej.add_metric([tenant, reason], n)
+        yield rej
+        tokens = CounterMetricFamily("driftsched_generated_tokens", "Output tokens generated.",
+                                     labels=["tenant"])
+        for tenant, n in sorted(view.tokens.items()):
+            tokens.add_metric([tenant], n)
+        yield tokens
+        outcomes = CounterMetricFamily("driftsched_request_outcomes", "Granted requests by how they ended.",
+                                       labels=["tenant", "outcome"])
+        for (tenant, outcome), n in sorted(view.outcomes.items()):
+            outcomes.add_metric([tenant, outcome], n)
+        yield outcomes
+        for kind, (name, doc) in _HISTOGRAMS.items():
+            family = HistogramMetricFamily(name, doc, labels=["tenant"])
+            for (k, tenant), hist in sorted(view.histograms.items()):
+                if k != kind:
+                    continue
+                cumulative, buckets = 0, []
+                for le, count in zip((*LATENCY_BUCKETS_S, float("inf")), hist.counts, strict=True):
+                    cumulative += count
+                    buckets.append(("+Inf" if le == float("inf") else repr(le), cumulative))
+                family.add_metric([tenant], buckets, hist.total)
+            yield family
+        slots = GaugeMetricFamily("driftsched_replica_slots", "Engine slots per replica.",
+                                  labels=["replica"])
+        used = GaugeMetricFamily("driftsched_replica_slots_in_use", "Engine slots granted or running.",
+                                 labels=["replica"])
+        for replica, summary in sorted(view.replicas.items()):
+            slots.add_metric([replica], summary["slots"])
+            used.add_metric([replica], summary["in_use"])
+        yield slots
+        yield used
+
+    def _drift(self, rows: list[DriftStat]) -> Iterator[Metric]:
+        mae = GaugeMetricFamily("driftsched_estimate_mae_tokens",
+                                "Mean absolute error of output-token estimates.",
+                                labels=["tenant", "category", "estimate"])
+        rmse = GaugeMetricFamily("driftsched_estimate_rmse_tokens",
+                                 "Root mean squared error of output-token estimates.",
+                                 labels=["tenant", "category", "estimate"])
+        factor = GaugeMetricFamily("driftsched_estimate_correction_factor",
+                                   "Current drift correction factor.", labels=["tenant", "category"])
+        count = GaugeMetricFamily("driftsched_estimate_observations",
+                                  "Finished requests observed (decay-free count).",
+                                  labels=["tenant", "category"])
+        for row in rows:
+            for kind, m, r in (("raw", row.mae_raw, row.rmse_raw),
+                               ("corrected", row.mae_corrected, row.rmse_corrected)):
+                mae.add_metric([row.tenant, row.category, kind], m)
+                rmse.add_metric([row.tenant, row.category, kind], r)
+            factor.add_metric([row.tenant, row.category], row.factor)
+            count.add_metric([row.tenant, row.category], row.count)
+        yield from (mae, rmse, factor, count)
+
+
+def render(view: SchedulerView | None, drift: list[DriftStat], ingress_rejected: Mapping[str, int]) -> bytes:
+    """Prometheus text exposition of one scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(view, drift, ingress_rejected))  # type: ignore[arg-type]
+    return generate_latest(registry)

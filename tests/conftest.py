@@ -1,0 +1,85 @@
+"""Shared fixture for the Ray Serve tests: one private Ray + Serve per test session, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+DEMO_KEYS = {"sk-test-gold": "gold", "sk-test-bronze": "bronze", "sk-test-tiny": "tiny"}
+
+BASE_ARGS: dict[str, Any] = {
+    "benchmark_mode": True,
+    "auth": {"demo_keys": DEMO_KEYS, "keys_env": None},
+    "core": {
+        "tenants": [
+            {"name": "gold", "tier": 0, "weight": 4.0},
+            {"name": "bronze", "tier": 2, "weight": 1.0},
+            {"name": "tiny", "tier": 1, "requests_per_minute": 2, "max_queued": 1},
+        ],
+        "scheduler": {"policy": "sjf", "max_queued_total": 40, "max_request_tokens": 4096},
+    },
+    "replicas": {"num_replicas": 2, "max_num_seqs": 2, "time_scale": 0.02, "heartbeat_s": 0.2,
+                 "drift_push_s": 0.3, "model": "qwen3-0.6b-bf16"},
+    "gateway": {"queue_timeout_s": 20, "stall_timeout_s": 15, "drift_refresh_s": 0.3,
+                "replica_timeout_s": 3.0, "ingress_max_ongoing_requests": 1000},
+}
+
+
+def app_args(**overrides: Any) -> dict[str, Any]:
+    """BASE_ARGS with dotted-path overrides, e.g. app_args(**{"core.scheduler.policy": "fifo"})."""
+    args = copy.deepcopy(BASE_ARGS)
+    for path, value in overrides.items():
+        node = args
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return args
+
+
+class ServeCluster:
+    """A running Ray + Serve; `deploy` (re)deploys the DriftSched app and returns its base URL."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def deploy(self, args: dict[str, Any]) -> str:
+        from ray import serve
+
+        from serve_app.app import build_app
+
+        serve.run(build_app(args), name="driftsched", route_prefix="/")
+        return self.base_url
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def serve_cluster() -> Iterator[ServeCluster]:
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+    from ray import serve
+
+    temp_dir = tempfile.mkdtemp(prefix="dsray-", dir="/tmp")
+    ray.init(_temp_dir=temp_dir, include_dashboard=False, num_cpus=8, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield ServeCluster(port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
