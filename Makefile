@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/driftsched simulate --workload paper --out results/paper
+	$(BIN)/serve run config.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
