@@ -1,0 +1,36 @@
+"""The `driftsched` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="driftsched", description="QoS-aware multi-tenant LLM scheduling")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from driftsched.sim import command as simulate
+
+    sim = sub.add_parser("simulate", help="run the policies on a workload or trace in the simulator")
+    simulate.add_arguments(sim)
+    sim.set_defaults(handler=simulate.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    try:
+        return int(args.handler(args))
+    except (OSError, ValueError) as exc:
+        print(f"driftsched: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Results of simulated runs: summary.json, the per-request CSV, the printed table and the plots.
+
+Every figure here is computed from the per-request records of the runs (`RunResult`); the true
+output lengths are read only now, after the fact, to score the estimates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from driftsched.sim.simulator import ORACLE, REFERENCES, UNCORRECTED, RunResult
+
+
+def _pct(values: np.ndarray, *qs: int) -> dict[str, float]:
+    if values.size == 0:
+        return {f"p{q}": float("nan") for q in qs}
+    return {f"p{q}": float(np.percentile(values, q)) for q in qs}
+
+
+def _arrays(run: RunResult) -> dict[str, np.ndarray]:
+    items = run.items
+    arrival = np.fromiter((it.arrival_s for it in items), float, len(items))
+    return {
+        "arrival": arrival,
+        "tenant": np.array([it.tenant for it in items]),
+        "true": np.fromiter((it.output_tokens for it in items), float, len(items)),
+        "done": ~np.isnan(run.finish),
+        "e2e": run.finish - arrival,
+        "ttft": run.first_token - arrival,
+        "wait": run.dispatch - arrival,
+    }
+
+
+def estimator_errors(run: RunResult) -> dict[str, dict[str, float]]:
+    """MAE and RMSE of raw and corrected estimates against true lengths, over admitted requests."""
+    a = _arrays(run)
+    ok = run.admitted
+    out = {}
+    for name, est in (("uncorrected", run.raw_estimate), ("corrected", run.corrected_estimate)):
+        err = est[ok] - a["true"][ok]
+        out[name] = {
+            "mae": float(np.mean(np.abs(err))) if err.size else float("nan"),
+            "rmse": float(np.sqrt(np.mean(err * err))) if err.size else float("nan"),
+        }
+    return out
+
+
+def policy_summary(run: RunResult) -> dict[str, Any]:
+    """Latency percentiles overall and per tenant, counts, and run facts."""
+    a = _arrays(run)
+    done = a["done"]
+    e2e = a["e2e"][done]
+    per_tenant = {}
+    for tenant in dict.fromkeys(a["tenant"].tolist()):
+        mask = done & (a["tenant"] == tenant)
+        per_tenant[tenant] = {"e2e_s": _pct(a["e2e"][mask], 50, 99), "completed": int(mask.sum())}
+    return {
+        "e2e_s": {**_pct(e2e, 50, 90, 99), "mean": float(e2e.mean()) if e2e.size else float("nan")},
+        "ttft_s": _pct(a["ttft"][done], 50, 99),
+        "queue_wait_s": _pct(a["wait"][done], 50, 99),
+        "completed": int(done.sum()),
+        "rejected": int((~run.admitted).sum()),
+        "per_tenant": per_tenant,
+        "estimator": estimator_errors(run),
+        "preemptions": run.num_preemptions,
+        "simulated_s": run.sim_time_s,
+    }
+
+
+def comparisons(policies: dict[str, dict[str, Any]], estimator: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The paper's comparisons as ratios (reductions are positive when better)."""
+    out: dict[str, Any] = {}
+    unc, cor = estimator["uncorrected"], estimator["corrected"]
+    out["correction_mae_reduction"] = 1 - cor["mae"] / unc["mae"] if unc["mae"] else None
+    out["correction_rmse_reduction"] = 1 - cor["rmse"] / unc["rmse"] if unc["rmse"] else None
+    fifo, sjf = policies.get("fifo"), policies.get("sjf")
+    if fifo and sjf:
+        out["sjf_vs_fifo_p50_reduction"] = 1 - sjf["e2e_s"]["p50"] / fifo["e2e_s"]["p50"]
+        out["sjf_vs_fifo_p99_reduction"] = 1 - sjf["e2e_s"]["p99"] / fifo["e2e_s"]["p99"]
+    if sjf and ORACLE in policies:
+        out["sjf_p50_over_oracle"] = sjf["e2e_s"]["p50"] / policies[ORACLE]["e2e_s"]["p50"] - 1
+    if fifo and "aging" in policies:
+        aging = policies["aging"]["per_tenant"]
+        out["aging_vs_fifo_tenant_p99_ratio"] = {
+            t: aging[t]["e2e_s"]["p99"] / v["e2e_s"]["p99"] for t, v in fifo["per_tenant"].items()
+        }
+    return out
+
+
+def summarize(runs: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
+    """The summary.json document."""
+    policies = {run.policy: policy_summary(run) for run in runs}
+    named = [r for r in runs if r.policy not in REFERENCES]
+    source = next((r for r in named if r.policy == "sjf"), named[0] if named else runs[0])
+    estimator = estimator_errors(source)
+    return {
+        **meta,
+        "estimator": {**estimator, "from_policy": source.policy},
+        "policies": policies,
+        "comparisons": comparisons(policies, estimator),
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A plain-text table of the summary."""
+    lines = []
+    est = summary["estimator"]
+    lines.append(
+        f"estimator (from {est['from_policy']}): MAE {est['uncorrected']['mae']:.1f} -> "
+        f"{est['corrected']['mae']:.1f}, RMSE {est['uncorrected']['rmse']:.1f} -> {est['corrected']['rmse']:.1f}"
+    )
+    head = f"{'policy':<16}{'p50':>9}{'p90':>9}{'p99':>9}{'mean':>9}{'ttft50':>9}{'wait50':>9}{'done':>8}{'rej':>6}"
+    lines += [head, "-" * len(head)]
+    for name, p in summary["policies"].items():
+        e = p["e2e_s"]
+        lines.append(
+            f"{name:<16}{e['p50']:>9.2f}{e['p90']:>9.2f}{e['p99']:>9.2f}{e['mean']:>9.2f}"
+            f"{p['ttft_s']['p50']:>9.2f}{p['queue_wait_s']['p50']:>9.2f}{p['completed']:>8}{p['rejected']:>6}"
+        )
+    tenants = list(next(iter(summary["policies"].values()))["per_tenant"])
+    lines.append("")
+    lines.append("per-tenant E2E p50 / p99 (s)")
+    lines.append(f"{'policy':<16}" + "".join(f"{t[:18]:>20}" for t in tenants))
+    for name, p in summary["policies"].items():
+        cells = "".join(
+            f"{p['per_tenant'][t]['e2e_s']['p50']:>9.1f} /{p['per_tenant'][t]['e2e_s']['p99']:>8.1f} "
+            for t in tenants
+        )
+        lines.append(f"{name:<16}{cells}")
+    lines.append("")
+    for key, value in summary["comparisons"].items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v:.3f}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:+.3f}"
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def write_requests_csv(runs: Sequence[RunResult], path: Path) -> None:
+    """One row per (policy, request)."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["policy", "request", "tenant", "category", "arrival_s", "dispatch_s", "first_token_s",
+                    "finish_s", "prompt_tokens", "max_tokens", "output_tokens", "raw_estimate",
+                    "corrected_estimate", "status"])
+        for run in runs:
+            for i, it in enumerate(run.items):
+                status = "completed" if not np.isnan(run.finish[i]) else (run.reject_reason[i] or "unfinished")
+                w.writerow([run.policy, i, it.tenant, run.category[i] or it.category, f"{it.arrival_s:.4f}",
+                            f"{run.dispatch[i]:.4f}", f"{run.first_token[i]:.4f}", f"{run.finish[i]:.4f}",
+                            it.prompt_tokens, it.max_tokens, it.output_tokens, f"{run.raw_estimate[i]:.1f}",
+                            f"{run.corrected_estimate[i]:.1f}", status])
+
+
+def write_plots(runs: Sequence[RunResult], summary: dict[str, Any], out: Path) -> list[Path]:
+    """Latency CDFs, per-tenant p50/p99 bars, and estimate error over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        a = _arrays(run)
+        e2e = np.sort(a["e2e"][a["done"]])
+        if e2e.size:
+            ax.plot(e2e, np.arange(1, e2e.size + 1) / e2e.size, label=run.policy,
+                    linestyle="--" if run.policy in REFERENCES else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end latency (s)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("E2E latency CDF per policy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths.append(out / "latency_cdf.png")
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    policies = summary["policies"]
+    tenants = list(next(iter(policies.values()))["per_tenant"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=False)
+    width = 0.8 / max(1, len(policies))
+    for ax, q in zip(axes, ("p50", "p99"), strict=True):
+        for k, (name, p) in enumerate(policies.items()):
+            xs = np.arange(len(tenants)) + k * width
+            ax.bar(xs, [p["per_tenant"][t]["e2e_s"][q] for t in tenants], width, label=name)
+        ax.set_xticks(np.arange(len(tenants)) + width * (len(policies) - 1) / 2, tenants, rotation=15)
+        ax.set_ylabel(f"E2E {q} (s)")
+        ax.set_title(f"per-tenant E2E {q}")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    paths.append(out / "per_tenant_latency.png")
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    source = next((r for r in runs if r.policy == summary["estimator"]["from_policy"]), runs[0])
+    a = _arrays(source)
+    ok = source.admitted
+    t = a["arrival"][ok]
+    window = max(1, min(500, t.size // 50))
+    kernel = np.ones(window) / window
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, est in (("uncorrected", source.raw_estimate), ("corrected", source.corrected_estimate)):
+        err = np.abs(est[ok] - a["true"][ok])
+        if err.size >= window:
+            ax.plot(t[window - 1:], np.convolve(err, kernel, mode="valid"), label=name)
+    ax.set_xlabel("arrival time (s)")
+    ax.set_ylabel(f"absolute error, rolling mean of {window} (tokens)")
+    ax.set_title(f"output-length estimate error over time ({source.policy})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths.append(out / "estimate_error.png")
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a request that never got that far) becomes null, as JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_results(runs: Sequence[RunResult], meta: dict[str, Any], out: Path, plots: bool = True) -> dict[str, Any]:
+    """Write summary.json, requests.csv and the plots under `out`; returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(runs, meta)
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+    write_requests_csv(runs, out / "requests.csv")
+    if plots:
+        write_plots(runs, summary, out)
+    return summary
+
+
+__all__ = ["ORACLE", "UNCORRECTED", "format_table", "summarize", "write_results"]

@@ -1,0 +1,122 @@
+"""Simulator: determinism, conservation, references, and the `driftsched simulate` command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from driftsched.cli import main
+from driftsched.sim.perf_model import PerfModel
+from driftsched.sim.simulator import ORACLE, UNCORRECTED, Simulation, core_config_for
+from driftsched.sim.workload import paper_workload
+
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+PERF = PerfModel()
+
+
+@pytest.fixture(scope="module")
+def workload():
+    return paper_workload(1500, seed=3, replicas=2, load=1.0, perf=PERF)
+
+
+def run(workload, policy, replicas=2):
+    return Simulation(workload, policy, PERF, replicas, core_config_for(workload, PERF)).run()
+
+
+@pytest.mark.parametrize("policy", ["fifo", "priority", "weighted", "sjf", "aging", ORACLE, UNCORRECTED])
+def test_every_request_finishes_exactly_once_in_causal_order(workload, policy):
+    r = run(workload, policy)
+    arrival = np.array([it.arrival_s for it in workload.items])
+    assert r.admitted.all()
+    assert not np.isnan(r.finish).any()
+    assert (r.dispatch >= arrival - 1e-9).all()
+    assert (r.first_token > r.dispatch).all() and (r.finish >= r.first_token).all()
+    counters = r.stats.counters
+    assert sum(c.completed for c in counters.values()) == len(workload.items)
+    assert sum(r.stats.queued.values()) == 0 and sum(r.stats.in_flight.values()) == 0
+
+
+def test_runs_are_deterministic(workload):
+    a, b = run(workload, "weighted"), run(workload, "weighted")
+    assert np.array_equal(a.finish, b.finish) and np.array_equal(a.corrected_estimate, b.corrected_estimate)
+    again = paper_workload(1500, seed=3, replicas=2, load=1.0, perf=PERF)
+    assert again.items == workload.items
+
+
+def test_references_use_true_and_raw_lengths(workload):
+    oracle, uncorrected = run(workload, ORACLE), run(workload, UNCORRECTED)
+    true = np.array([it.output_tokens for it in workload.items], dtype=float)
+    assert np.array_equal(oracle.corrected_estimate, true)
+    assert np.array_equal(uncorrected.corrected_estimate, uncorrected.raw_estimate)
+
+
+def test_correction_learns_during_the_run(workload):
+    r = run(workload, "sjf")
+    true = np.array([it.output_tokens for it in workload.items], dtype=float)
+    late = slice(len(true) // 4, None)
+    mae_raw = np.abs(r.raw_estimate[late] - true[late]).mean()
+    mae_corrected = np.abs(r.corrected_estimate[late] - true[late]).mean()
+    assert mae_corrected < 0.85 * mae_raw
+
+
+def test_sjf_beats_fifo_median_under_contention(workload):
+    fifo, sjf = run(workload, "fifo"), run(workload, "sjf")
+    arrival = np.array([it.arrival_s for it in workload.items])
+    assert np.median(sjf.finish - arrival) < 0.7 * np.median(fifo.finish - arrival)
+
+
+def test_simulate_command_writes_summary_csv_and_plots(tmp_path, capsys):
+    out = tmp_path / "paper"
+    code = main(["simulate", "--workload", "paper", "--requests", "800", "--replicas", "2",
+                 "--policies", "fifo,sjf,aging", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "sjf-oracle" in printed and "correction_mae_reduction" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    for kind in ("uncorrected", "corrected"):
+        assert set(summary["estimator"][kind]) >= {"mae", "rmse"}
+    assert set(summary["policies"]) == {"fifo", "sjf", "aging", "sjf-oracle", "sjf-uncorrected"}
+    fifo = summary["policies"]["fifo"]
+    assert set(fifo["e2e_s"]) >= {"p50", "p90", "p99", "mean"}
+    assert set(fifo["ttft_s"]) >= {"p50", "p99"} and set(fifo["queue_wait_s"]) >= {"p50", "p99"}
+    assert fifo["completed"] + fifo["rejected"] == 800
+    tenant = next(iter(fifo["per_tenant"].values()))
+    assert set(tenant) >= {"e2e_s", "completed"} and set(tenant["e2e_s"]) >= {"p50", "p99"}
+    rows = (out / "requests.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5 * 800
+    for png in ("latency_cdf.png", "per_tenant_latency.png", "estimate_error.png"):
+        assert (out / png).stat().st_size > 10_000
+
+
+def test_simulate_replays_a_generic_csv_trace(tmp_path, capsys):
+    trace = tmp_path / "mine.csv"
+    lines = ["arrival_s,tenant,category,prompt_tokens,max_tokens,output_tokens,priority"]
+    lines += [f"{i * 0.2:.1f},{'ab'[i % 2]},{['qa', 'chat', 'code'][i % 3]},{100 + i},512,{20 + (i * 37) % 400},{i % 2}"
+              for i in range(300)]
+    trace.write_text("\n".join(lines) + "\n")
+    code = main(["simulate", "--trace", str(trace), "--replicas", "1", "--policies", "fifo",
+                 "--no-plots", "--out", str(tmp_path / "out")])
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["policies"]["fifo"]["completed"] == 300
+    assert set(summary["policies"]["fifo"]["per_tenant"]) == {"a", "b"}
+
+
+def test_simulate_reports_a_bad_trace_clearly(tmp_path, capsys):
+    trace = tmp_path / "bad.csv"
+    trace.write_text("arrival_s,tenant,category,prompt_tokens,max_tokens,output_tokens\n0,a,chat,ten,5,5\n")
+    assert main(["simulate", "--trace", str(trace), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.csv:2: column 'prompt_tokens'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not TRACES.is_dir(), reason="../shared/traces is not present")
+def test_simulate_replays_the_azure_trace(tmp_path):
+    code = main(["simulate", "--trace", str(TRACES / "azure2023_conv.csv"), "--requests", "600",
+                 "--replicas", "2", "--load", "0.9", "--policies", "fifo,sjf", "--no-plots",
+                 "--out", str(tmp_path / "az")])
+    assert code == 0
+    summary = json.loads((tmp_path / "az" / "summary.json").read_text())
+    assert summary["policies"]["sjf"]["completed"] == 600
