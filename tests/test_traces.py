@@ -16,7 +16,7 @@ from driftsched.sim.traces import (
     load_mooncake,
     load_sharegpt_lengths,
 )
-from driftsched.sim.workload import CATEGORIES, TenantSpec, capacity_rps
+from driftsched.sim.workload import CATEGORIES, TenantSpec, measured_capacity_rps
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 HEADER = "arrival_s,tenant,category,prompt_tokens,max_tokens,output_tokens,priority\n"
@@ -112,7 +112,7 @@ def test_rescale_to_load(traces):
     opts = ReplayOptions(limit=3000, perf=perf, replicas=2, load=1.2)
     wl = load_azure_conv(traces / "azure2023_conv.csv", opts)
     rate = (len(wl.items) - 1) / wl.items[-1].arrival_s
-    assert rate == pytest.approx(1.2 * 2 * capacity_rps(perf, wl.items), rel=1e-6)
+    assert rate == pytest.approx(1.2 * 2 * measured_capacity_rps(perf, wl.items), rel=1e-6)
 
 
 def test_unknown_category_mode(traces):

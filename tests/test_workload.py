@@ -10,7 +10,13 @@ import pytest
 
 from driftsched.sim.engine import ContinuousBatchEngine, EngineSequence
 from driftsched.sim.perf_model import QWEN3_1_7B_BF16, PerfModel
-from driftsched.sim.workload import CATEGORIES, capacity_rps, paper_workload, scale_to_load
+from driftsched.sim.workload import (
+    CATEGORIES,
+    capacity_rps,
+    measured_capacity_rps,
+    paper_workload,
+    scale_to_load,
+)
 
 PRIORS = {"qa": 64, "chat": 256, "code": 384, "summarize": 192, "longform": 768}
 
@@ -63,9 +69,10 @@ def test_arrival_rate_follows_load(workload):
     perf = PerfModel()
     items = workload.items
     rate = (len(items) - 1) / (items[-1].arrival_s - items[0].arrival_s)
-    assert rate == pytest.approx(1.2 * 4 * capacity_rps(perf, items), rel=0.05)
+    assert rate == pytest.approx(1.2 * 4 * measured_capacity_rps(perf, items), rel=0.05)
     doubled = scale_to_load(items, perf, replicas=4, load=2.4)
-    assert doubled[-1].arrival_s == pytest.approx(items[-1].arrival_s / 2, rel=0.02)
+    # The capacity sample differs slightly (bursts reorder items), hence the looser tolerance.
+    assert doubled[-1].arrival_s == pytest.approx(items[-1].arrival_s / 2, rel=0.06)
 
 
 @pytest.mark.parametrize(("model", "low", "high"), [(None, 0.7, 1.1), (QWEN3_1_7B_BF16, 0.9, 1.3)])
