@@ -12,6 +12,7 @@ reported running for `grant_grace_s` is presumed lost (its ingress died) and rel
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -67,7 +68,12 @@ class CapacityLedger:
     def release(self, replica_id: str, request_id: str) -> bool:
         """Return a granted slot; False if the ledger did not hold it."""
         state = self._replicas.get(replica_id)
-        return state is not None and state.granted.pop(request_id, None) is not None
+        if state is None:
+            return False
+        if request_id in state.capacity.active:  # do not wait for the next heartbeat to see it gone
+            active = tuple(a for a in state.capacity.active if a != request_id)
+            state.capacity = dataclasses.replace(state.capacity, active=active)
+        return state.granted.pop(request_id, None) is not None
 
     def expire(self, now: float) -> list[tuple[str, list[str]]]:
         """Drop silent replicas; returns (replica id, its outstanding grants) for each one dropped."""

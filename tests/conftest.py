@@ -83,3 +83,14 @@ def serve_cluster() -> Iterator[ServeCluster]:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def scheduler_handle(args: dict[str, Any]) -> Any:
+    """The scheduler actor of a deployed app (named after the app and its config fingerprint)."""
+    import ray
+
+    from deployments.actors import NAMESPACE
+    from serve_app.config import parse_app_config
+
+    name = f"driftsched.scheduler.{parse_app_config(args).fingerprint()}"
+    return ray.get_actor(name, namespace=NAMESPACE)
