@@ -31,8 +31,14 @@ CONFIG = CoreConfig.model_validate(
 def make_requests(n: int, seed: int) -> list[Request]:
     rng = random.Random(seed)
     return [
-        Request(f"q{seed}-{i}", f"t{rng.randrange(8)}", rng.randint(10, 3000), rng.choice((64, 512, 2048)),
-                arrival_time=0.0, category=rng.choice(CATEGORIES))
+        Request(
+            f"q{seed}-{i}",
+            f"t{rng.randrange(8)}",
+            rng.randint(10, 3000),
+            rng.choice((64, 512, 2048)),
+            arrival_time=0.0,
+            category=rng.choice(CATEGORIES),
+        )
         for i in range(n)
     ]
 
@@ -40,8 +46,20 @@ def make_requests(n: int, seed: int) -> list[Request]:
 def make_tickets(n: int, seed: int) -> list[Ticket]:
     rng = random.Random(seed)
     return [
-        Ticket(f"k{seed}-{i}", f"t{i % 8}", i % 4, 1 + i % 3, "chat", SizeClass.MEDIUM, rng.randint(10, 3000),
-               2048, e := rng.uniform(1, 2000), e, float(i), seed * 10**7 + i)
+        Ticket(
+            f"k{seed}-{i}",
+            f"t{i % 8}",
+            i % 4,
+            1 + i % 3,
+            "chat",
+            SizeClass.MEDIUM,
+            rng.randint(10, 3000),
+            2048,
+            e := rng.uniform(1, 2000),
+            e,
+            float(i),
+            seed * 10**7 + i,
+        )
         for i in range(n)
     ]
 

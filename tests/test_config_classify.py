@@ -84,5 +84,8 @@ def test_category_rules(given, prompt, max_tokens, text, expected):
 def test_size_class_thresholds():
     c = Classifier(ClassifierConfig(short_below=100, long_from=400))
     assert [c.size_class(x) for x in (99, 100, 399, 400)] == [
-        SizeClass.SHORT, SizeClass.MEDIUM, SizeClass.MEDIUM, SizeClass.LONG,
+        SizeClass.SHORT,
+        SizeClass.MEDIUM,
+        SizeClass.MEDIUM,
+        SizeClass.LONG,
     ]

@@ -20,8 +20,9 @@ def make_estimator(**drift: object) -> Estimator:
     return Estimator(EstimatorConfig(drift=DriftConfig(**drift)), tenants)
 
 
-def feed(est: Estimator, tenant: str, category: str, truth, n: int, t0: float, rng: random.Random,
-         dt: float = 1.0):
+def feed(
+    est: Estimator, tenant: str, category: str, truth, n: int, t0: float, rng: random.Random, dt: float = 1.0
+):
     """n requests, one every `dt` s, true lengths from `truth(rng)`; returns the time after them."""
     t = t0
     for _ in range(n):
@@ -42,6 +43,7 @@ def test_raw_estimate_uses_priors_tenant_scale_and_max_tokens():
 
 def test_category_twice_its_prior_is_corrected_within_bounded_observations():
     est, rng = make_estimator(), random.Random(1)
+
     def truth(r):
         return int(r.lognormvariate(0, 0.4) * 768 / 1.08)  # mean ≈ 2 × prior 384
 
@@ -100,8 +102,13 @@ def test_corrected_estimate_is_within_one_and_max_tokens(observed, prompt, max_t
 
 obs_strategy = st.lists(
     st.tuples(
-        st.sampled_from(["a", "b"]), st.sampled_from(["qa", "code"]), st.integers(0, 20),
-        st.floats(1, 2000), st.floats(1, 2000), st.integers(0, 4000), st.floats(0, 3000),
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(["qa", "code"]),
+        st.integers(0, 20),
+        st.floats(1, 2000),
+        st.floats(1, 2000),
+        st.integers(0, 4000),
+        st.floats(0, 3000),
     ),
     max_size=60,
 )

@@ -67,9 +67,7 @@ def test_token_quota_charges_estimate_and_settles_on_completion():
 
 
 def test_quota_rejection_charges_nothing():
-    sched, _ = make_scheduler(
-        "fifo", TenantConfig(name="a", requests_per_minute=2, tokens_per_minute=400)
-    )
+    sched, _ = make_scheduler("fifo", TenantConfig(name="a", requests_per_minute=2, tokens_per_minute=400))
     assert sched.submit(req(1)).admitted
     assert sched.submit(req(2)).reason is RejectReason.TOKEN_QUOTA
     # The token rejection did not consume the request quota: a cheap request still passes.
@@ -78,7 +76,9 @@ def test_quota_rejection_charges_nothing():
 
 def test_tenant_queue_cap_and_system_overload():
     sched, _ = make_scheduler(
-        "fifo", TenantConfig(name="a", max_queued=2), TenantConfig(name="b"),
+        "fifo",
+        TenantConfig(name="a", max_queued=2),
+        TenantConfig(name="b"),
         scheduler={"max_queued_total": 3},
     )
     assert sched.submit(req(1)).admitted and sched.submit(req(2)).admitted

@@ -70,8 +70,21 @@ def test_sjf_beats_fifo_median_under_contention(workload):
 
 def test_simulate_command_writes_summary_csv_and_plots(tmp_path, capsys):
     out = tmp_path / "paper"
-    code = main(["simulate", "--workload", "paper", "--requests", "800", "--replicas", "2",
-                 "--policies", "fifo,sjf,aging", "--out", str(out)])
+    code = main(
+        [
+            "simulate",
+            "--workload",
+            "paper",
+            "--requests",
+            "800",
+            "--replicas",
+            "2",
+            "--policies",
+            "fifo,sjf,aging",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "sjf-oracle" in printed and "correction_mae_reduction" in printed
@@ -94,11 +107,26 @@ def test_simulate_command_writes_summary_csv_and_plots(tmp_path, capsys):
 def test_simulate_replays_a_generic_csv_trace(tmp_path, capsys):
     trace = tmp_path / "mine.csv"
     lines = ["arrival_s,tenant,category,prompt_tokens,max_tokens,output_tokens,priority"]
-    lines += [f"{i * 0.2:.1f},{'ab'[i % 2]},{['qa', 'chat', 'code'][i % 3]},{100 + i},512,{20 + (i * 37) % 400},{i % 2}"
-              for i in range(300)]
+    categories = ["qa", "chat", "code"]
+    lines += [
+        f"{i * 0.2:.1f},{'ab'[i % 2]},{categories[i % 3]},{100 + i},512,{20 + (i * 37) % 400},{i % 2}"
+        for i in range(300)
+    ]
     trace.write_text("\n".join(lines) + "\n")
-    code = main(["simulate", "--trace", str(trace), "--replicas", "1", "--policies", "fifo",
-                 "--no-plots", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "simulate",
+            "--trace",
+            str(trace),
+            "--replicas",
+            "1",
+            "--policies",
+            "fifo",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["policies"]["fifo"]["completed"] == 300
@@ -114,9 +142,24 @@ def test_simulate_reports_a_bad_trace_clearly(tmp_path, capsys):
 
 @pytest.mark.skipif(not TRACES.is_dir(), reason="../shared/traces is not present")
 def test_simulate_replays_the_azure_trace(tmp_path):
-    code = main(["simulate", "--trace", str(TRACES / "azure2023_conv.csv"), "--requests", "600",
-                 "--replicas", "2", "--load", "0.9", "--policies", "fifo,sjf", "--no-plots",
-                 "--out", str(tmp_path / "az")])
+    code = main(
+        [
+            "simulate",
+            "--trace",
+            str(TRACES / "azure2023_conv.csv"),
+            "--requests",
+            "600",
+            "--replicas",
+            "2",
+            "--load",
+            "0.9",
+            "--policies",
+            "fifo,sjf",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "az"),
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "az" / "summary.json").read_text())
     assert summary["policies"]["sjf"]["completed"] == 600

@@ -204,8 +204,7 @@ def parse_core_config(data: dict[str, Any]) -> CoreConfig:
         return CoreConfig.model_validate(data)
     except ValidationError as exc:
         lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']} "
-            f"(got {err.get('input')!r})"
+            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']} (got {err.get('input')!r})"
             for err in exc.errors()
         ]
         raise ConfigError("invalid DriftSched config:\n" + "\n".join(lines)) from None

@@ -56,8 +56,13 @@ class _Node:
 
     __slots__ = ("es", "ns", "size", "t", "we", "window", "wy", "ys")
 
-    def __init__(self, size: int, t: float = 0.0, sums: tuple[float, float, float] = (0.0, 0.0, 0.0),
-                 window: list[tuple[float, float, float]] | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        t: float = 0.0,
+        sums: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        window: list[tuple[float, float, float]] | None = None,
+    ) -> None:
         self.size = size
         self.t = t
         self.ns, self.es, self.ys = sums
@@ -98,7 +103,7 @@ class _Node:
         self.es = self.es * a + other.es * b
         self.ys = self.ys * a + other.ys * b
         self.t = t
-        self.window = list(heapq.merge(self.window, other.window))[-self.size:]
+        self.window = list(heapq.merge(self.window, other.window))[-self.size :]
         self._resum()
 
     def state(self) -> list[Any]:
@@ -123,8 +128,20 @@ class _Errors:
     )
 
     def __init__(self, values: tuple[float, ...] = (0.0,) * 12) -> None:
-        (self.t, self.n, self.sum_raw, self.abs_raw, self.sq_raw, self.sum_corr, self.abs_corr,
-         self.sq_corr, self.rec_n, self.rec_raw, self.rec_corr, _) = values
+        (
+            self.t,
+            self.n,
+            self.sum_raw,
+            self.abs_raw,
+            self.sq_raw,
+            self.sum_corr,
+            self.abs_corr,
+            self.sq_corr,
+            self.rec_n,
+            self.rec_raw,
+            self.rec_corr,
+            _,
+        ) = values
 
     def add(self, t: float, e: float, c: float, y: float, kf: float) -> None:
         dr, dc = y - e, y - c
@@ -160,8 +177,20 @@ class _Errors:
         self.t = t
 
     def values(self) -> tuple[float, ...]:
-        return (self.t, self.n, self.sum_raw, self.abs_raw, self.sq_raw, self.sum_corr,
-                self.abs_corr, self.sq_corr, self.rec_n, self.rec_raw, self.rec_corr, 0.0)
+        return (
+            self.t,
+            self.n,
+            self.sum_raw,
+            self.abs_raw,
+            self.sq_raw,
+            self.sum_corr,
+            self.abs_corr,
+            self.sq_corr,
+            self.rec_n,
+            self.rec_raw,
+            self.rec_corr,
+            0.0,
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -202,8 +231,14 @@ class DriftTracker:
         return ((), (category,), (tenant, category))
 
     def observe(
-        self, tenant: str, category: str, bucket: int, raw: float, corrected: float,
-        observed: float, now: float,
+        self,
+        tenant: str,
+        category: str,
+        bucket: int,
+        raw: float,
+        corrected: float,
+        observed: float,
+        now: float,
     ) -> None:
         """Record one finished request."""
         ks, kf = self._ks, self._kf
@@ -223,8 +258,7 @@ class DriftTracker:
         for key, node in other._nodes.items():
             mine = self._nodes.get(key)
             if mine is None:
-                self._nodes[key] = _Node(self._window, node.t, (node.ns, node.es, node.ys),
-                                         list(node.window))
+                self._nodes[key] = _Node(self._window, node.t, (node.ns, node.es, node.ys), list(node.window))
             else:
                 mine.merge(node, ks)
         for ekey, err in other._errors.items():
@@ -319,7 +353,9 @@ class DriftTracker:
         tracker = cls(config)
         for key, t, ns, es, ys, window in data["nodes"]:
             tracker._nodes[tuple(key)] = _Node(
-                tracker._window, float(t), (float(ns), float(es), float(ys)),
+                tracker._window,
+                float(t),
+                (float(ns), float(es), float(ys)),
                 [(float(a), float(b), float(c)) for a, b, c in window],
             )
         for tenant, category, *values in data["errors"]:

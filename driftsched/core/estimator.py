@@ -73,6 +73,11 @@ class Estimator:
     ) -> None:
         """Feed a finished request's observed output length back."""
         self.tracker.observe(
-            tenant, category, estimate.bucket, estimate.raw, estimate.corrected,
-            float(observed_tokens), now,
+            tenant,
+            category,
+            estimate.bucket,
+            estimate.raw,
+            estimate.corrected,
+            float(observed_tokens),
+            now,
         )

@@ -75,12 +75,15 @@ class Scheduler:
             return self._reject(tenant, RejectReason.INVALID, "duplicate request id")
         if len(self._queued) >= self.config.scheduler.max_queued_total:
             return self._reject(
-                tenant, RejectReason.OVERLOADED, "the system queue is full",
+                tenant,
+                RejectReason.OVERLOADED,
+                "the system queue is full",
                 self.config.scheduler.overload_retry_after_s,
             )
         if self._queued_per_tenant[tenant] >= self._max_queued[tenant]:
             return self._reject(
-                tenant, RejectReason.TENANT_QUEUE_FULL,
+                tenant,
+                RejectReason.TENANT_QUEUE_FULL,
                 f"tenant {tenant!r} already has {self._max_queued[tenant]} requests waiting",
                 self.config.scheduler.overload_retry_after_s,
             )
@@ -91,9 +94,7 @@ class Scheduler:
             )
         wait = quota.token_wait_s(ticket.cost_tokens, now)
         if wait > 0:
-            return self._reject(
-                tenant, RejectReason.TOKEN_QUOTA, "tokens-per-minute quota exceeded", wait
-            )
+            return self._reject(tenant, RejectReason.TOKEN_QUOTA, "tokens-per-minute quota exceeded", wait)
         quota.charge(ticket.cost_tokens)
         self._seq += 1
         ticket.seq = self._seq
@@ -212,8 +213,9 @@ class Scheduler:
             queued=dict(self._queued_per_tenant),
             in_flight=in_flight,
             counters={
-                k: TenantCounters(c.admitted, c.dispatched, c.completed, c.cancelled, c.expired,
-                                  dict(c.rejected))
+                k: TenantCounters(
+                    c.admitted, c.dispatched, c.completed, c.cancelled, c.expired, dict(c.rejected)
+                )
                 for k, c in self._counters.items()
             },
             drift=tracker.stats(now),

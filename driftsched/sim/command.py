@@ -33,25 +33,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workload", choices=["paper"], help="synthetic multi-tenant workload")
     source.add_argument("--trace", type=Path, help="trace file to replay")
-    parser.add_argument("--trace-format", choices=TRACE_FORMATS, default=None,
-                        help="trace file format (default: from the file name)")
-    parser.add_argument("--policies", default=DEFAULT_POLICIES,
-                        help=f"comma-separated policies (default {DEFAULT_POLICIES}); "
-                             f"{', '.join(REFERENCES)} always run too")
+    parser.add_argument(
+        "--trace-format",
+        choices=TRACE_FORMATS,
+        default=None,
+        help="trace file format (default: from the file name)",
+    )
+    parser.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help=f"comma-separated policies (default {DEFAULT_POLICIES}); {', '.join(REFERENCES)} always run too",
+    )
     parser.add_argument("--replicas", type=int, default=4, help="simulated L4 replicas (default 4)")
-    parser.add_argument("--load", type=float, default=None,
-                        help="offered work / measured saturated capacity of the replicas; default 1.1 for --workload, "
-                             "trace timestamps kept for --trace unless given")
-    parser.add_argument("--requests", type=int, default=20_000,
-                        help="requests to generate, or rows to read from a trace (default 20000)")
+    parser.add_argument(
+        "--load",
+        type=float,
+        default=None,
+        help="offered work / measured saturated capacity of the replicas; default 1.1 for --workload, "
+        "trace timestamps kept for --trace unless given",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=20_000,
+        help="requests to generate, or rows to read from a trace (default 20000)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", choices=sorted(MODELS), default="llama-3.1-8b",
-                        help="model shape for the L4 performance model (default llama-3.1-8b, BF16)")
-    parser.add_argument("--category-mode", choices=["random", "prompt_band"], default="prompt_band",
-                        help="how trace requests get a category (default prompt_band)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="YAML CoreConfig for estimator/classifier/scheduler settings "
-                             "(its tenants are replaced by the workload's)")
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="llama-3.1-8b",
+        help="model shape for the L4 performance model (default llama-3.1-8b, BF16)",
+    )
+    parser.add_argument(
+        "--category-mode",
+        choices=["random", "prompt_band"],
+        default="prompt_band",
+        help="how trace requests get a category (default prompt_band)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML CoreConfig for estimator/classifier/scheduler settings "
+        "(its tenants are replaced by the workload's)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
 
@@ -78,8 +104,12 @@ def build_workload(args: argparse.Namespace, perf: perf_model.PerfModel) -> Work
             workload = Workload(workload.name, items, workload.tenants)
         return workload
     opts = traces.ReplayOptions(
-        seed=args.seed, limit=args.requests, category=args.category_mode, perf=perf,
-        replicas=args.replicas, load=args.load,
+        seed=args.seed,
+        limit=args.requests,
+        category=args.category_mode,
+        perf=perf,
+        replicas=args.replicas,
+        load=args.load,
     )
     if fmt == "azure":
         return traces.load_azure_conv(args.trace, opts)
@@ -115,8 +145,10 @@ def run(args: argparse.Namespace) -> int:
         "simulated_requests_per_wall_s": len(workload.items) * len(names) / wall,
     }
     summary = write_results(runs, meta, args.out, plots=not args.no_plots)
-    print(f"{workload.name}: {len(workload.items)} requests, {args.replicas} replicas ({args.model}), "
-          f"{len(names)} runs in {wall:.1f} s ({meta['simulated_requests_per_wall_s']:,.0f} simulated req/s)")
+    print(
+        f"{workload.name}: {len(workload.items)} requests, {args.replicas} replicas ({args.model}), "
+        f"{len(names)} runs in {wall:.1f} s ({meta['simulated_requests_per_wall_s']:,.0f} simulated req/s)"
+    )
     print(format_table(summary))
     print(f"results in {args.out}/ (summary.json, requests.csv, *.png)")
     return 0

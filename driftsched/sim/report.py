@@ -73,7 +73,9 @@ def policy_summary(run: RunResult) -> dict[str, Any]:
     }
 
 
-def comparisons(policies: dict[str, dict[str, Any]], estimator: dict[str, dict[str, float]]) -> dict[str, Any]:
+def comparisons(
+    policies: dict[str, dict[str, Any]], estimator: dict[str, dict[str, float]]
+) -> dict[str, Any]:
     """The paper's comparisons as ratios (reductions are positive when better)."""
     out: dict[str, Any] = {}
     unc, cor = estimator["uncorrected"], estimator["corrected"]
@@ -111,11 +113,13 @@ def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table of the summary."""
     lines = []
     est = summary["estimator"]
+    unc, cor = est["uncorrected"], est["corrected"]
     lines.append(
-        f"estimator (from {est['from_policy']}): MAE {est['uncorrected']['mae']:.1f} -> "
-        f"{est['corrected']['mae']:.1f}, RMSE {est['uncorrected']['rmse']:.1f} -> {est['corrected']['rmse']:.1f}"
+        f"estimator (from {est['from_policy']}): MAE {unc['mae']:.1f} -> {cor['mae']:.1f}, "
+        f"RMSE {unc['rmse']:.1f} -> {cor['rmse']:.1f}"
     )
-    head = f"{'policy':<16}{'p50':>9}{'p90':>9}{'p99':>9}{'mean':>9}{'ttft50':>9}{'wait50':>9}{'done':>8}{'rej':>6}"
+    columns = ("p50", "p90", "p99", "mean", "ttft50", "wait50")
+    head = f"{'policy':<16}" + "".join(f"{c:>9}" for c in columns) + f"{'done':>8}{'rej':>6}"
     lines += [head, "-" * len(head)]
     for name, p in summary["policies"].items():
         e = p["e2e_s"]
@@ -147,16 +151,47 @@ def write_requests_csv(runs: Sequence[RunResult], path: Path) -> None:
     """One row per (policy, request)."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["policy", "request", "tenant", "category", "arrival_s", "dispatch_s", "first_token_s",
-                    "finish_s", "prompt_tokens", "max_tokens", "output_tokens", "raw_estimate",
-                    "corrected_estimate", "status"])
+        w.writerow(
+            [
+                "policy",
+                "request",
+                "tenant",
+                "category",
+                "arrival_s",
+                "dispatch_s",
+                "first_token_s",
+                "finish_s",
+                "prompt_tokens",
+                "max_tokens",
+                "output_tokens",
+                "raw_estimate",
+                "corrected_estimate",
+                "status",
+            ]
+        )
         for run in runs:
             for i, it in enumerate(run.items):
-                status = "completed" if not np.isnan(run.finish[i]) else (run.reject_reason[i] or "unfinished")
-                w.writerow([run.policy, i, it.tenant, run.category[i] or it.category, f"{it.arrival_s:.4f}",
-                            f"{run.dispatch[i]:.4f}", f"{run.first_token[i]:.4f}", f"{run.finish[i]:.4f}",
-                            it.prompt_tokens, it.max_tokens, it.output_tokens, f"{run.raw_estimate[i]:.1f}",
-                            f"{run.corrected_estimate[i]:.1f}", status])
+                status = (
+                    "completed" if not np.isnan(run.finish[i]) else (run.reject_reason[i] or "unfinished")
+                )
+                w.writerow(
+                    [
+                        run.policy,
+                        i,
+                        it.tenant,
+                        run.category[i] or it.category,
+                        f"{it.arrival_s:.4f}",
+                        f"{run.dispatch[i]:.4f}",
+                        f"{run.first_token[i]:.4f}",
+                        f"{run.finish[i]:.4f}",
+                        it.prompt_tokens,
+                        it.max_tokens,
+                        it.output_tokens,
+                        f"{run.raw_estimate[i]:.1f}",
+                        f"{run.corrected_estimate[i]:.1f}",
+                        status,
+                    ]
+                )
 
 
 def write_plots(runs: Sequence[RunResult], summary: dict[str, Any], out: Path) -> list[Path]:
@@ -172,8 +207,12 @@ def write_plots(runs: Sequence[RunResult], summary: dict[str, Any], out: Path) -
         a = _arrays(run)
         e2e = np.sort(a["e2e"][a["done"]])
         if e2e.size:
-            ax.plot(e2e, np.arange(1, e2e.size + 1) / e2e.size, label=run.policy,
-                    linestyle="--" if run.policy in REFERENCES else "-")
+            ax.plot(
+                e2e,
+                np.arange(1, e2e.size + 1) / e2e.size,
+                label=run.policy,
+                linestyle="--" if run.policy in REFERENCES else "-",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("end-to-end latency (s)")
     ax.set_ylabel("fraction of requests")
@@ -211,7 +250,7 @@ def write_plots(runs: Sequence[RunResult], summary: dict[str, Any], out: Path) -
     for name, est in (("uncorrected", source.raw_estimate), ("corrected", source.corrected_estimate)):
         err = np.abs(est[ok] - a["true"][ok])
         if err.size >= window:
-            ax.plot(t[window - 1:], np.convolve(err, kernel, mode="valid"), label=name)
+            ax.plot(t[window - 1 :], np.convolve(err, kernel, mode="valid"), label=name)
     ax.set_xlabel("arrival time (s)")
     ax.set_ylabel(f"absolute error, rolling mean of {window} (tokens)")
     ax.set_title(f"output-length estimate error over time ({source.policy})")
@@ -234,7 +273,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_results(runs: Sequence[RunResult], meta: dict[str, Any], out: Path, plots: bool = True) -> dict[str, Any]:
+def write_results(
+    runs: Sequence[RunResult], meta: dict[str, Any], out: Path, plots: bool = True
+) -> dict[str, Any]:
     """Write summary.json, requests.csv and the plots under `out`; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs, meta)

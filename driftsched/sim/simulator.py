@@ -65,8 +65,12 @@ def core_config_for(workload: Workload, perf: PerfModel, base: CoreConfig | None
     """The workload's tenants on top of `base` (default settings otherwise), context capped by the KV."""
     tenants = [
         TenantConfig(
-            name=t.name, tier=t.tier, weight=t.weight, requests_per_minute=t.requests_per_minute,
-            tokens_per_minute=t.tokens_per_minute, max_queued=10**9,
+            name=t.name,
+            tier=t.tier,
+            weight=t.weight,
+            requests_per_minute=t.requests_per_minute,
+            tokens_per_minute=t.tokens_per_minute,
+            max_queued=10**9,
         )
         for t in workload.tenants
     ]
@@ -140,16 +144,32 @@ class Simulation:
         if self.progress is not None:
             self.progress(n % 1000)
         return RunResult(
-            self.policy_name, self.items, self.admitted, self.reject_reason, self.dispatch,
-            self.first_token, self.finish, self.raw, self.corrected, self.category,
-            self.scheduler.snapshot(), sum(e.num_preemptions for e in self.engines), clock.now,
+            self.policy_name,
+            self.items,
+            self.admitted,
+            self.reject_reason,
+            self.dispatch,
+            self.first_token,
+            self.finish,
+            self.raw,
+            self.corrected,
+            self.category,
+            self.scheduler.snapshot(),
+            sum(e.num_preemptions for e in self.engines),
+            clock.now,
         )
 
     def _arrive(self, i: int) -> None:
         item = self.items[i]
         request = Request(
-            str(i), item.tenant, item.prompt_tokens, item.max_tokens, item.arrival_s,
-            category=item.category, priority=item.priority, prompt_text=item.prompt_text,
+            str(i),
+            item.tenant,
+            item.prompt_tokens,
+            item.max_tokens,
+            item.arrival_s,
+            category=item.category,
+            priority=item.priority,
+            prompt_text=item.prompt_text,
         )
         intake = self.scheduler.intake
         rejection = intake.validate(request)
