@@ -24,7 +24,7 @@ async def _first_token_time(base_url, key, t0, **kwargs):
 
 
 async def _contend(base_url, waiting):
-    """Fill all 4 slots with long requests, queue `waiting` (key, kwargs) in order, return first-token times."""
+    """Fill the 4 slots with long requests, queue `waiting` (key, kwargs) in order; first-token times."""
     t0 = time.monotonic()
     blockers = [
         asyncio.create_task(_first_token_time(
