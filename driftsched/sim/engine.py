@@ -16,43 +16,30 @@ and ``free_kv_tokens`` allow. The target output length is the *true* one; only t
 Sequences hold KV counted in tokens (no block rounding, no prefix caching).
 
 ``step(horizon_s)`` fuses consecutive pure-decode iterations until the next event or until the elapsed
-time reaches ``horizon_s`` (closed-form sum, O(batch) per call), so a simulator can jump between events;
-with the default horizon of 0 it runs exactly one iteration, as a real-time replica needs.
+time reaches ``horizon_s`` (closed-form sum), so a simulator can jump between events; with the default
+horizon of 0 it runs exactly one iteration, as a real-time replica needs.
+
+Lazy accounting (why a step costs O(events + log batch), not O(batch)). A running sequence is either
+*decoding* (it has sampled and has exactly one uncached token, so each step it is served advances it by
+one) or *prefilling*. Running sequences are kept in admission order, and the decoders always come first:
+a sequence is admitted only once every running one was fully served, so at most the newest one is left
+mid-prefill. Decoders do not store their counters; each step the engine bumps ``DecodeClock.ticks`` once
+and a decoder's counters are its values when it started decoding plus the ticks since then
+(``generated = base + ticks - since``). A heap keyed ``(finish tick, admission order)`` yields the decoders
+that finish at the current tick in batch order, ``kv_used`` and ``held_tokens`` are running sums, and
+decoders are served, and preempted from the tail, in bulk by count. Only prefilling sequences (usually
+zero or one), preemption victims and finished sequences are touched one by one.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
-from collections.abc import Hashable
-from dataclasses import dataclass, field
 
 from driftsched.sim.perf_model import PerfModel
+from driftsched.sim.sequence import DecodeClock, EngineSequence, StepEvents
 
-
-@dataclass(slots=True, eq=False)
-class EngineSequence:
-    """One request inside the engine: prompt, true output length, and progress so far."""
-
-    request_id: Hashable
-    prompt_tokens: int
-    output_tokens: int
-    generated: int = 0
-    computed: int = 0  # tokens whose KV is cached
-
-    @property
-    def num_tokens(self) -> int:
-        return self.prompt_tokens + self.generated
-
-
-@dataclass(slots=True)
-class StepEvents:
-    """What one ``step()`` call did: iterations run, tokens sampled, sequences that changed state."""
-
-    num_iterations: int = 0
-    num_tokens: int = 0
-    first_token: list[EngineSequence] = field(default_factory=list)
-    finished: list[EngineSequence] = field(default_factory=list)
-    preempted: list[EngineSequence] = field(default_factory=list)
+__all__ = ["ContinuousBatchEngine", "DecodeClock", "EngineSequence", "StepEvents"]
 
 
 class ContinuousBatchEngine:
@@ -61,7 +48,11 @@ class ContinuousBatchEngine:
     def __init__(self, perf: PerfModel) -> None:
         self.perf = perf
         self.kv_capacity = perf.kv_capacity_tokens
-        self.running: list[EngineSequence] = []
+        self._running: dict[EngineSequence, None] = {}  # admission order; decoders first
+        self._prefilling: list[EngineSequence] = []  # the running ones not decoding, in order
+        self._finish_heap: list[tuple[int, int, EngineSequence]] = []  # (finish tick, order, seq)
+        self._clock = DecodeClock()
+        self._next_order = 0
         self.waiting: deque[EngineSequence] = deque()
         self.kv_used = 0
         self.held_tokens = 0  # prompt + generated over all sequences held, cached or not
@@ -69,8 +60,13 @@ class ContinuousBatchEngine:
 
     # -- capacity the scheduler pulls against --------------------------------------------------
     @property
+    def running(self) -> list[EngineSequence]:
+        """The running batch in admission order (a copy)."""
+        return list(self._running)
+
+    @property
     def free_seq_slots(self) -> int:
-        return max(0, self.perf.max_num_seqs - len(self.running) - len(self.waiting))
+        return max(0, self.perf.max_num_seqs - len(self._running) - len(self.waiting))
 
     @property
     def free_kv_tokens(self) -> int:
@@ -79,7 +75,7 @@ class ContinuousBatchEngine:
 
     @property
     def is_idle(self) -> bool:
-        return not self.running and not self.waiting
+        return not self._running and not self.waiting
 
     def add(self, seq: EngineSequence) -> None:
         """Queue a sequence; it starts at the next step that has room."""
@@ -97,9 +93,13 @@ class ContinuousBatchEngine:
         """Drop a sequence (client went away); returns whether it was in the engine."""
         if seq in self.waiting:
             self.waiting.remove(seq)
-        elif seq in self.running:
-            self.running.remove(seq)
-            self.kv_used -= seq.computed
+        elif seq in self._running:
+            del self._running[seq]
+            if seq._clock is None:
+                self._prefilling.remove(seq)
+            else:
+                _freeze(seq)
+            self.kv_used -= seq._computed
         else:
             return False
         self.held_tokens -= seq.num_tokens
@@ -108,7 +108,7 @@ class ContinuousBatchEngine:
     # -- stepping ------------------------------------------------------------------------------
     def step(self, horizon_s: float = 0.0) -> tuple[float, StepEvents]:
         """Run one iteration, or several fused decode iterations up to the next event or ``horizon_s``."""
-        if self.running and horizon_s > 0.0 and not self._can_admit(len(self.running)):
+        if self._running and horizon_s > 0.0 and not self._can_admit(len(self._running)):
             fused = self._fused_decode(horizon_s)
             if fused is not None:
                 return fused
@@ -116,7 +116,7 @@ class ContinuousBatchEngine:
 
     def _can_admit(self, num_decodes: int) -> bool:
         """Whether a step with ``num_decodes`` decodes could also start the head of the waiting list."""
-        if not self.waiting or len(self.running) >= self.perf.max_num_seqs:
+        if not self.waiting or len(self._running) >= self.perf.max_num_seqs:
             return False
         budget = self.perf.max_num_batched_tokens - num_decodes
         need = min(self.waiting[0].num_tokens, budget)
@@ -124,111 +124,168 @@ class ContinuousBatchEngine:
 
     def _one_step(self) -> tuple[float, StepEvents]:
         events = StepEvents()
+        running, prefilling, cap = self._running, self._prefilling, self.kv_capacity
         budget = self.perf.max_num_batched_tokens
+        context = self.kv_used  # less what is preempted or left unserved, below
+        # Decoders, in bulk: one token each while KV lasts. When it runs out, preempt from the tail
+        # (prefilling ones first) until one more fits; if that takes the decoder due next, stop. The
+        # budget always covers them: each decoder was served in the step before, at a token or more.
+        todo, served = len(running) - len(prefilling), 0
+        while todo:
+            take = min(todo, cap - self.kv_used)
+            served += take
+            todo -= take
+            self.kv_used += take
+            while todo and self.kv_used + 1 > cap:
+                todo -= not prefilling  # the tail is a decoder once no prefilling sequence is left
+                _, freed = self._preempt_newest(events)
+                context -= freed
+        budget -= served
+        # Prefilling sequences one by one, as vLLM does: clipped by the budget, preempting from the tail.
         scheduled: list[tuple[EngineSequence, int]] = []
-        running = self.running
-        i = 0
-        while i < len(running) and budget > 0:
-            seq = running[i]
-            need = seq.prompt_tokens + seq.generated - seq.computed
-            if need > budget:
-                need = budget
-            while self.kv_used + need > self.kv_capacity:
-                victim = running.pop()
-                self._preempt(victim, events)
+        j = 0
+        while j < len(prefilling) and budget > 0:
+            seq = prefilling[j]
+            need = min(seq.prompt_tokens + seq._generated - seq._computed, budget)
+            while self.kv_used + need > cap:
+                victim, freed = self._preempt_newest(events)
+                context -= freed
                 if victim is seq:
                     break
             else:
                 scheduled.append((seq, need))
                 self.kv_used += need
                 budget -= need
-                i += 1
+                j += 1
                 continue
             break
+        for seq in prefilling[j:]:
+            context -= seq._computed
         limit = self.perf.max_num_seqs
         while not events.preempted and self.waiting and budget > 0 and len(running) < limit:
             seq = self.waiting[0]
-            need = min(seq.num_tokens - seq.computed, budget)
-            if self.kv_used + need > self.kv_capacity:
+            need = min(seq.prompt_tokens + seq._generated - seq._computed, budget)
+            if self.kv_used + need > cap:
                 break
-            running.append(self.waiting.popleft())
+            self.waiting.popleft()
+            seq._order = self._next_order
+            self._next_order += 1
+            running[seq] = None
+            prefilling.append(seq)
             scheduled.append((seq, need))
             self.kv_used += need
             budget -= need
-        return self._apply(scheduled, events)
+        return self._apply(served, scheduled, context, events)
 
-    def _preempt(self, seq: EngineSequence, events: StepEvents) -> None:
-        self.kv_used -= seq.computed
-        seq.computed = 0
+    def _preempt_newest(self, events: StepEvents) -> tuple[EngineSequence, int]:
+        """Preempt the newest running sequence; returns it and the KV tokens freed."""
+        seq, _ = self._running.popitem()
+        if seq._clock is None:
+            self._prefilling.pop()
+        else:
+            _freeze(seq)
+        freed = seq._computed
+        self.kv_used -= freed
+        seq._computed = 0
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
         events.preempted.append(seq)
+        return seq, freed
 
     def _apply(
-        self, scheduled: list[tuple[EngineSequence, int]], events: StepEvents
+        self, served: int, scheduled: list[tuple[EngineSequence, int]], context: int, events: StepEvents
     ) -> tuple[float, StepEvents]:
-        prefill = decode = context = 0
-        pairs = 0.0
+        prefill, decode, pairs = 0, served, 0.0
         for seq, n in scheduled:
-            context += seq.computed
-            if n == 1 and seq.generated > 0 and seq.computed == seq.prompt_tokens + seq.generated - 1:
+            if n == 1 and seq._generated > 0 and seq._computed == seq.prompt_tokens + seq._generated - 1:
                 decode += 1
             else:
                 prefill += n
-                pairs += n * (seq.computed + n / 2)
+                pairs += n * (seq._computed + n / 2)
         duration = self.perf.step_time_s(prefill, decode, context, pairs)
-        done = False
+        finished: list[EngineSequence] = []
+        if served:
+            self._clock.ticks += 1
+            self.held_tokens += served
+            events.num_tokens += served
+            finished = self._pop_finished()
+        still: list[EngineSequence] = []
         for seq, n in scheduled:
-            seq.computed += n
-            if seq.computed == seq.prompt_tokens + seq.generated:
-                seq.generated += 1
+            seq._computed += n
+            if seq._computed == seq.prompt_tokens + seq._generated:
+                seq._generated += 1
                 self.held_tokens += 1
                 events.num_tokens += 1
-                if seq.generated == 1:
+                if seq._generated == 1:
                     events.first_token.append(seq)
-                if seq.generated >= seq.output_tokens:
-                    events.finished.append(seq)
-                    self.kv_used -= seq.computed
-                    self.held_tokens -= seq.num_tokens
-                    done = True
-        if done:
-            self.running = [s for s in self.running if s.generated < s.output_tokens]
-        events.num_iterations = 1 if scheduled else 0
+                if seq._generated >= seq.output_tokens:
+                    finished.append(seq)
+                    self._drop(seq)
+                    continue
+            if seq._generated > 0 and seq._computed == seq.prompt_tokens + seq._generated - 1:
+                self._start_decoding(seq)
+            else:
+                still.append(seq)
+        if scheduled:  # they head the prefilling list: the unserved ones can only follow
+            self._prefilling = still + self._prefilling[len(scheduled) :]
+        events.finished = finished  # decoders precede the others in batch order
+        events.num_iterations = 1 if served or scheduled else 0
         return duration, events
 
     def _fused_decode(self, horizon_s: float) -> tuple[float, StepEvents] | None:
         """Fuse pure-decode iterations; None when some sequence still prefills or KV is too tight."""
-        n = len(self.running)
-        to_finish = self.kv_capacity  # upper bound on any remaining output
-        for seq in self.running:
-            if seq.generated == 0 or seq.computed != seq.prompt_tokens + seq.generated - 1:
-                return None
-            left = seq.output_tokens - seq.generated
-            if left < to_finish:
-                to_finish = left
+        if self._prefilling:
+            return None
+        n = len(self._running)
+        clock, heap = self._clock, self._finish_heap
+        while heap[0] is not heap[0][2]._entry:  # drop entries of aborted or re-timed sequences
+            heapq.heappop(heap)
+        to_finish = min(self.kv_capacity, heap[0][0] - clock.ticks)
         k_max = min(to_finish, (self.kv_capacity - self.kv_used) // n)
         if k_max < 2:
             return None
         # Smallest k >= 1 whose duration reaches the horizon (step times only grow), else k_max.
-        perf, ctx = self.perf, self.kv_used
-        lo, hi = 1, k_max
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if perf.decode_run_time_s(n, ctx, mid) >= horizon_s:
-                hi = mid
-            else:
-                lo = mid + 1
-        k = lo
+        k, duration = self.perf.decode_run_until(n, self.kv_used, horizon_s, k_max)
         events = StepEvents(num_iterations=k, num_tokens=n * k)
-        for seq in self.running:
-            seq.generated += k
-            seq.computed += k
-            if seq.generated >= seq.output_tokens:
-                events.finished.append(seq)
+        clock.ticks += k
         self.kv_used += n * k
         self.held_tokens += n * k
-        if events.finished:
-            self.kv_used -= sum(s.computed for s in events.finished)
-            self.held_tokens -= sum(s.num_tokens for s in events.finished)
-            self.running = [s for s in self.running if s.generated < s.output_tokens]
-        return perf.decode_run_time_s(n, ctx, k), events
+        events.finished = self._pop_finished()
+        return duration, events
+
+    # -- lazy decoder bookkeeping --------------------------------------------------------------
+    def _start_decoding(self, seq: EngineSequence) -> None:
+        seq._clock = self._clock
+        seq._since = self._clock.ticks
+        self._push_finish(seq)
+
+    def _push_finish(self, seq: EngineSequence) -> None:
+        finish = seq._since + seq.output_tokens - seq._generated
+        seq._entry = (finish, seq._order, seq)
+        heapq.heappush(self._finish_heap, seq._entry)
+
+    def _pop_finished(self) -> list[EngineSequence]:
+        """Decoders that reached their length at the current tick, in batch order; dropped from the batch."""
+        heap, now, done = self._finish_heap, self._clock.ticks, []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            seq = entry[2]
+            if entry is seq._entry:
+                _freeze(seq)
+                self._drop(seq)
+                done.append(seq)
+        return done
+
+    def _drop(self, seq: EngineSequence) -> None:
+        """Release a finished sequence (its counters explicit already)."""
+        del self._running[seq]
+        self.kv_used -= seq._computed
+        self.held_tokens -= seq.prompt_tokens + seq._generated
+
+
+def _freeze(seq: EngineSequence) -> None:
+    """Make a decoder's counters explicit again (it finishes, is preempted or aborted)."""
+    seq._generated = seq.generated
+    seq._computed = seq.computed
+    seq._clock = None
+    seq._entry = None

@@ -167,6 +167,37 @@ class PerfModel:
         mem_steps = (k - j) * a + b * (k * (k - 1) - j * (j - 1)) / 2
         return k * self.gpu.step_overhead_s + j * c + mem_steps
 
+    def decode_run_until(
+        self, num_seqs: int, context_tokens: int, horizon_s: float, max_steps: int
+    ) -> tuple[int, float]:
+        """Fewest steps in ``[1, max_steps]`` whose ``decode_run_time_s`` reaches ``horizon_s`` (else
+        ``max_steps``), with that time.
+
+        The guess solves ``U(k) = horizon`` for the upper bound ``U(k) = k * (overhead + max(a, c))
+        + b * k * (k - 1) / 2`` of the run time (names as in ``decode_run_time_s``), so it is at most the
+        answer, and is then walked up. Step times are at least ``step_overhead_s``, so run times grow
+        strictly with k and this is the answer a bisection over ``decode_run_time_s`` finds.
+        """
+        a = self._weight_read_s + self._kv_read_s * context_tokens
+        b = self._kv_read_s * num_seqs
+        linear = self.gpu.step_overhead_s + max(a, self._matmul_flops_per_token * num_seqs) - b / 2
+        guess = (math.sqrt(linear * linear + 2 * b * horizon_s) - linear) / b if b > 0 else max_steps
+        k = min(max_steps, max(1, math.ceil(guess)))
+        took = self.decode_run_time_s(num_seqs, context_tokens, k)
+        if took >= horizon_s:  # float rounding may overshoot the guess by a step
+            while k > 1:
+                shorter = self.decode_run_time_s(num_seqs, context_tokens, k - 1)
+                if shorter < horizon_s:
+                    break
+                k, took = k - 1, shorter
+            return k, took
+        while k < max_steps:
+            k += 1
+            took = self.decode_run_time_s(num_seqs, context_tokens, k)
+            if took >= horizon_s:
+                break
+        return k, took
+
     def prefill_time_s(self, prompt_tokens: int) -> float:
         """Time to first token of one request on an idle replica (chunked prefill + request overhead)."""
         total, done = self.gpu.request_overhead_s, 0
