@@ -65,15 +65,20 @@ class ReplicaConfig(BaseModel):
         return value
 
 
-def build_engine(config: ReplicaConfig) -> Engine:
-    """The engine a replica runs, from its configuration."""
-    from deployments.sim_engine import SimulatedEngine
-
-    perf = perf_model.PerfModel(
+def perf_model_for(config: ReplicaConfig) -> perf_model.PerfModel:
+    """The performance model a simulated replica runs (also what the simulator needs to match it)."""
+    return perf_model.PerfModel(
         MODELS[config.model],
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,
     )
+
+
+def build_engine(config: ReplicaConfig) -> Engine:
+    """The engine a replica runs, from its configuration."""
+    from deployments.sim_engine import SimulatedEngine
+
+    perf = perf_model_for(config)
     return SimulatedEngine(
         perf, time_scale=config.time_scale, output_means=dict(config.output_means),
         output_sigma=config.output_sigma, seed=config.seed,

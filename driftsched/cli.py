@@ -17,6 +17,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run the policies on a workload or trace in the simulator")
     simulate.add_arguments(sim)
     sim.set_defaults(handler=simulate.run)
+
+    from driftsched.bench import command as bench
+
+    loadgen = sub.add_parser("loadgen", help="open-loop multi-tenant load against a live endpoint")
+    bench.add_loadgen_arguments(loadgen)
+    loadgen.set_defaults(handler=bench.run_loadgen)
+    bench_parser = sub.add_parser("bench", help="benchmarks of the live service")
+    bench_sub = bench_parser.add_subparsers(dest="bench_command", required=True)
+    live = bench_sub.add_parser("live", help="every policy on the live Serve app; one comparison report")
+    bench.add_live_arguments(live)
+    live.set_defaults(handler=bench.run_live)
     return parser
 
 

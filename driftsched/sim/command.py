@@ -29,7 +29,8 @@ DEFAULT_POLICIES = "fifo,priority,weighted,sjf,aging"
 DEFAULT_PAPER_LOAD = 1.1
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: int = 20_000) -> None:
+    """What to run: --workload or --trace and how to read it; shared with the live benchmarks."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workload", choices=["paper"], help="synthetic multi-tenant workload")
     source.add_argument("--trace", type=Path, help="trace file to replay")
@@ -40,12 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trace file format (default: from the file name)",
     )
     parser.add_argument(
-        "--policies",
-        default=DEFAULT_POLICIES,
-        help=f"comma-separated policies (default {DEFAULT_POLICIES}); {', '.join(REFERENCES)} always run too",
-    )
-    parser.add_argument("--replicas", type=int, default=4, help="simulated L4 replicas (default 4)")
-    parser.add_argument(
         "--load",
         type=float,
         default=None,
@@ -55,21 +50,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--requests",
         type=int,
-        default=20_000,
-        help="requests to generate, or rows to read from a trace (default 20000)",
+        default=default_requests,
+        help=f"requests to generate, or rows to read from a trace (default {default_requests})",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--model",
-        choices=sorted(MODELS),
-        default="llama-3.1-8b",
-        help="model shape for the L4 performance model (default llama-3.1-8b, BF16)",
-    )
     parser.add_argument(
         "--category-mode",
         choices=["random", "prompt_band"],
         default="prompt_band",
         help="how trace requests get a category (default prompt_band)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workload_arguments(parser)
+    parser.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help=f"comma-separated policies (default {DEFAULT_POLICIES}); {', '.join(REFERENCES)} always run too",
+    )
+    parser.add_argument("--replicas", type=int, default=4, help="simulated L4 replicas (default 4)")
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="llama-3.1-8b",
+        help="model shape for the L4 performance model (default llama-3.1-8b, BF16)",
     )
     parser.add_argument(
         "--config",

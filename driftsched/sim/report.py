@@ -1,20 +1,25 @@
-"""Results of simulated runs: summary.json, the per-request CSV, the printed table and the plots.
+"""Results of runs, simulated or live: summary.json, the per-request CSV, the printed table and the plots.
 
-Every figure here is computed from the per-request records of the runs (`RunResult`); the true
-output lengths are read only now, after the fact, to score the estimates.
+Every figure here is computed from the per-request records of the runs (`RunRecords`; a simulator
+`RunResult` is converted on the way in); the true output lengths are read only now, after the fact, to
+score the estimates. A live run may carry the service's own estimation errors instead.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from driftsched.sim.records import RunRecords, as_records
 from driftsched.sim.simulator import ORACLE, REFERENCES, UNCORRECTED, RunResult
+
+Run = RunResult | RunRecords
 
 
 def _pct(values: np.ndarray, *qs: int) -> dict[str, float]:
@@ -23,27 +28,31 @@ def _pct(values: np.ndarray, *qs: int) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(values, q)) for q in qs}
 
 
-def _arrays(run: RunResult) -> dict[str, np.ndarray]:
-    items = run.items
-    arrival = np.fromiter((it.arrival_s for it in items), float, len(items))
+def _arrays(rec: RunRecords) -> dict[str, np.ndarray]:
+    arrival = rec.arrival
     return {
         "arrival": arrival,
-        "tenant": np.array([it.tenant for it in items]),
-        "true": np.fromiter((it.output_tokens for it in items), float, len(items)),
-        "done": ~np.isnan(run.finish),
-        "e2e": run.finish - arrival,
-        "ttft": run.first_token - arrival,
-        "wait": run.dispatch - arrival,
+        "tenant": rec.tenant,
+        "true": rec.output_tokens,
+        "done": ~np.isnan(rec.finish),
+        "e2e": rec.finish - arrival,
+        "ttft": rec.first_token - arrival,
+        "wait": rec.dispatch - arrival,
     }
 
 
-def estimator_errors(run: RunResult) -> dict[str, dict[str, float]]:
-    """MAE and RMSE of raw and corrected estimates against true lengths, over admitted requests."""
-    a = _arrays(run)
-    ok = run.admitted
+def estimator_errors(run: Run) -> dict[str, dict[str, float]]:
+    """MAE and RMSE of raw and corrected estimates against true lengths, over admitted requests.
+
+    A run that carries the service's own figures (live) reports those.
+    """
+    rec = as_records(run)
+    if rec.estimator is not None:
+        return rec.estimator
+    ok = rec.admitted & ~np.isnan(rec.output_tokens)
     out = {}
-    for name, est in (("uncorrected", run.raw_estimate), ("corrected", run.corrected_estimate)):
-        err = est[ok] - a["true"][ok]
+    for name, est in (("uncorrected", rec.raw_estimate), ("corrected", rec.corrected_estimate)):
+        err = est[ok] - rec.output_tokens[ok]
         out[name] = {
             "mae": float(np.mean(np.abs(err))) if err.size else float("nan"),
             "rmse": float(np.sqrt(np.mean(err * err))) if err.size else float("nan"),
@@ -51,9 +60,10 @@ def estimator_errors(run: RunResult) -> dict[str, dict[str, float]]:
     return out
 
 
-def policy_summary(run: RunResult) -> dict[str, Any]:
+def policy_summary(run: Run) -> dict[str, Any]:
     """Latency percentiles overall and per tenant, counts, and run facts."""
-    a = _arrays(run)
+    rec = as_records(run)
+    a = _arrays(rec)
     done = a["done"]
     e2e = a["e2e"][done]
     per_tenant = {}
@@ -65,11 +75,10 @@ def policy_summary(run: RunResult) -> dict[str, Any]:
         "ttft_s": _pct(a["ttft"][done], 50, 99),
         "queue_wait_s": _pct(a["wait"][done], 50, 99),
         "completed": int(done.sum()),
-        "rejected": int((~run.admitted).sum()),
+        "rejected": int((~rec.admitted).sum()),
         "per_tenant": per_tenant,
-        "estimator": estimator_errors(run),
-        "preemptions": run.num_preemptions,
-        "simulated_s": run.sim_time_s,
+        "estimator": estimator_errors(rec),
+        **rec.extras,
     }
 
 
@@ -95,8 +104,9 @@ def comparisons(
     return out
 
 
-def summarize(runs: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
+def summarize(runs: Sequence[Run], meta: dict[str, Any]) -> dict[str, Any]:
     """The summary.json document."""
+    runs = [as_records(r) for r in runs]
     policies = {run.policy: policy_summary(run) for run in runs}
     named = [r for r in runs if r.policy not in REFERENCES]
     source = next((r for r in named if r.policy == "sjf"), named[0] if named else runs[0])
@@ -115,8 +125,8 @@ def format_table(summary: dict[str, Any]) -> str:
     est = summary["estimator"]
     unc, cor = est["uncorrected"], est["corrected"]
     lines.append(
-        f"estimator (from {est['from_policy']}): MAE {unc['mae']:.1f} -> {cor['mae']:.1f}, "
-        f"RMSE {unc['rmse']:.1f} -> {cor['rmse']:.1f}"
+        f"estimator (from {est['from_policy']}): MAE {_num(unc['mae'], 1)} -> {_num(cor['mae'], 1)}, "
+        f"RMSE {_num(unc['rmse'], 1)} -> {_num(cor['rmse'], 1)}"
     )
     columns = ("p50", "p90", "p99", "mean", "ttft50", "wait50")
     head = f"{'policy':<16}" + "".join(f"{c:>9}" for c in columns) + f"{'done':>8}{'rej':>6}"
@@ -147,55 +157,39 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_requests_csv(runs: Sequence[RunResult], path: Path) -> None:
+def _cell(value: float, digits: int) -> str:
+    """A CSV number: integers as such when `digits` is 0; NaN as "nan" either way."""
+    if digits == 0 and not math.isnan(value):
+        return str(int(value))
+    return f"{value:.{digits}f}"
+
+
+def write_requests_csv(runs: Sequence[Run], path: Path) -> None:
     """One row per (policy, request)."""
+    columns = (
+        ("arrival_s", "arrival", 4),
+        ("dispatch_s", "dispatch", 4),
+        ("first_token_s", "first_token", 4),
+        ("finish_s", "finish", 4),
+        ("prompt_tokens", "prompt_tokens", 0),
+        ("max_tokens", "max_tokens", 0),
+        ("output_tokens", "output_tokens", 0),
+        ("raw_estimate", "raw_estimate", 1),
+        ("corrected_estimate", "corrected_estimate", 1),
+    )
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(
-            [
-                "policy",
-                "request",
-                "tenant",
-                "category",
-                "arrival_s",
-                "dispatch_s",
-                "first_token_s",
-                "finish_s",
-                "prompt_tokens",
-                "max_tokens",
-                "output_tokens",
-                "raw_estimate",
-                "corrected_estimate",
-                "status",
-            ]
-        )
-        for run in runs:
-            for i, it in enumerate(run.items):
-                status = (
-                    "completed" if not np.isnan(run.finish[i]) else (run.reject_reason[i] or "unfinished")
-                )
-                w.writerow(
-                    [
-                        run.policy,
-                        i,
-                        it.tenant,
-                        run.category[i] or it.category,
-                        f"{it.arrival_s:.4f}",
-                        f"{run.dispatch[i]:.4f}",
-                        f"{run.first_token[i]:.4f}",
-                        f"{run.finish[i]:.4f}",
-                        it.prompt_tokens,
-                        it.max_tokens,
-                        it.output_tokens,
-                        f"{run.raw_estimate[i]:.1f}",
-                        f"{run.corrected_estimate[i]:.1f}",
-                        status,
-                    ]
-                )
+        w.writerow(["policy", "request", "tenant", "category", *(c for c, _, _ in columns), "status"])
+        for rec in map(as_records, runs):
+            arrays = [(getattr(rec, attr), digits) for _, attr, digits in columns]
+            for i in range(len(rec)):
+                cells = [_cell(float(values[i]), digits) for values, digits in arrays]
+                w.writerow([rec.policy, i, rec.tenant[i], rec.category[i], *cells, rec.status[i]])
 
 
-def write_plots(runs: Sequence[RunResult], summary: dict[str, Any], out: Path) -> list[Path]:
+def write_plots(runs: Sequence[Run], summary: dict[str, Any], out: Path) -> list[Path]:
     """Latency CDFs, per-tenant p50/p99 bars, and estimate error over time."""
+    runs = [as_records(r) for r in runs]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,20 +236,21 @@ def write_plots(runs: Sequence[RunResult], summary: dict[str, Any], out: Path) -
 
     source = next((r for r in runs if r.policy == summary["estimator"]["from_policy"]), runs[0])
     a = _arrays(source)
-    ok = source.admitted
+    ok = source.admitted & ~np.isnan(a["true"])
     t = a["arrival"][ok]
     window = max(1, min(500, t.size // 50))
     kernel = np.ones(window) / window
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, est in (("uncorrected", source.raw_estimate), ("corrected", source.corrected_estimate)):
         err = np.abs(est[ok] - a["true"][ok])
-        if err.size >= window:
+        if err.size >= window and not np.isnan(err).any():
             ax.plot(t[window - 1 :], np.convolve(err, kernel, mode="valid"), label=name)
     ax.set_xlabel("arrival time (s)")
     ax.set_ylabel(f"absolute error, rolling mean of {window} (tokens)")
     ax.set_title(f"output-length estimate error over time ({source.policy})")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a live run without estimate headers has no curve
+        ax.legend()
     paths.append(out / "estimate_error.png")
     fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -273,17 +268,34 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_results(
-    runs: Sequence[RunResult], meta: dict[str, Any], out: Path, plots: bool = True
-) -> dict[str, Any]:
+def write_summary(summary: dict[str, Any], out: Path) -> None:
+    """summary.json under `out` (NaN written as null)."""
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+
+
+def write_results(runs: Sequence[Run], meta: dict[str, Any], out: Path, plots: bool = True) -> dict[str, Any]:
     """Write summary.json, requests.csv and the plots under `out`; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
+    runs = [as_records(r) for r in runs]
     summary = summarize(runs, meta)
-    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+    write_summary(summary, out)
     write_requests_csv(runs, out / "requests.csv")
     if plots:
         write_plots(runs, summary, out)
     return summary
 
 
-__all__ = ["ORACLE", "UNCORRECTED", "format_table", "summarize", "write_results"]
+def _num(value: float | None, digits: int) -> str:
+    """A figure for the table; "n/a" where the run cannot know it (None or NaN)."""
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+__all__ = [
+    "ORACLE",
+    "UNCORRECTED",
+    "RunRecords",
+    "format_table",
+    "summarize",
+    "write_results",
+    "write_summary",
+]

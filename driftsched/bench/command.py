@@ -1,0 +1,259 @@
+"""`driftsched loadgen` and `driftsched bench live`: arguments and the two handlers.
+
+Both build their workload exactly as `driftsched simulate` does (`--workload paper` or `--trace`), and
+write the same summary.json, requests.csv and plots (`driftsched.sim.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from driftsched.bench import fidelity
+from driftsched.bench.loadgen import LoadOptions, Target, run_load, to_records
+from driftsched.bench.service import service_estimator
+from driftsched.core.config import CoreConfig
+from driftsched.sim import perf_model
+from driftsched.sim.command import DEFAULT_POLICIES, MODELS, add_workload_arguments, build_workload
+from driftsched.sim.report import format_table, policy_summary, write_results, write_summary
+from driftsched.sim.simulator import core_config_for
+
+# The local demo config (config.yaml): its tenants' public keys, and where the paper tenants go by tier.
+DEMO_KEYS = {"interactive": "sk-demo-interactive", "batch": "sk-demo-batch", "free": "sk-demo-free"}
+DEMO_TENANT_MAP = {
+    "support-bot": "interactive",
+    "code-assist": "batch",
+    "docs-pipeline": "batch",
+    "content-studio": "free",
+}
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
+
+
+def _add_pacing(parser: argparse.ArgumentParser, time_scale: float, timeout: float) -> None:
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="Poisson arrivals at this many requests per real second instead of the "
+        "workload's (time-scaled) arrival times",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="send nothing after this many real seconds (default: until the last item)",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=time_scale,
+        help=f"real seconds per workload second (default {time_scale:g}); reported "
+        "latencies are divided by it",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        help=f"per-request limit in real seconds (default {timeout:g})",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+
+
+def add_loadgen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True, help="service root or its /v1, e.g. http://127.0.0.1:8000")
+    add_workload_arguments(parser, default_requests=400)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="replicas the workload's --load is sized for (default 2, as config.yaml)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="llama-3.1-8b-fp8",
+        help="performance model the --load is sized for (default llama-3.1-8b-fp8)",
+    )
+    parser.add_argument(
+        "--keys",
+        action="append",
+        metavar="TENANT=KEY|FILE",
+        help="service tenant -> API key, repeated, or a JSON/YAML file of them "
+        "(default: config.yaml's demo keys)",
+    )
+    parser.add_argument(
+        "--tenant-map",
+        action="append",
+        metavar="WORKLOAD=SERVICE|FILE",
+        help="workload tenant -> service tenant, repeated, or a JSON/YAML file "
+        "(default for the paper tenants on the demo config: support-bot=interactive, "
+        "code-assist=batch, docs-pipeline=batch, content-studio=free); "
+        "unmapped tenants keep their name",
+    )
+    parser.add_argument("--served-model", default=None, help="`model` field to send (default: none)")
+    parser.add_argument(
+        "--no-target-tokens",
+        action="store_true",
+        help="do not send driftsched_target_tokens (a service not in benchmark mode)",
+    )
+    _add_pacing(parser, time_scale=1.0, timeout=300.0)
+
+
+def add_live_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policies", default=DEFAULT_POLICIES, help=f"comma-separated policies (default {DEFAULT_POLICIES})"
+    )
+    add_workload_arguments(parser, default_requests=400)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=REPO_CONFIG,
+        help="Serve config whose DriftSched app is benchmarked (default: config.yaml)",
+    )
+    parser.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--no-fidelity", action="store_true", help="skip the simulated side-by-side")
+    _add_pacing(parser, time_scale=0.1, timeout=120.0)
+
+
+def parse_mapping(values: list[str] | None, what: str) -> dict[str, str]:
+    """`a=b` pairs and/or JSON/YAML files of a mapping, merged in order."""
+    out: dict[str, str] = {}
+    for value in values or ():
+        if "=" in value and not Path(value).exists():
+            left, _, right = value.partition("=")
+            if not left or not right:
+                raise ValueError(f"{what}: expected NAME=VALUE, got {value!r}")
+            out[left] = right
+            continue
+        data = yaml.safe_load(Path(value).read_text())  # JSON is YAML
+        if not isinstance(data, dict):
+            raise ValueError(f"{what}: {value} must hold a mapping")
+        out.update({str(k): str(v) for k, v in data.items()})
+    return out
+
+
+def _options(args: argparse.Namespace) -> LoadOptions:
+    if args.time_scale <= 0 or args.timeout <= 0:
+        raise ValueError("--time-scale and --timeout must be > 0")
+    return LoadOptions(
+        time_scale=args.time_scale,
+        rate_rps=args.rate,
+        duration_s=args.duration,
+        timeout_s=args.timeout,
+        seed=args.seed,
+    )
+
+
+def _quiet_http_logs() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+
+
+def run_loadgen(args: argparse.Namespace) -> int:
+    _quiet_http_logs()
+    url = args.url.rstrip("/")
+    base_url, root = (url, url[:-3]) if url.endswith("/v1") else (url + "/v1", url)
+    keys = parse_mapping(args.keys, "--keys") or dict(DEMO_KEYS)
+    tenant_map = (
+        parse_mapping(args.tenant_map, "--tenant-map")
+        if args.tenant_map
+        else {t: s for t, s in DEMO_TENANT_MAP.items() if s in keys}
+    )
+    perf = perf_model.PerfModel(MODELS[args.model])
+    workload = build_workload(args, perf)
+    target = Target(base_url, keys, tenant_map, args.served_model, not args.no_target_tokens)
+    options = _options(args)
+    try:
+        policy = str(httpx.get(root + "/healthz", timeout=10.0).json().get("policy", "live"))
+    except (httpx.HTTPError, ValueError):
+        policy = "live"
+    result = asyncio.run(run_load(workload.items, target, options))
+    try:  # the service's own figures, over everything it has served so far
+        estimator: dict[str, Any] | None = service_estimator(httpx.get(root + "/metrics", timeout=10.0).text)
+    except (httpx.HTTPError, ValueError):
+        estimator = None
+    est = {k: estimator[k] for k in ("uncorrected", "corrected")} if estimator else None
+    records = to_records(policy, workload.items, result, options.time_scale, est)
+    meta = {
+        "workload": workload.name,
+        "requests": len(records),
+        "url": base_url,
+        "time_scale": args.time_scale,
+        "rate": args.rate,
+        "tenant_map": tenant_map,
+        "seed": args.seed,
+        "wall_s": result.wall_s,
+    }
+    summary = write_results([records], meta, args.out, plots=not args.no_plots)
+    print(
+        f"{workload.name}: {len(records)} requests to {base_url} in {result.wall_s:.1f} s: "
+        f"{json.dumps(result.statuses())}"
+    )
+    print(format_table(summary))
+    print(f"results in {args.out}/ (summary.json, requests.csv, *.png)")
+    return 0 if records.admitted.any() else 1
+
+
+def run_live(args: argparse.Namespace) -> int:
+    from driftsched.bench.live import LivePlan, load_app_args, run_policies
+
+    _quiet_http_logs()
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    base_args = load_app_args(args.config)
+    perf, replicas, model, simulated = _live_perf(base_args)
+    workload = build_workload(argparse.Namespace(**{**vars(args), "replicas": replicas}), perf)
+    core = core_config_for(workload, perf, CoreConfig.model_validate(base_args["core"]))
+    plan = LivePlan(base_args, workload, core, _options(args), args.port)
+    started = time.perf_counter()
+    runs = run_policies(plan, policies)
+    meta: dict[str, Any] = {
+        "workload": workload.name,
+        "requests": len(workload.items),
+        "replicas": replicas,
+        "model": model,
+        "load": args.load,
+        "seed": args.seed,
+        "config": str(args.config),
+        "time_scale": args.time_scale,
+        "wall_s": time.perf_counter() - started,
+    }
+    summary = write_results(runs, meta, args.out, plots=not args.no_plots)
+    print(
+        f"{workload.name}: {len(workload.items)} requests per policy, live on {replicas} replicas "
+        f"({model}), time scale {args.time_scale:g}, {meta['wall_s']:.0f} s; latencies in modelled s"
+    )
+    print(format_table(summary))
+    if simulated and not args.no_fidelity:
+        sims = fidelity.simulate(workload, policies, perf, replicas, core)
+        summary["simulated"] = {r.policy: policy_summary(r) for r in sims}
+        summary["fidelity"] = fidelity.compare(summary["policies"], summary["simulated"])
+        write_summary(summary, args.out)
+        print()
+        print(
+            fidelity.format_comparison(
+                summary["fidelity"], f"live vs simulated (same items, {replicas} replicas, {model}), seconds"
+            )
+        )
+    print(f"results in {args.out}/ (summary.json, requests.csv, *.png)")
+    return 0
+
+
+def _live_perf(base_args: dict[str, Any]) -> tuple[perf_model.PerfModel, int, str, bool]:
+    """The replicas' performance model, count and model; False when they are not simulated replicas
+    (then the workload is sized with the default model and there is no simulator to compare with)."""
+    from deployments.replica_config import ReplicaConfig, perf_model_for
+
+    raw = base_args.get("replicas") or {}
+    try:
+        config = ReplicaConfig.model_validate(raw)
+    except ValueError:
+        return perf_model.PerfModel(), int(raw.get("num_replicas", 1)), str(raw.get("model", "?")), False
+    return perf_model_for(config), config.num_replicas, config.model, config.engine == "sim"

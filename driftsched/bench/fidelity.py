@@ -1,0 +1,69 @@
+"""Simulator fidelity: the discrete-event simulator on exactly what a live run sent, side by side.
+
+The simulated run gets the live run's items with what the service saw of them: the synthesised prompt
+(so it is classified by the same content cues, with no category given) and that prompt's token count,
+the same tenants and core config (in workload seconds), the same replica count and performance model
+(`deployments.replica_config.perf_model_for`, what the simulated replicas run). Differences that remain
+are the live path's own: HTTP and actor overheads, real-time pacing of the engine steps, heartbeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from driftsched.bench.prompts import approx_tokens, synthesize
+from driftsched.core.config import CoreConfig
+from driftsched.sim.perf_model import PerfModel
+from driftsched.sim.records import RunRecords, from_simulation
+from driftsched.sim.simulator import Simulation
+from driftsched.sim.workload import Workload
+
+_FIGURES = (("e2e_s", "p50"), ("e2e_s", "p99"), ("ttft_s", "p50"))
+
+
+def as_sent(workload: Workload) -> Workload:
+    """The workload as the service sees it: synthesised prompts, no category hint."""
+    items = []
+    for it in workload.items:
+        text = synthesize(it.category, it.prompt_tokens, it.prompt_text)
+        items.append(replace(it, category="", prompt_text=text, prompt_tokens=approx_tokens(text)))
+    return Workload(workload.name, items, workload.tenants)
+
+
+def simulate(
+    workload: Workload, policies: Sequence[str], perf: PerfModel, replicas: int, config: CoreConfig
+) -> list[RunRecords]:
+    """Each policy on the as-sent workload in the simulator."""
+    sent = as_sent(workload)
+    return [from_simulation(Simulation(sent, p, perf, replicas, config).run()) for p in policies]
+
+
+def compare(live: Mapping[str, Any], simulated: Mapping[str, Any]) -> dict[str, Any]:
+    """Per policy: live and simulated E2E p50/p99 and TTFT p50, and live / simulated ratios."""
+    out: dict[str, Any] = {}
+    for policy, lv in live.items():
+        sv = simulated.get(policy)
+        if sv is None:
+            continue
+        row: dict[str, Any] = {}
+        for group, q in _FIGURES:
+            a, b = lv[group][q], sv[group][q]
+            key = f"{group[:-2]}_{q}"
+            row[key] = {"live": a, "simulated": b, "ratio": a / b if b and a == a else float("nan")}
+        out[policy] = row
+    return out
+
+
+def format_comparison(fidelity: Mapping[str, Any], title: str) -> str:
+    """The side-by-side table."""
+    cols = [f"{g[:-2]}_{q}" for g, q in _FIGURES]
+    head = f"{'policy':<10}" + "".join(f"{c + ' live':>14}{'sim':>9}{'x':>7}" for c in cols)
+    lines = [title, head, "-" * len(head)]
+    for policy, row in fidelity.items():
+        cells = "".join(
+            f"{row[c]['live']:>14.2f}{row[c]['simulated']:>9.2f}{row[c]['ratio']:>7.2f}" for c in cols
+        )
+        lines.append(f"{policy:<10}{cells}")
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""`driftsched bench live`: every policy on the live Serve app, one comparison report.
+
+For each policy the app is deployed from `--config` (default: the repository's config.yaml) with:
+
+* the policy, and `benchmark_mode: true` (the simulated engine generates each item's true length);
+* the workload's tenants in place of the config's, each with a bench key `sk-bench-<tenant>`, plus a
+  `bench-warmup` tenant whose warm-up requests are left out of every figure;
+* the core config the simulator would use for this workload (`core_config_for`), with every
+  wall-clock quantity converted to real seconds: the replicas run `time_scale` real seconds per modelled
+  second, so rate quotas are divided by it and drift half-lives and the aging step multiplied by it;
+* a fresh drift store (no snapshot file), so policies do not learn from each other's runs.
+
+Then: wait for every replica, one warm-up request per replica, the open-loop load (`loadgen`), a
+scrape of /metrics for the service's own estimator errors, and removal of the app and its actors.
+Latencies are reported in modelled seconds (wall / time_scale), so they compare with the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from driftsched.bench.loadgen import LoadOptions, Target, run_load, to_records
+from driftsched.bench.service import LocalServe, scrape_estimator
+from driftsched.core.config import CoreConfig
+from driftsched.sim.records import RunRecords
+from driftsched.sim.workload import Workload
+
+logger = logging.getLogger(__name__)
+
+WARMUP_TENANT = "bench-warmup"
+AGING_STEP_S = 10.0  # AgingPolicy's default, in modelled seconds
+_QUEUE_SLACK = 64
+
+
+def bench_key(tenant: str) -> str:
+    return f"sk-bench-{tenant}"
+
+
+def load_app_args(path: Path) -> dict[str, Any]:
+    """The DriftSched app's `args:` from a Serve config file (or a file holding just the args)."""
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict) and "applications" in data:
+        for app in data["applications"]:
+            if str(app.get("import_path", "")).startswith("serve_app.app"):
+                return dict(app.get("args") or {})
+        raise ValueError(f"{path}: no application with import_path serve_app.app:build_app")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a Serve config or the app's args mapping")
+    return data
+
+
+def _real_time_core(core: CoreConfig, policy: str, time_scale: float, queued: int) -> dict[str, Any]:
+    """`core` (workload seconds) for a service running `time_scale` real seconds per modelled second."""
+    data = core.model_dump(mode="json")
+    for tenant in data["tenants"]:
+        tenant["max_queued"] = queued
+        for quota in ("requests_per_minute", "tokens_per_minute"):
+            if tenant.get(quota) is not None:
+                tenant[quota] = tenant[quota] / time_scale
+    data["tenants"].append({"name": WARMUP_TENANT, "tier": 0, "weight": 1.0})
+    drift = data["estimator"]["drift"]
+    drift["half_life_s"] *= time_scale
+    drift["recent_half_life_s"] *= time_scale
+    scheduler = data["scheduler"]
+    scheduler["policy"] = policy
+    scheduler["max_queued_total"] = queued
+    scheduler["policy_options"] = {"age_step_s": AGING_STEP_S * time_scale} if policy == "aging" else {}
+    return data
+
+
+def policy_args(
+    base: dict[str, Any], core: CoreConfig, policy: str, time_scale: float, timeout_s: float, num_items: int
+) -> dict[str, Any]:
+    """The app args of one policy's run (see module docstring)."""
+    args = copy.deepcopy(base)
+    queued = num_items + _QUEUE_SLACK
+    args["core"] = _real_time_core(core, policy, time_scale, queued)
+    args["benchmark_mode"] = True
+    tenants = [t["name"] for t in args["core"]["tenants"]]
+    args["auth"] = {"demo_keys": {bench_key(t): t for t in tenants}, "keys_env": None, "keys_file": None}
+    replicas = args.setdefault("replicas", {})
+    if replicas.get("engine", "sim") == "sim":
+        replicas["time_scale"] = time_scale
+    slots = replicas.get("num_replicas", 2) * replicas.get("max_num_seqs", 32)
+    gateway = args.setdefault("gateway", {})
+    gateway["queue_timeout_s"] = timeout_s
+    gateway["drift_snapshot_path"] = None
+    gateway["ingress_max_ongoing_requests"] = max(
+        int(gateway.get("ingress_max_ongoing_requests", 20_000)), queued + slots + 1_000
+    )
+    return args
+
+
+def warm_up(base_url: str, replicas: int, timeout_s: float) -> None:
+    """One tiny request per replica as the warm-up tenant: the whole path is live before the load."""
+    body = {"prompt": "warm up", "max_tokens": 1, "driftsched_target_tokens": 1}
+    headers = {"Authorization": f"Bearer {bench_key(WARMUP_TENANT)}"}
+    for _ in range(replicas):
+        resp = httpx.post(base_url + "/completions", json=body, headers=headers, timeout=timeout_s)
+        if resp.status_code != 200:
+            raise RuntimeError(f"warm-up request failed: HTTP {resp.status_code} {resp.text[:200]}")
+
+
+@dataclass(frozen=True, slots=True)
+class LivePlan:
+    """What `run_policies` runs: the app's base args, the workload and its core config, pacing."""
+
+    base_args: dict[str, Any]
+    workload: Workload
+    core: CoreConfig
+    options: LoadOptions
+    port: int = 0
+
+
+def run_policies(plan: LivePlan, policies: Sequence[str]) -> list[RunRecords]:
+    """Deploy, warm up, load and remove the app once per policy; one `RunRecords` each."""
+    items = plan.workload.items
+    ts = plan.options.time_scale
+    out = []
+    with LocalServe(port=plan.port) as serve:
+        for policy in policies:
+            args = policy_args(plan.base_args, plan.core, policy, ts, plan.options.timeout_s, len(items))
+            logger.info("policy %s: deploying", policy)
+            base_url = serve.deploy(args)
+            try:
+                warm_up(base_url, int(args["replicas"].get("num_replicas", 2)), plan.options.timeout_s)
+                keys = {t: bench_key(t) for t in (s.name for s in plan.workload.tenants)}
+                result = asyncio.run(run_load(items, Target(base_url, keys), plan.options))
+                completed = sum(r.status == "completed" for r in result.records)
+                est = scrape_estimator(serve.root, completed, frozenset({WARMUP_TENANT}))
+            finally:
+                serve.remove()
+            estimator = {"uncorrected": est["uncorrected"], "corrected": est["corrected"]}
+            extras = {"service_observations": est["observations"], "time_scale": ts}
+            out.append(to_records(policy, items, result, ts, estimator, extras))
+            logger.info("policy %s: %s in %.1f s", policy, result.statuses(), result.wall_s)
+    return out
