@@ -6,6 +6,10 @@ releases it, and also counts anything the replica says it is running that the le
 (requests granted by a scheduler instance that has since restarted). So a grant goes only to a replica
 whose reported slots exceed what is granted or running there.
 
+An engine under pressure (vLLM with requests waiting inside it, or its KV cache nearly full) reports
+fewer free slots than `max_slots - len(active)`; the difference is *withheld* until its next report, so
+the backlog waits here, in policy order, rather than in the engine's own queue.
+
 A replica silent for `replica_timeout_s` is dropped with its grants. A grant that its replica has never
 reported running for `grant_grace_s` is presumed lost (its ingress died) and released.
 """
@@ -27,12 +31,17 @@ class ReplicaState:
     capacity: Capacity
     reported_at: float
     granted: dict[str, float] = field(default_factory=dict)  # request id -> grant time
+    withheld: int = 0  # slots the engine declined at its last report (see module docstring)
 
     def in_use(self) -> int:
         return len(self.granted.keys() | set(self.capacity.active))
 
     def free(self) -> int:
-        return max(0, self.capacity.max_slots - self.in_use())
+        return max(0, self.capacity.max_slots - self.in_use() - self.withheld)
+
+
+def _withheld(capacity: Capacity) -> int:
+    return max(0, capacity.max_slots - len(capacity.active) - capacity.free_slots)
 
 
 class CapacityLedger:
@@ -47,9 +56,9 @@ class CapacityLedger:
         """A replica's heartbeat: register it or refresh what it runs; returns grants presumed lost."""
         state = self._replicas.get(replica_id)
         if state is None:
-            self._replicas[replica_id] = ReplicaState(replica_id, capacity, now)
+            self._replicas[replica_id] = ReplicaState(replica_id, capacity, now, withheld=_withheld(capacity))
             return []
-        state.capacity, state.reported_at = capacity, now
+        state.capacity, state.reported_at, state.withheld = capacity, now, _withheld(capacity)
         active = set(capacity.active)
         lost = [rid for rid, granted_at in state.granted.items()
                 if rid not in active and now - granted_at > self.grant_grace_s]
@@ -88,9 +97,12 @@ class CapacityLedger:
     def replicas(self) -> Iterable[ReplicaState]:
         return self._replicas.values()
 
-    def summary(self) -> dict[str, dict[str, int]]:
-        """Per replica: slots, in use, free (for metrics)."""
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per replica: slots, in use, free, and the engine's own state (for metrics)."""
         return {
-            r.replica_id: {"slots": r.capacity.max_slots, "in_use": r.in_use(), "free": r.free()}
+            r.replica_id: {"slots": r.capacity.max_slots, "in_use": r.in_use(), "free": r.free(),
+                           "engine_running": r.capacity.engine_running,
+                           "engine_waiting": r.capacity.engine_waiting,
+                           "kv_usage": r.capacity.kv_usage, "engine_queue_s": r.capacity.engine_queue_s}
             for r in self._replicas.values()
         }

@@ -1,12 +1,13 @@
 """The engine interface an LLM replica drives, and the values that cross it.
 
-An engine turns one granted request into a stream of token deltas. Two implementations are planned:
-the simulated L4 engine (`deployments.sim_engine`) and the vLLM async engine (a later issue). Both
-satisfy `Engine`; the replica deployment never knows which one it holds.
+An engine turns one granted request into a stream of token deltas. Two implementations: the simulated
+L4 engine (`deployments.sim_engine`) and vLLM's async engine (`deployments.vllm_engine`). Both satisfy
+`Engine`; the replica deployment never knows which one it holds.
 
-Prompt token counting differs by engine: the simulated engine uses `approx_token_count`, a documented
-approximation (about four characters per token, and never fewer tokens than whitespace-separated
-words), while the vLLM engine will count with the model's own tokenizer.
+Prompt token counting differs by engine (see `serve_app.prompts`): for the simulated engine the ingress
+uses `approx_token_count`, a documented approximation (about four characters per token, and never fewer
+tokens than whitespace-separated words); for vLLM it counts with the model's own tokenizer and sends the
+token ids, so the engine runs exactly the prompt the scheduler estimated.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ class GenerationRequest:
     temperature: float = 1.0
     stop: list[str] = field(default_factory=list)
     target_tokens: int | None = None
-    """Benchmark-only output length for the simulated engine; None unless benchmark mode is on."""
+    """Benchmark-only output length (the engine generates exactly this many); None unless benchmark mode."""
+    top_p: float = 1.0
+    seed: int | None = None
+    prompt_token_ids: list[int] | None = None
+    """The prompt as the model's tokenizer encodes it (vLLM engine); None for the simulated engine."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,13 +63,37 @@ class Usage:
 
 
 @dataclass(slots=True, frozen=True)
+class EngineTiming:
+    """What the engine measured for one request: time queued inside it, first-token latency."""
+
+    queued_s: float
+    first_token_s: float
+    preemptions: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class EngineFailure:
+    """Why an engine could not serve a request, as an HTTP status and an error code."""
+
+    status: int
+    code: str
+    message: str
+
+
+@dataclass(slots=True, frozen=True)
 class TokenDelta:
-    """New text of one request; the last delta carries `finish_reason` ("stop" or "length") and usage."""
+    """New text of one request.
+
+    The last delta carries `finish_reason`: "stop" or "length" with `usage` (and `timing` where the
+    engine measures it), or "error" with `error` set and no usage.
+    """
 
     text: str
     num_tokens: int
     finish_reason: str | None = None
     usage: Usage | None = None
+    timing: EngineTiming | None = None
+    error: EngineFailure | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -73,8 +102,15 @@ class Capacity:
 
     max_slots: int
     free_slots: int
+    """Slots the engine will take now; below max_slots - len(active) when the engine is under pressure."""
     free_kv_tokens: int
     active: tuple[str, ...] = ()
+    engine_running: int = 0
+    engine_waiting: int = 0
+    """Sequences queued inside the engine (vLLM's waiting queue, preempted ones included)."""
+    kv_usage: float = 0.0
+    engine_queue_s: float = 0.0
+    """Recent mean time a request waited inside the engine before it was first scheduled."""
 
 
 @runtime_checkable

@@ -97,7 +97,15 @@ class LLMReplica:
     async def capacity(self) -> dict[str, Any]:
         cap = self._engine.capacity()
         return {"replica_id": self._replica_id, "max_slots": cap.max_slots,
-                "free_slots": cap.free_slots, "active": len(cap.active)}
+                "free_slots": cap.free_slots, "active": len(cap.active),
+                "engine_running": cap.engine_running, "engine_waiting": cap.engine_waiting,
+                "kv_usage": cap.kv_usage, "aborted": getattr(self._engine, "aborted", 0)}
+
+    async def check_health(self) -> None:
+        """Serve's health probe: a replica whose engine died is replaced."""
+        check = getattr(self._engine, "check_health", None)
+        if check is not None:
+            await check()
 
     async def _heartbeat(self) -> None:
         while True:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.engine import Engine
 from driftsched.core.config import DEFAULT_PRIORS
@@ -23,17 +24,21 @@ MODELS = {
 DEFAULT_OUTPUT_MEANS: dict[str, float] = {**DEFAULT_PRIORS, "chat": 320.0, "code": 520.0, "qa": 48.0}
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 class ReplicaConfig(BaseModel):
-    """LLM replicas: how many, which engine, and the simulated engine's knobs."""
+    """LLM replicas: how many, which engine, the vLLM engine arguments and the simulated engine's knobs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    engine: Literal["sim"] = "sim"
-    """Engine backend; "sim" (simulated L4) for now, "vllm" in a later release."""
+    engine: Literal["sim", "vllm"] = "sim"
+    """Engine backend: "sim" (simulated L4, runs anywhere) or "vllm" (vLLM's async engine)."""
     num_replicas: int = Field(default=2, ge=1, le=64)
     """Replicas, one per GPU."""
     model: str = "llama-3.1-8b-fp8"
-    """Model served; for the simulated engine, one of the performance model's shapes."""
+    """Model served. Simulated engine: one of the performance model's shapes. vLLM: a Hugging Face id
+    or a directory; a value starting with "." is a path relative to the project root."""
     served_model_name: str = "driftsched-sim"
     """Name reported by /v1/models and accepted in the `model` field."""
     max_num_seqs: int = Field(default=32, ge=1, le=1024)
@@ -53,16 +58,36 @@ class ReplicaConfig(BaseModel):
     drift_push_s: float = Field(default=1.0, gt=0, le=60)
     """How often a replica sends its batch of drift observations to the drift actor."""
     num_cpus: float = Field(default=0.1, ge=0)
-    """CPUs reserved per replica actor (an L4 replica needs little CPU; vLLM will want more)."""
+    """CPUs reserved per replica actor (a simulated replica needs little CPU; vLLM wants a few)."""
     accelerator_type: str | None = None
-    """Ray accelerator type to pin replicas to (e.g. "L4"); none for the simulated engine."""
+    """Ray accelerator type to pin replicas to (e.g. "L4"); none for the simulated engine. A
+    `deployments:` override of LLMReplica's ray_actor_options in the Serve config replaces this."""
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """vLLM only: extra `AsyncEngineArgs` (dtype, gpu_memory_utilization, max_model_len, ...).
+    model, served_model_name, max_num_seqs and max_num_batched_tokens come from the fields above."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment variables of the replica processes (Ray runtime_env), e.g. vLLM's CPU settings."""
+    kv_high_watermark: float = Field(default=0.95, gt=0, le=1)
+    """vLLM only: above this KV-cache use a replica takes no new requests until it drains."""
 
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value not in MODELS:
-            raise ValueError(f"unknown model {value!r}; choose one of {sorted(MODELS)}")
-        return value
+    @model_validator(mode="after")
+    def _check(self) -> ReplicaConfig:
+        if self.engine == "sim" and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r} for the simulated engine; choose one of "
+                             f"{sorted(MODELS)}")
+        if self.engine == "sim" and self.engine_args:
+            raise ValueError("engine_args apply to engine: vllm only; remove them or set engine: vllm")
+        clash = sorted({"model", "served_model_name", "max_num_seqs", "max_num_batched_tokens"}
+                       & set(self.engine_args))
+        if clash:
+            raise ValueError(f"engine_args must not set {clash}; use the replicas fields of those names")
+        return self
+
+    def resolved(self) -> ReplicaConfig:
+        """This config with a relative model path ("./..." or "../...") made absolute (project root)."""
+        if self.engine == "vllm" and self.model.startswith("."):
+            return self.model_copy(update={"model": str((PROJECT_ROOT / self.model).resolve())})
+        return self
 
 
 def perf_model_for(config: ReplicaConfig) -> perf_model.PerfModel:
@@ -75,7 +100,14 @@ def perf_model_for(config: ReplicaConfig) -> perf_model.PerfModel:
 
 
 def build_engine(config: ReplicaConfig) -> Engine:
-    """The engine a replica runs, from its configuration."""
+    """The engine a replica runs, from its configuration (vLLM is imported only when it starts)."""
+    if config.engine == "vllm":
+        from deployments.vllm_engine import VllmEngine
+
+        return VllmEngine(config.model, config.served_model_name, config.max_num_seqs,
+                          config.max_num_batched_tokens, dict(config.engine_args),
+                          config.kv_high_watermark)
+
     from deployments.sim_engine import SimulatedEngine
 
     perf = perf_model_for(config)

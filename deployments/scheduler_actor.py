@@ -58,7 +58,7 @@ class SchedulerView:
     """Everything /metrics needs from the scheduler, in one call."""
 
     stats: SchedulerStats
-    replicas: dict[str, dict[str, int]]
+    replicas: dict[str, dict[str, float]]
     histograms: dict[tuple[str, str], Any]
     tokens: dict[str, int]
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )
-LATENCY_KINDS: tuple[str, ...] = ("queue_wait", "ttft", "e2e")
+LATENCY_KINDS: tuple[str, ...] = ("queue_wait", "ttft", "e2e", "engine_queue", "engine_ttft")
 
 
 @dataclass(slots=True)
@@ -36,9 +36,13 @@ class RequestTimings:
     queue_wait_s: float | None = None
     ttft_s: float | None = None
     e2e_s: float | None = None
+    engine_queue_s: float | None = None
+    """Time queued inside the engine (vLLM) before first being scheduled."""
+    engine_ttft_s: float | None = None
+    """First-token latency as the engine measured it (from its arrival, excludes DriftSched's queue)."""
     output_tokens: int = 0
     outcome: str = "ok"
-    """ok, client_disconnect, replica_error, timeout."""
+    """ok, client_disconnect, replica_error, engine_error, timeout."""
 
 
 class RequestBook:
@@ -52,7 +56,10 @@ class RequestBook:
     def record(self, timings: RequestTimings) -> None:
         tenant = timings.tenant
         for kind, value in zip(
-            LATENCY_KINDS, (timings.queue_wait_s, timings.ttft_s, timings.e2e_s), strict=True
+            LATENCY_KINDS,
+            (timings.queue_wait_s, timings.ttft_s, timings.e2e_s, timings.engine_queue_s,
+             timings.engine_ttft_s),
+            strict=True,
         ):
             if value is not None:
                 hist = self.histograms.get((kind, tenant))

@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     live = bench_sub.add_parser("live", help="every policy on the live Serve app; one comparison report")
     bench.add_live_arguments(live)
     live.set_defaults(handler=bench.run_live)
+
+    from driftsched import tiny_model
+
+    tiny = sub.add_parser("make-tiny-model", help="build a tiny random Llama + tokenizer for vLLM on CPU")
+    tiny_model.add_arguments(tiny)
+    tiny.set_defaults(handler=tiny_model.run)
     return parser
 
 

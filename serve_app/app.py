@@ -20,6 +20,7 @@ _SLOT_MARGIN = 4  # replicas accept a few more than their slots: the scheduler i
 def build_app(args: dict[str, Any]) -> Application:
     """Validate the args and bind the ingress to the LLM replicas."""
     config = parse_app_config(args)
+    config = config.model_copy(update={"replicas": config.replicas.resolved()})
     replicas, gateway = config.replicas, config.gateway
     actors = ActorNames(
         fingerprint=config.fingerprint(),
@@ -30,6 +31,8 @@ def build_app(args: dict[str, Any]) -> Application:
     actor_options: dict[str, Any] = {"num_cpus": replicas.num_cpus}
     if replicas.accelerator_type:
         actor_options["accelerator_type"] = replicas.accelerator_type
+    if replicas.env:
+        actor_options["runtime_env"] = {"env_vars": dict(replicas.env)}
     llm = LLMReplica.options(
         num_replicas=replicas.num_replicas,
         max_ongoing_requests=replicas.max_num_seqs + _SLOT_MARGIN,

@@ -57,7 +57,7 @@ class AppConfig(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     benchmark_mode: bool = False
-    """Honour `driftsched_target_tokens` in request bodies (simulated engine only)."""
+    """Honour `driftsched_target_tokens` in request bodies: the engine generates exactly that many tokens."""
 
     @field_validator("auth")
     @classmethod

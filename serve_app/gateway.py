@@ -22,13 +22,14 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RequestCancelledError
 
 from deployments.actors import ActorUnavailable, call
-from deployments.engine import GenerationRequest, TokenDelta, approx_token_count
+from deployments.engine import GenerationRequest, TokenDelta
 from deployments.replica import EstimateKey
 from deployments.scheduler_actor import AcquireResult
 from deployments.telemetry import RequestTimings
 from driftsched.core.intake import Intake
 from driftsched.core.request import RejectReason, Request
 from serve_app.config import GatewayConfig
+from serve_app.prompts import RenderedPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,16 @@ class GatewayError(Exception):
         super().__init__(message)
         self.status, self.type, self.code, self.message = status, type_, code, message
         self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True, frozen=True)
+class Sampling:
+    """The sampling options a client may set."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -99,23 +110,28 @@ class Gateway:
         self.scheduler, self.llm = scheduler, llm
         self.benchmark_mode = benchmark_mode
 
-    def prepare(self, tenant: str, prompt: str, max_tokens: int | None, default_max_tokens: int,
-                temperature: float, stop: list[str], target_tokens: int | None) -> Prepared:
-        """Count, validate, classify and estimate; raises GatewayError(400) for invalid input."""
+    def prepare(self, tenant: str, prompt: RenderedPrompt, max_tokens: int | None,
+                default_max_tokens: int, sampling: Sampling, target_tokens: int | None) -> Prepared:
+        """Validate, classify and estimate a counted prompt; raises GatewayError(400) for invalid input.
+
+        `target_tokens` (benchmark mode only) goes to the engine and nowhere else: the estimator and
+        the scheduler never see it.
+        """
         started = time.monotonic()
-        prompt_tokens = approx_token_count(prompt)
+        prompt_tokens = prompt.num_tokens
         limit = self.intake.max_request_tokens
         if max_tokens is None:
             max_tokens = max(1, min(default_max_tokens, limit - prompt_tokens))
         rid = uuid.uuid4().hex
-        request = Request(rid, tenant, prompt_tokens, max_tokens, time.time(), prompt_text=prompt)
+        request = Request(rid, tenant, prompt_tokens, max_tokens, time.time(), prompt_text=prompt.text)
         rejection = self.intake.validate(request)
         if rejection is not None:
             raise reject_error(rejection.reason, rejection.detail, None)
         ticket = self.intake.ticket(request, time.time())
         gen = GenerationRequest(
-            rid, prompt, prompt_tokens, max_tokens, ticket.category, temperature, stop,
-            target_tokens if self.benchmark_mode else None,
+            rid, prompt.text, prompt_tokens, max_tokens, ticket.category, sampling.temperature,
+            list(sampling.stop), target_tokens if self.benchmark_mode else None,
+            top_p=sampling.top_p, seed=sampling.seed, prompt_token_ids=prompt.token_ids,
         )
         estimate = EstimateKey(tenant, ticket.category, ticket.bucket, ticket.raw_estimate,
                                ticket.corrected_estimate)
@@ -172,11 +188,20 @@ class Gateway:
         try:
             while True:
                 delta = await asyncio.wait_for(response.__anext__(), self.config.stall_timeout_s)
+                if delta.error is not None:
+                    timings.outcome = "engine_error"
+                    err = delta.error
+                    type_ = "invalid_request_error" if err.status == 400 else "api_error"
+                    out.put_nowait(GatewayError(err.status, type_, err.code, err.message))
+                    return  # released as not completed: an engine failure teaches drift nothing
                 if timings.ttft_s is None:
                     timings.ttft_s = time.monotonic() - prepared.started
                 timings.output_tokens += delta.num_tokens
                 out.put_nowait(delta)
                 if delta.finish_reason is not None:
+                    if delta.timing is not None:
+                        timings.engine_queue_s = delta.timing.queued_s
+                        timings.engine_ttft_s = delta.timing.first_token_s
                     output_tokens, timings.outcome = timings.output_tokens, "ok"
                     timings.e2e_s = time.monotonic() - prepared.started
                     break

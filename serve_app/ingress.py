@@ -29,8 +29,9 @@ from deployments.replica import ActorNames
 from driftsched.core.drift import DriftTracker
 from driftsched.core.intake import Intake
 from serve_app.config import AppConfig
-from serve_app.gateway import Gateway, GatewayError, Lease
+from serve_app.gateway import Gateway, GatewayError, Lease, Sampling
 from serve_app.metrics import render
+from serve_app.prompts import make_prompts
 from serve_app.protocol import SSE_DONE, ChatBody, CompletionBody, ResponseShaper, error_body, sse
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Ingress:
         self.gateway = Gateway(self.intake, self.config.gateway, self.scheduler, llm,
                                self.config.benchmark_mode)
         self.model_name = self.config.replicas.served_model_name
+        self.prompts = make_prompts(self.config.replicas)
         self.rejected: Counter[str] = Counter()
         self._drift_copy: dict[str, Any] | None = None
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_drift())
@@ -110,7 +112,10 @@ class Ingress:
         try:
             raw = await request.json()
             body = (ChatBody if chat else CompletionBody).model_validate(raw)
-            prompt = body.prompt_text()
+            if isinstance(body, ChatBody):
+                prompt = self.prompts.chat(body.message_dicts())
+            else:
+                prompt = self.prompts.completion(body.prompt_text())
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -124,8 +129,9 @@ class Ingress:
         max_tokens = body.max_tokens or getattr(body, "max_completion_tokens", None)
         default = self.config.gateway.default_max_tokens if chat else 16
         try:
-            prepared = self.gateway.prepare(tenant, prompt, max_tokens, default, body.temperature,
-                                            body.stops(), body.driftsched_target_tokens)
+            sampling = Sampling(body.temperature, body.top_p, body.seed, tuple(body.stops()))
+            prepared = self.gateway.prepare(tenant, prompt, max_tokens, default, sampling,
+                                            body.driftsched_target_tokens)
         except GatewayError as err:
             return self._refuse(err)
         try:
@@ -136,7 +142,8 @@ class Ingress:
         shaper = ResponseShaper(chat, self.model_name)
         headers = {"x-driftsched-request-id": prepared.request.request_id,
                    "x-driftsched-category": prepared.estimate.category,
-                   "x-driftsched-estimated-tokens": f"{prepared.estimate.corrected:.1f}"}
+                   "x-driftsched-estimated-tokens": f"{prepared.estimate.corrected:.1f}",
+                   "x-driftsched-replica": replica}
         try:
             first = await lease.next()
         except asyncio.CancelledError:

@@ -27,7 +27,17 @@ _HISTOGRAMS = {
     "queue_wait": ("driftsched_queue_wait_seconds", "Time from arrival to a replica grant."),
     "ttft": ("driftsched_ttft_seconds", "Time from arrival to the first token."),
     "e2e": ("driftsched_e2e_latency_seconds", "Time from arrival to the last token."),
+    "engine_queue": ("driftsched_engine_queue_seconds",
+                     "Time queued inside the engine (vLLM) before first being scheduled."),
+    "engine_ttft": ("driftsched_engine_ttft_seconds", "First-token latency measured by the engine."),
 }
+_ENGINE_GAUGES = (
+    ("engine_running", "driftsched_replica_engine_running_requests", "Sequences running in the engine."),
+    ("engine_waiting", "driftsched_replica_engine_waiting_requests", "Sequences waiting inside the engine."),
+    ("kv_usage", "driftsched_replica_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use."),
+    ("engine_queue_s", "driftsched_replica_engine_queue_seconds",
+     "Recent mean time requests waited inside the engine."),
+)
 
 
 class _Snapshot:
@@ -106,6 +116,11 @@ class _Snapshot:
             used.add_metric([replica], summary["in_use"])
         yield slots
         yield used
+        for key, name, doc in _ENGINE_GAUGES:
+            gauge = GaugeMetricFamily(name, doc, labels=["replica"])
+            for replica, summary in sorted(view.replicas.items()):
+                gauge.add_metric([replica], float(summary.get(key, 0.0)))
+            yield gauge
 
     def _drift(self, rows: list[DriftStat]) -> Iterator[Metric]:
         mae = GaugeMetricFamily("driftsched_estimate_mae_tokens",

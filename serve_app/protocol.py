@@ -2,7 +2,7 @@
 
 Only what DriftSched serves is modelled; unknown fields are ignored as OpenAI's SDK sends many.
 Types are strict (a string is not a number). `driftsched_target_tokens` is a benchmark-only field:
-the ingress passes it to the simulated engine when benchmark mode is on, and nowhere else.
+the ingress passes it to the engine (simulated or vLLM) when benchmark mode is on, and nowhere else.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ class _Body(BaseModel):
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
@@ -68,10 +70,9 @@ class ChatBody(_Body):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
-    def prompt_text(self) -> str:
-        """A plain transcript; the vLLM engine will apply the model's chat template instead."""
-        lines = [f"{m.role}: {m.text()}" for m in self.messages]
-        return "\n".join(lines) + "\nassistant:"
+    def message_dicts(self) -> list[dict[str, str]]:
+        """The messages as {"role", "content"} text, for `serve_app.prompts` to render."""
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:

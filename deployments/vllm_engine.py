@@ -1,0 +1,221 @@
+"""The production engine: vLLM's async engine (`AsyncLLM`) behind the `Engine` protocol.
+
+vLLM is imported only here, and only when `start` runs, so the rest of DriftSched imports without it.
+
+* Prompts arrive as token ids counted by the ingress with the model's tokenizer, so the prompt length
+  the scheduler saw is exactly what vLLM runs (and what `usage.prompt_tokens` reports).
+* Streaming uses `RequestOutputKind.DELTA`; each delta is forwarded as it comes. The final delta carries
+  vLLM's finish reason, `usage` from the engine's own counts, and `EngineTiming`: time queued inside
+  vLLM (queued -> first scheduled, engine-core clock) and first-token latency (vLLM's frontend clock).
+* Cancelling the consumer (client gone) aborts the request inside vLLM; the `finally` also aborts
+  explicitly, so no request is left running whatever way the stream ends.
+* Capacity comes from the engine's real state: a stat logger receives vLLM's `SchedulerStats` every
+  step (running and waiting sequences, KV-cache use). While vLLM has requests waiting, or the KV cache
+  is above `kv_high_watermark`, the replica offers no free slots, so the backlog stays in the
+  scheduler where the policy orders it instead of in vLLM's FCFS queue.
+* Errors become `EngineFailure` values on the final delta: invalid input (e.g. prompt longer than the
+  model's context) is 400, a dead engine 503, anything else 502.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from deployments.engine import (
+    Capacity,
+    EngineFailure,
+    EngineTiming,
+    GenerationRequest,
+    TokenDelta,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+
+_FINISH = {"stop": "stop", "length": "length"}
+_QUEUE_EWMA = 0.2  # weight of the newest request in the running mean of vLLM queue time
+
+
+@dataclass(slots=True)
+class EngineState:
+    """vLLM's scheduler state as of its last step (written by the stat logger)."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+    updated: float = 0.0
+
+
+def make_stat_logger(state: EngineState) -> Any:
+    """A vLLM stat-logger factory that copies each step's scheduler stats into `state`."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _StateLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:
+            if scheduler_stats is not None:
+                state.running = scheduler_stats.num_running_reqs
+                state.waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+                state.kv_usage = scheduler_stats.kv_cache_usage
+                state.updated = time.monotonic()
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return _StateLogger
+
+
+class VllmEngine:
+    """Implements `deployments.engine.Engine` on vLLM's `AsyncLLM` (see module docstring)."""
+
+    def __init__(self, model: str, served_model_name: str, max_num_seqs: int, max_num_batched_tokens: int,
+                 engine_args: dict[str, Any], kv_high_watermark: float = 0.95) -> None:
+        self._args = {
+            "model": model, "served_model_name": served_model_name, "max_num_seqs": max_num_seqs,
+            "max_num_batched_tokens": max_num_batched_tokens, "disable_log_stats": True,
+            "enable_log_requests": False, **engine_args,
+        }
+        self._max_num_seqs = max_num_seqs
+        self._kv_high_watermark = kv_high_watermark
+        self._engine: Any = None
+        self._kv_tokens = 0
+        self._state = EngineState()
+        self._active: set[str] = set()
+        self._queue_s = 0.0
+        self.aborted = 0
+
+    # -- Engine protocol -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.monotonic()
+        # custom stat loggers turn on per-request metrics without vLLM's default log/Prometheus loggers
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._args),
+                                                 stat_loggers=[make_stat_logger(self._state)])
+        cache = self._engine.vllm_config.cache_config
+        self._kv_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
+        logger.info("vLLM engine up in %.1fs: %s, %d KV tokens", time.monotonic() - started,
+                    self._args["model"], self._kv_tokens)
+
+    async def stop(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+
+    def capacity(self) -> Capacity:
+        state, active = self._state, tuple(self._active)
+        dead = self._engine is None or self._engine.errored
+        pressured = bool(active) and (state.waiting > 0 or state.kv_usage >= self._kv_high_watermark)
+        free = 0 if dead or pressured else max(0, self._max_num_seqs - len(active))
+        return Capacity(
+            max_slots=self._max_num_seqs, free_slots=free,
+            free_kv_tokens=int(self._kv_tokens * (1.0 - state.kv_usage)), active=active,
+            engine_running=state.running, engine_waiting=state.waiting, kv_usage=state.kv_usage,
+            engine_queue_s=self._queue_s,
+        )
+
+    async def abort(self, request_id: str) -> None:
+        if self._engine is not None and request_id in self._active:
+            await self._engine.abort(request_id)
+
+    async def check_health(self) -> None:
+        """Raise if the engine died (Serve then replaces the replica)."""
+        if self._engine is None or self._engine.errored:
+            raise RuntimeError("vLLM engine is not running")
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        rid = request.request_id
+        finished = False
+        self._active.add(rid)
+        try:
+            async for delta in self._stream(request):
+                finished = delta.finish_reason is not None
+                yield delta
+        except (VLLMClientError, ValueError) as exc:
+            finished = True
+            yield _failure(400, "invalid_request", str(exc))
+        except EngineDeadError:
+            finished = True
+            logger.error("vLLM engine died while serving %s", rid)
+            yield _failure(503, "engine_dead", "the inference engine stopped; retry")
+        except Exception as exc:  # any other engine fault is the replica's, not the client's
+            finished = True
+            logger.exception("vLLM failed on %s", rid)
+            yield _failure(502, "engine_error", f"inference engine error ({type(exc).__name__})")
+        finally:
+            self._active.discard(rid)
+            if not finished and self._engine is not None:
+                self.aborted += 1
+                with contextlib.suppress(Exception):
+                    await self._engine.abort(rid)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _sampling_params(self, request: GenerationRequest) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        extra: dict[str, Any] = {}
+        if request.target_tokens is not None:  # benchmark mode only: fix the output length
+            n = max(1, min(request.max_tokens, request.target_tokens))
+            extra = {"min_tokens": n, "ignore_eos": True}
+            max_tokens = n
+        else:
+            max_tokens = request.max_tokens
+        return SamplingParams(
+            n=1, max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
+            seed=request.seed, stop=list(request.stop) or None, output_kind=RequestOutputKind.DELTA,
+            **extra,
+        )
+
+    async def _stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        from vllm.inputs import TokensPrompt
+
+        if request.prompt_token_ids is None:
+            raise ValueError("the vLLM engine needs prompt token ids (count prompts with the tokenizer)")
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+        generated = 0
+        async for out in self._engine.generate(prompt, self._sampling_params(request),
+                                               request.request_id):
+            completion = out.outputs[0]
+            generated += len(completion.token_ids)
+            if not out.finished:
+                if completion.text or completion.token_ids:
+                    yield TokenDelta(completion.text, len(completion.token_ids))
+                continue
+            reason = completion.finish_reason
+            if reason not in _FINISH:
+                yield _failure(503, "engine_aborted", f"the engine ended the request ({reason})")
+                return
+            metrics = out.metrics
+            if metrics is not None and metrics.num_generation_tokens:
+                generated = metrics.num_generation_tokens
+            prompt_tokens = len(out.prompt_token_ids or request.prompt_token_ids)
+            yield TokenDelta(completion.text, len(completion.token_ids), _FINISH[reason],
+                             Usage(prompt_tokens, generated), timing=self._timing(metrics))
+            return
+
+    def _timing(self, metrics: Any) -> EngineTiming | None:
+        if metrics is None or not metrics.scheduled_ts:
+            return None
+        queued = max(0.0, metrics.scheduled_ts - metrics.queued_ts)
+        self._queue_s += _QUEUE_EWMA * (queued - self._queue_s)
+        return EngineTiming(queued_s=queued, first_token_s=metrics.first_token_latency,
+                            preemptions=metrics.num_preemptions)
+
+
+def _failure(status: int, code: str, message: str) -> TokenDelta:
+    return TokenDelta("", 0, "error", error=EngineFailure(status, code, message))

@@ -1,0 +1,83 @@
+"""Turning request bodies into prompts and counting their tokens, the way the serving engine will.
+
+Admission and estimation need a prompt's length in tokens before the request is queued, so the ingress
+renders and counts every prompt itself:
+
+* `ApproxPrompts` (simulated engine): chat messages become a plain "role: text" transcript, and tokens
+  are `approx_token_count` (about four characters per token).
+* `TokenizerPrompts` (vLLM): chat messages are rendered with the model's own chat template, and the
+  prompt is encoded with the model's tokenizer (transformers `AutoTokenizer`, loaded from the same
+  model id or directory the replicas serve). The token ids travel to the replica, so the length the
+  scheduler saw is exactly what vLLM runs and what `usage.prompt_tokens` reports.
+
+Plain completion prompts get the tokenizer's special tokens (e.g. BOS), as vLLM's own server adds them;
+a rendered chat template already contains them, so chat prompts are encoded without adding more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from deployments.engine import approx_token_count
+from deployments.replica_config import ReplicaConfig
+
+
+@dataclass(slots=True, frozen=True)
+class RenderedPrompt:
+    """A prompt as the engine will see it: text, its token count, and token ids where known."""
+
+    text: str
+    num_tokens: int
+    token_ids: list[int] | None = None
+
+
+class Prompts(Protocol):
+    """Renders and counts prompts for one engine backend."""
+
+    def completion(self, prompt: str) -> RenderedPrompt: ...
+
+    def chat(self, messages: list[dict[str, str]]) -> RenderedPrompt: ...
+
+
+class ApproxPrompts:
+    """Transcript rendering and approximate counts, for the simulated engine."""
+
+    def completion(self, prompt: str) -> RenderedPrompt:
+        return RenderedPrompt(prompt, approx_token_count(prompt))
+
+    def chat(self, messages: list[dict[str, str]]) -> RenderedPrompt:
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        return RenderedPrompt(text, approx_token_count(text))
+
+
+class TokenizerPrompts:
+    """The model's chat template and tokenizer, for vLLM (see module docstring)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, model: str) -> TokenizerPrompts:
+        from transformers import AutoTokenizer  # comes with vLLM; not needed by the simulated engine
+
+        return cls(AutoTokenizer.from_pretrained(model))
+
+    def completion(self, prompt: str) -> RenderedPrompt:
+        ids = list(self.tokenizer.encode(prompt, add_special_tokens=True))
+        return RenderedPrompt(prompt, len(ids), ids)
+
+    def chat(self, messages: list[dict[str, str]]) -> RenderedPrompt:
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # no template, or a template error (e.g. role order it rejects)
+            raise ValueError(f"messages cannot be rendered with the model's chat template: {exc}") from None
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        return RenderedPrompt(text, len(ids), ids)
+
+
+def make_prompts(replicas: ReplicaConfig) -> Prompts:
+    """The prompt renderer matching the replicas' engine."""
+    if replicas.engine == "vllm":
+        return TokenizerPrompts.load(replicas.model)
+    return ApproxPrompts()

@@ -1,0 +1,61 @@
+"""The shipped Serve configs validate, vLLM settings are checked, and nothing imports vLLM eagerly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.replica_config import PROJECT_ROOT, ReplicaConfig
+from serve_app.config import parse_app_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config.l4.yaml", "config.cpu.yaml"])
+def test_shipped_configs_validate(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load((ROOT / name).read_text())
+    validate = getattr(ServeDeploySchema, "model_validate", None) or ServeDeploySchema.parse_obj
+    validate(data)
+    (app,) = data["applications"]
+    config = parse_app_config(app["args"])
+    assert config.replicas.engine == ("sim" if name == "config.yaml" else "vllm")
+
+
+def test_l4_config_pins_one_l4_per_replica():
+    data = yaml.safe_load((ROOT / "config.l4.yaml").read_text())
+    (app,) = data["applications"]
+    (llm,) = [d for d in app["deployments"] if d["name"] == "LLMReplica"]
+    assert llm["ray_actor_options"]["num_gpus"] == 1
+    assert llm["ray_actor_options"]["accelerator_type"] == "L4"
+    args = app["args"]
+    assert args["core"]["scheduler"]["max_request_tokens"] <= args["replicas"]["engine_args"]["max_model_len"]
+
+
+def test_relative_model_path_resolves_against_project_root():
+    config = ReplicaConfig(engine="vllm", model="./.cache/tiny", served_model_name="t").resolved()
+    assert config.model == str(PROJECT_ROOT / ".cache" / "tiny")
+    hub = ReplicaConfig(engine="vllm", model="org/model", served_model_name="t").resolved()
+    assert hub.model == "org/model"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"engine": "sim", "model": "org/model"}, "simulated engine"),
+    ({"engine": "sim", "engine_args": {"dtype": "float32"}}, "engine: vllm"),
+    ({"engine": "vllm", "model": "m", "engine_args": {"max_num_seqs": 4}}, "max_num_seqs"),
+])
+def test_replica_config_errors_name_the_fix(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ReplicaConfig.model_validate(bad)
+
+
+def test_app_imports_without_vllm():
+    code = ("import sys, serve_app.app, serve_app.prompts, deployments.vllm_engine, driftsched.cli; "
+            "bad = [m for m in ('vllm', 'torch', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
