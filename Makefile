@@ -29,3 +29,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .mypy_cache
+
+# Regenerate the KubeRay manifests in k8s/ from config.l4.yaml (tests/test_k8s.py fails when stale).
+.PHONY: k8s
+k8s: $(STAMP)
+	$(BIN)/python -m k8s.render
