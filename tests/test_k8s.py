@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,12 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from k8s import kustomize, render
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # k8s/ is not an installed package; `pytest` alone may not add the root
+    sys.path.insert(0, str(ROOT))
+
+from k8s import kustomize, render  # noqa: E402
+
 K8S = ROOT / "k8s"
 CRD = ROOT.parent / "shared" / "k8s-schemas" / "ray.io_rayservices.v1.7.0.yaml"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
