@@ -107,38 +107,3 @@ def test_horizon_stops_fused_decode_at_first_step_past_it():
     step = perf.decode_step_s(1, 10)
     assert 0.5 <= duration < 0.5 + 1.1 * step
     assert events.num_iterations == events.num_tokens > 1
-
-
-def _decoding_engine(perf):
-    engine = ContinuousBatchEngine(perf)
-    for i in range(6):
-        engine.add(EngineSequence(i, 50 + 10 * i, 40 + 30 * i))
-    while engine.waiting or any(s.generated == 0 for s in engine.running):
-        engine.step()
-    return engine
-
-
-@pytest.mark.parametrize("elapsed", [0.0, 0.05, 0.2, 0.6])
-def test_truncated_fused_run_equals_a_run_with_the_shorter_horizon(elapsed):
-    perf = PerfModel()
-    a, b = _decoding_engine(perf), _decoding_engine(perf)
-    long_run = a.start_fused(10.0)
-    assert long_run is not None and long_run > 0.6
-    duration, free_kv = a.truncate_fused(elapsed)
-    events_a = a.end_fused()
-    duration_b, events_b = b.step(horizon_s=elapsed) if elapsed > 0 else b.step(horizon_s=1e-12)
-    assert duration == pytest.approx(duration_b) and duration <= long_run
-    assert free_kv == b.free_kv_tokens and (a.kv_used, a.held_tokens) == (b.kv_used, b.held_tokens)
-    assert events_a.num_iterations == events_b.num_iterations
-    assert [s.request_id for s in events_a.finished] == [s.request_id for s in events_b.finished]
-    assert [s.generated for s in a.running] == [s.generated for s in b.running]
-
-
-def test_untruncated_fused_run_reports_its_finishers():
-    perf = PerfModel()
-    a, b = _decoding_engine(perf), _decoding_engine(perf)
-    duration = a.start_fused(1e9)
-    events = a.end_fused()
-    duration_b, events_b = b.step(horizon_s=1e9)
-    assert duration == pytest.approx(duration_b)
-    assert [s.request_id for s in events.finished] == [s.request_id for s in events_b.finished] != []

@@ -57,7 +57,6 @@ class ContinuousBatchEngine:
         self.kv_used = 0
         self.held_tokens = 0  # prompt + generated over all sequences held, cached or not
         self.num_preemptions = 0
-        self._fused = (0, 0, 0)  # pending fused run: (steps, batch, KV at its start)
 
     # -- capacity the scheduler pulls against --------------------------------------------------
     @property
@@ -235,22 +234,6 @@ class ContinuousBatchEngine:
 
     def _fused_decode(self, horizon_s: float) -> tuple[float, StepEvents] | None:
         """Fuse pure-decode iterations; None when some sequence still prefills or KV is too tight."""
-        duration = self._start_fused(horizon_s)
-        return None if duration is None else (duration, self.end_fused())
-
-    def start_fused(self, horizon_s: float) -> float | None:
-        """Start a pending run of fused decode steps reaching ``horizon_s``; None if none can run now.
-
-        The run's tokens are counted at once, but it stays open: ``truncate_fused`` may end it at an
-        earlier step boundary (a simulator does so when new work arrives that this engine could take),
-        and ``end_fused`` closes it and reports the sequences that finished. Nothing else may be called
-        on the engine in between.
-        """
-        if not self._running or self._can_admit(len(self._running)):
-            return None
-        return self._start_fused(horizon_s)
-
-    def _start_fused(self, horizon_s: float) -> float | None:
         if self._prefilling:
             return None
         n = len(self._running)
@@ -263,35 +246,12 @@ class ContinuousBatchEngine:
             return None
         # Smallest k >= 1 whose duration reaches the horizon (step times only grow), else k_max.
         k, duration = self.perf.decode_run_until(n, self.kv_used, horizon_s, k_max)
-        self._fused = (k, n, self.kv_used)
+        events = StepEvents(num_iterations=k, num_tokens=n * k)
         clock.ticks += k
         self.kv_used += n * k
         self.held_tokens += n * k
-        return duration
-
-    def truncate_fused(self, elapsed_s: float) -> tuple[float, int]:
-        """End the pending run at its first step boundary at or after ``elapsed_s`` from its start.
-
-        Returns the run's new duration and the KV tokens that are free at its new end. No sequence
-        finishes early: a run never extends past the first finish, so only its last step can hold one.
-        """
-        k, n, kv_start = self._fused
-        k_new, duration = self.perf.decode_run_until(n, kv_start, elapsed_s, k)
-        if k_new < k:
-            back = k - k_new
-            self._clock.ticks -= back
-            self.kv_used -= n * back
-            self.held_tokens -= n * back
-            self._fused = (k_new, n, kv_start)
-        return duration, self.free_kv_tokens
-
-    def end_fused(self) -> StepEvents:
-        """Close the pending run: its iterations, tokens and finished sequences."""
-        k, n, _ = self._fused
-        self._fused = (0, 0, 0)
-        events = StepEvents(num_iterations=k, num_tokens=n * k)
         events.finished = self._pop_finished()
-        return events
+        return duration, events
 
     # -- lazy decoder bookkeeping --------------------------------------------------------------
     def _start_decoding(self, seq: EngineSequence) -> None:
