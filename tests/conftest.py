@@ -94,3 +94,12 @@ def scheduler_handle(args: dict[str, Any]) -> Any:
 
     name = f"driftsched.scheduler.{parse_app_config(args).fingerprint()}"
     return ray.get_actor(name, namespace=NAMESPACE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny random Llama and tokenizer for vLLM tests (`driftsched make-tiny-model`), built once."""
+    pytest.importorskip("vllm")
+    from driftsched.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-llama")
