@@ -198,7 +198,7 @@ async def run_load(
         max_connections=options.max_connections, max_keepalive_connections=options.max_connections
     )
     timeout = httpx.Timeout(options.timeout_s, connect=min(10.0, options.timeout_s))
-    bar = tqdm(total=len(items), unit="req", disable=not options.progress, leave=False)
+    bar = tqdm(total=len(items), unit="req", disable=None if options.progress else True, leave=False)
     tasks: list[asyncio.Task[None]] = []
     async with httpx.AsyncClient(limits=limits, timeout=timeout, transport=transport) as client:
         t0 = time.monotonic()
