@@ -187,6 +187,7 @@ def test_fidelity_simulates_what_was_sent():
     row = compare({"sjf": {"e2e_s": {"p50": 2.0, "p99": 4.0}, "ttft_s": {"p50": 1.0}}},
                   {"sjf": {"e2e_s": {"p50": 1.0, "p99": 4.0}, "ttft_s": {"p50": 0.5}}})["sjf"]
     assert row["e2e_p50"]["ratio"] == 2.0 and row["e2e_p99"]["ratio"] == 1.0
+    assert np.isnan(row["makespan"]["ratio"])  # neither side said how long it ran
 
 
 def test_live_records_and_simulated_runs_share_the_report(tmp_path):
@@ -227,6 +228,7 @@ def test_bench_live_two_policies_end_to_end(tmp_path):
     for policy in summary["policies"].values():
         assert policy["completed"] == 60 and policy["statuses"] == {"completed": 60}
         assert policy["e2e_s"]["p50"] > 0 and policy["service_observations"] == 60
+        assert policy["makespan_s"] >= policy["e2e_s"]["p99"]
         assert policy["estimator"]["uncorrected"]["mae"] > 0
     assert summary["fidelity"]["sjf"]["e2e_p50"]["simulated"] > 0
     rows = (out / "requests.csv").read_text().splitlines()

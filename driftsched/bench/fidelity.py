@@ -51,14 +51,23 @@ def compare(live: Mapping[str, Any], simulated: Mapping[str, Any]) -> dict[str, 
         for group, q in _FIGURES:
             a, b = lv[group][q], sv[group][q]
             key = f"{group[:-2]}_{q}"
-            row[key] = {"live": a, "simulated": b, "ratio": a / b if b and a == a else float("nan")}
+            row[key] = _pair(a, b)
+        # How long the replicas took for the same work: above 1, the live replicas ran slower than modelled.
+        row["makespan"] = _pair(lv.get("makespan_s", float("nan")), sv.get("simulated_s", float("nan")))
         out[policy] = row
     return out
 
 
+def _pair(live: float | None, simulated: float | None) -> dict[str, float]:
+    live = float("nan") if live is None else live  # null in a summary read back from JSON
+    simulated = float("nan") if simulated is None else simulated
+    ratio = live / simulated if simulated and live == live else float("nan")
+    return {"live": live, "simulated": simulated, "ratio": ratio}
+
+
 def format_comparison(fidelity: Mapping[str, Any], title: str) -> str:
     """The side-by-side table."""
-    cols = [f"{g[:-2]}_{q}" for g, q in _FIGURES]
+    cols = [f"{g[:-2]}_{q}" for g, q in _FIGURES] + ["makespan"]
     head = f"{'policy':<10}" + "".join(f"{c + ' live':>14}{'sim':>9}{'x':>7}" for c in cols)
     lines = [title, head, "-" * len(head)]
     for policy, row in fidelity.items():

@@ -238,6 +238,8 @@ def to_records(
         return np.array(values, dtype=float)
 
     done = [r.status == "completed" for _, r in sent]
+    finish = col([r.last_token_s if d else NAN for (_, r), d in zip(sent, done, strict=True)]) / time_scale
+    makespan = float(np.nanmax(finish)) if any(done) else NAN  # first send to last token
     return RunRecords(
         policy=policy,
         tenant=np.array([it.tenant for it, _ in sent]),
@@ -248,11 +250,17 @@ def to_records(
         arrival=col([r.send_s for _, r in sent]) / time_scale,
         dispatch=np.full(len(sent), NAN),
         first_token=col([r.first_token_s for _, r in sent]) / time_scale,
-        finish=col([r.last_token_s if d else NAN for (_, r), d in zip(sent, done, strict=True)]) / time_scale,
+        finish=finish,
         raw_estimate=np.full(len(sent), NAN),
         corrected_estimate=col([r.estimate for _, r in sent]),
         admitted=np.array([r.http_status == 200 for _, r in sent], dtype=bool),
         status=[r.status for _, r in sent],
-        extras={"sent": len(sent), "statuses": result.statuses(), "wall_s": result.wall_s, **(extras or {})},
+        extras={
+            "sent": len(sent),
+            "statuses": result.statuses(),
+            "wall_s": result.wall_s,
+            "makespan_s": makespan,
+            **(extras or {}),
+        },
         estimator=estimator,
     )
