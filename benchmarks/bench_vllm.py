@@ -108,7 +108,7 @@ async def run_vllm_alone(items: list[Item], model_dir: Path, slots: int, policy:
                 pass
             return item.tenant, time.monotonic() - start
 
-        await one(-1, Item(0.0, "warmup", "hello", 8, 8), time.monotonic())
+        await one(-1, Item(0.0, "interactive", "hello", 8, 8), time.monotonic())
         t0 = time.monotonic()
         return list(await asyncio.gather(*(one(k, it, t0) for k, it in enumerate(items))))
     finally:
