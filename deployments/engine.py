@@ -13,7 +13,7 @@ token ids, so the engine runs exactly the prompt the scheduler estimated.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -120,7 +120,7 @@ class Engine(Protocol):
     async def start(self) -> None:
         """Start background work (model load, step loop)."""
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta, None]:
         """Token deltas of one request; the final delta has a finish reason and usage."""
 
     async def abort(self, request_id: str) -> None:

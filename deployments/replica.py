@@ -9,9 +9,10 @@ drift actor about once a second (one actor call per batch, not per request).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,16 +84,19 @@ class LLMReplica:
 
     async def generate(
         self, request: GenerationRequest, estimate: EstimateKey, target_replica: str | None = None
-    ) -> AsyncIterator[TokenDelta]:
+    ) -> AsyncGenerator[TokenDelta, None]:
         """Stream one granted request's tokens; records the observed length when it finishes."""
-        async for delta in self._engine.generate(request):
-            if delta.usage is not None:
-                self._batch.observe(
-                    estimate.tenant, estimate.category, estimate.bucket, estimate.raw,
-                    estimate.corrected, float(delta.usage.completion_tokens), time.time(),
-                )
-                self._batch_size += 1
-            yield delta
+        # aclosing: when the caller goes away while this generator waits at `yield`, the engine's
+        # stream is closed (and the request aborted) now, not whenever the garbage collector gets to it.
+        async with contextlib.aclosing(self._engine.generate(request)) as stream:
+            async for delta in stream:
+                if delta.usage is not None:
+                    self._batch.observe(
+                        estimate.tenant, estimate.category, estimate.bucket, estimate.raw,
+                        estimate.corrected, float(delta.usage.completion_tokens), time.time(),
+                    )
+                    self._batch_size += 1
+                yield delta
 
     async def capacity(self) -> dict[str, Any]:
         cap = self._engine.capacity()

@@ -47,6 +47,9 @@ class ReplicaConfig(BaseModel):
     """Token budget of one engine step (chunked prefill)."""
     time_scale: float = Field(default=1.0, gt=0, le=100)
     """Real seconds per modelled second: 1.0 is an L4 in real time, 0.02 is 50x faster."""
+    stream_interval_s: float = Field(default=0.01, gt=0, le=1)
+    """Simulated engine: real seconds between token deliveries (decode steps in between are fused).
+    Larger values send fewer, bigger chunks: less CPU on a small machine, coarser TTFT."""
     output_means: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_OUTPUT_MEANS))
     """Mean true output tokens per category for the simulated engine."""
     output_sigma: float = Field(default=0.6, ge=0, le=3)
@@ -113,5 +116,5 @@ def build_engine(config: ReplicaConfig) -> Engine:
     perf = perf_model_for(config)
     return SimulatedEngine(
         perf, time_scale=config.time_scale, output_means=dict(config.output_means),
-        output_sigma=config.output_sigma, seed=config.seed,
+        output_sigma=config.output_sigma, seed=config.seed, tick_s=config.stream_interval_s,
     )

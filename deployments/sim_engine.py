@@ -3,8 +3,11 @@
 The engine state (continuous batching, chunked prefill, KV accounting) is `driftsched.sim.engine`'s
 `ContinuousBatchEngine`, timed by `driftsched.sim.perf_model.PerfModel` — the same model the
 discrete-event simulator uses. A step loop runs one engine step (or several fused decode steps, up to
-`tick_s` of real time), sleeps for the modelled duration multiplied by `time_scale`, then hands each
-sequence's new tokens to its stream. `time_scale=1` is an L4 in real time; tests use ~0.02.
+`tick_s` of real time), sleeps until the modelled time multiplied by `time_scale` has passed, then
+hands each sequence's new tokens to its stream. `time_scale=1` is an L4 in real time; tests use ~0.02.
+Pacing follows a deadline carried from step to step, so the loop's own overhead is absorbed instead
+of accumulating: the replica keeps the model's pace as long as the CPU allows, and catches up after
+a stall (a deadline more than a second behind is reset, so a long stall is not replayed at full speed).
 
 Output length of a request (the simulator's hidden truth):
 
@@ -22,7 +25,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from deployments.engine import Capacity, GenerationRequest, TokenDelta, Usage
 from driftsched.sim.engine import ContinuousBatchEngine, EngineSequence
@@ -30,6 +33,7 @@ from driftsched.sim.perf_model import PerfModel
 
 logger = logging.getLogger(__name__)
 
+_MAX_LAG_S = 1.0  # a replica further behind its modelled pace than this stops trying to catch up
 _WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
 
 
@@ -86,7 +90,7 @@ class SimulatedEngine:
         self._queues.pop(request_id, None)
         self._sent.pop(request_id, None)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta, None]:
         rid = request.request_id
         target = self._output_length(request)
         seq = EngineSequence(rid, max(1, request.prompt_tokens), target)
@@ -121,16 +125,20 @@ class SimulatedEngine:
         return max(1, min(request.max_tokens, round(self._rng.lognormvariate(mu, self._sigma))))
 
     async def _step_loop(self) -> None:
-        engine = self._engine
+        engine, loop = self._engine, asyncio.get_running_loop()
+        deadline = loop.time()
         while True:
             try:
                 if engine.is_idle:
                     self._wake.clear()
                     await self._wake.wait()
+                    deadline = loop.time()
                     continue
                 duration, _events = engine.step(self._horizon_s)
-                if duration > 0:
-                    await asyncio.sleep(duration * self._time_scale)
+                now = loop.time()
+                deadline = max(deadline, now - _MAX_LAG_S) + duration * self._time_scale
+                if deadline > now:
+                    await asyncio.sleep(deadline - now)
                 self._deliver()
             except asyncio.CancelledError:
                 for queue in self._queues.values():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +133,7 @@ class VllmEngine:
         if self._engine is None or self._engine.errored:
             raise RuntimeError("vLLM engine is not running")
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta, None]:
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -181,7 +181,7 @@ class VllmEngine:
             **extra,
         )
 
-    async def _stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+    async def _stream(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta, None]:
         from vllm.inputs import TokensPrompt
 
         if request.prompt_token_ids is None:

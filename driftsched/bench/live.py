@@ -77,6 +77,9 @@ def _real_time_core(core: CoreConfig, policy: str, time_scale: float, queued: in
     return data
 
 
+BENCH_STREAM_INTERVAL_S = 0.05
+
+
 def policy_args(
     base: dict[str, Any], core: CoreConfig, policy: str, time_scale: float, timeout_s: float, num_items: int
 ) -> dict[str, Any]:
@@ -90,6 +93,9 @@ def policy_args(
     replicas = args.setdefault("replicas", {})
     if replicas.get("engine", "sim") == "sim":
         replicas["time_scale"] = time_scale
+        # Coarser token chunks: every chunk crosses Serve, and a small machine cannot keep up with one
+        # per sequence every 10 ms; 50 ms real is still finer than one modelled decode step here.
+        replicas.setdefault("stream_interval_s", BENCH_STREAM_INTERVAL_S)
     slots = replicas.get("num_replicas", 2) * replicas.get("max_num_seqs", 32)
     gateway = args.setdefault("gateway", {})
     gateway["queue_timeout_s"] = timeout_s
