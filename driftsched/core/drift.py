@@ -110,38 +110,31 @@ class _Node:
         return [self.t, self.ns, self.es, self.ys, [list(o) for o in self.window]]
 
 
+_ERROR_FIELDS = (
+    "t", "n", "sum_raw", "abs_raw", "sq_raw", "sum_corr", "abs_corr", "sq_corr",
+    "rec_n", "rec_raw", "rec_corr",
+)  # fmt: skip
+
+
 class _Errors:
-    """Accuracy sums of one (tenant, category): plain for all-time, decayed for recent."""
+    """Accuracy sums of one (tenant, category): plain for all-time, decayed (`rec_*`) for recent."""
 
-    __slots__ = (
-        "abs_corr",
-        "abs_raw",
-        "n",
-        "rec_corr",
-        "rec_n",
-        "rec_raw",
-        "sq_corr",
-        "sq_raw",
-        "sum_corr",
-        "sum_raw",
-        "t",
-    )
+    __slots__ = _ERROR_FIELDS
+    t: float
+    n: float
+    sum_raw: float
+    abs_raw: float
+    sq_raw: float
+    sum_corr: float
+    abs_corr: float
+    sq_corr: float
+    rec_n: float
+    rec_raw: float
+    rec_corr: float
 
-    def __init__(self, values: tuple[float, ...] = (0.0,) * 12) -> None:
-        (
-            self.t,
-            self.n,
-            self.sum_raw,
-            self.abs_raw,
-            self.sq_raw,
-            self.sum_corr,
-            self.abs_corr,
-            self.sq_corr,
-            self.rec_n,
-            self.rec_raw,
-            self.rec_corr,
-            _,
-        ) = values
+    def __init__(self, values: tuple[float, ...] = (0.0,) * len(_ERROR_FIELDS)) -> None:
+        for name, value in zip(_ERROR_FIELDS, values, strict=True):
+            setattr(self, name, value)
 
     def add(self, t: float, e: float, c: float, y: float, kf: float) -> None:
         dr, dc = y - e, y - c
@@ -177,20 +170,7 @@ class _Errors:
         self.t = t
 
     def values(self) -> tuple[float, ...]:
-        return (
-            self.t,
-            self.n,
-            self.sum_raw,
-            self.abs_raw,
-            self.sq_raw,
-            self.sum_corr,
-            self.abs_corr,
-            self.sq_corr,
-            self.rec_n,
-            self.rec_raw,
-            self.rec_corr,
-            0.0,
-        )
+        return tuple(getattr(self, name) for name in _ERROR_FIELDS)
 
 
 @dataclass(slots=True, frozen=True)
@@ -249,7 +229,7 @@ class DriftTracker:
             node.add(now, float(raw), float(observed), ks)
         errors = self._errors.get((tenant, category))
         if errors is None:
-            errors = self._errors[(tenant, category)] = _Errors((now,) + (0.0,) * 11)
+            errors = self._errors[(tenant, category)] = _Errors((now,) + (0.0,) * (len(_ERROR_FIELDS) - 1))
         errors.add(now, raw, corrected, observed, kf)
 
     def merge(self, other: DriftTracker) -> None:
@@ -340,7 +320,7 @@ class DriftTracker:
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state; `restore` rebuilds an equal tracker."""
         return {
-            "version": 2,
+            "version": 3,
             "nodes": [[list(k), *n.state()] for k, n in self._nodes.items()],
             "errors": [[t, c, *e.values()] for (t, c), e in self._errors.items()],
         }
@@ -348,7 +328,7 @@ class DriftTracker:
     @classmethod
     def restore(cls, data: dict[str, Any], config: DriftConfig | None = None) -> DriftTracker:
         """Rebuild a tracker from `snapshot()` output."""
-        if data.get("version") != 2:
+        if data.get("version") != 3:
             raise ValueError(f"unsupported drift snapshot version {data.get('version')!r}")
         tracker = cls(config)
         for key, t, ns, es, ys, window in data["nodes"]:
