@@ -21,7 +21,7 @@ from prometheus_client.core import (
 
 from deployments.scheduler_actor import SchedulerView
 from deployments.telemetry import LATENCY_BUCKETS_S
-from driftsched.core.drift import DriftStat
+from driftsched.core.accuracy import DriftStat
 
 _HISTOGRAMS = {
     "queue_wait": ("driftsched_queue_wait_seconds", "Time from arrival to a replica grant."),

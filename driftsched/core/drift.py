@@ -29,7 +29,8 @@ Decayed sums merge exactly: bring both to the later reference time and add. Merg
 several replicas therefore equals feeding one tracker every observation, in any order, and a snapshot
 is just the sums (JSON-serialisable). Accuracy statistics per (tenant, category) — count, mean signed
 drift y − e, MAE and RMSE of raw and corrected estimates, and the recent MAE (decayed with
-`recent_half_life_s`) — are plain or decayed sums too, and merge the same way. The window merges as
+`recent_half_life_s`, kept in `driftsched.core.accuracy`) — are plain or decayed sums too, and merge
+the same way. The window merges as
 "the K latest of both", which is also order-independent.
 """
 
@@ -38,9 +39,9 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from dataclasses import dataclass
 from typing import Any
 
+from driftsched.core.accuracy import ERROR_FIELDS, DriftStat, ErrorSums, summarize
 from driftsched.core.config import DriftConfig
 
 _LN2 = math.log(2.0)
@@ -110,87 +111,6 @@ class _Node:
         return [self.t, self.ns, self.es, self.ys, [list(o) for o in self.window]]
 
 
-_ERROR_FIELDS = (
-    "t", "n", "sum_raw", "abs_raw", "sq_raw", "sum_corr", "abs_corr", "sq_corr",
-    "rec_n", "rec_raw", "rec_corr",
-)  # fmt: skip
-
-
-class _Errors:
-    """Accuracy sums of one (tenant, category): plain for all-time, decayed (`rec_*`) for recent."""
-
-    __slots__ = _ERROR_FIELDS
-    t: float
-    n: float
-    sum_raw: float
-    abs_raw: float
-    sq_raw: float
-    sum_corr: float
-    abs_corr: float
-    sq_corr: float
-    rec_n: float
-    rec_raw: float
-    rec_corr: float
-
-    def __init__(self, values: tuple[float, ...] = (0.0,) * len(_ERROR_FIELDS)) -> None:
-        for name, value in zip(_ERROR_FIELDS, values, strict=True):
-            setattr(self, name, value)
-
-    def add(self, t: float, e: float, c: float, y: float, kf: float) -> None:
-        dr, dc = y - e, y - c
-        self.n += 1
-        self.sum_raw += dr
-        self.abs_raw += abs(dr)
-        self.sq_raw += dr * dr
-        self.sum_corr += dc
-        self.abs_corr += abs(dc)
-        self.sq_corr += dc * dc
-        if t >= self.t:
-            d, w = math.exp(-(t - self.t) * kf), 1.0
-            self.t = t
-        else:
-            d, w = 1.0, math.exp(-(self.t - t) * kf)
-        self.rec_n = self.rec_n * d + w
-        self.rec_raw = self.rec_raw * d + w * abs(dr)
-        self.rec_corr = self.rec_corr * d + w * abs(dc)
-
-    def merge(self, other: _Errors, kf: float) -> None:
-        t = max(self.t, other.t)
-        a, b = math.exp(-(t - self.t) * kf), math.exp(-(t - other.t) * kf)
-        self.n += other.n
-        self.sum_raw += other.sum_raw
-        self.abs_raw += other.abs_raw
-        self.sq_raw += other.sq_raw
-        self.sum_corr += other.sum_corr
-        self.abs_corr += other.abs_corr
-        self.sq_corr += other.sq_corr
-        self.rec_n = self.rec_n * a + other.rec_n * b
-        self.rec_raw = self.rec_raw * a + other.rec_raw * b
-        self.rec_corr = self.rec_corr * a + other.rec_corr * b
-        self.t = t
-
-    def values(self) -> tuple[float, ...]:
-        return tuple(getattr(self, name) for name in _ERROR_FIELDS)
-
-
-@dataclass(slots=True, frozen=True)
-class DriftStat:
-    """Estimation accuracy and current correction of one (tenant, category); tenant "*" = all."""
-
-    tenant: str
-    category: str
-    count: int
-    mean_drift_raw: float
-    mean_drift_corrected: float
-    mae_raw: float
-    mae_corrected: float
-    rmse_raw: float
-    rmse_corrected: float
-    recent_mae_raw: float
-    recent_mae_corrected: float
-    factor: float
-
-
 class DriftTracker:
     """Per-(tenant, category) drift statistics and the bias-correction factors (see module doc)."""
 
@@ -201,7 +121,7 @@ class DriftTracker:
         self._window = self.config.shift_window
         self._ln_shift = math.log(self.config.shift_ratio)
         self._nodes: dict[NodeKey, _Node] = {}
-        self._errors: dict[tuple[str, str], _Errors] = {}
+        self._errors: dict[tuple[str, str], ErrorSums] = {}
 
     # -- feeding ---------------------------------------------------------------------------------
 
@@ -229,7 +149,7 @@ class DriftTracker:
             node.add(now, float(raw), float(observed), ks)
         errors = self._errors.get((tenant, category))
         if errors is None:
-            errors = self._errors[(tenant, category)] = _Errors((now,) + (0.0,) * (len(_ERROR_FIELDS) - 1))
+            errors = self._errors[(tenant, category)] = ErrorSums((now,) + (0.0,) * (len(ERROR_FIELDS) - 1))
         errors.add(now, raw, corrected, observed, kf)
 
     def merge(self, other: DriftTracker) -> None:
@@ -244,7 +164,7 @@ class DriftTracker:
         for ekey, err in other._errors.items():
             have = self._errors.get(ekey)
             if have is None:
-                self._errors[ekey] = _Errors(err.values())
+                self._errors[ekey] = ErrorSums(err.values())
             else:
                 have.merge(err, kf)
 
@@ -291,10 +211,7 @@ class DriftTracker:
         """Accuracy over every observation."""
         return self._stat("*", "*", list(self._errors.values()), None)
 
-    def _stat(self, tenant: str, category: str, group: list[_Errors], now: float | None) -> DriftStat:
-        n = sum(e.n for e in group)
-        rec_n = sum(e.rec_n for e in group) or 1.0
-        d = n or 1.0
+    def _stat(self, tenant: str, category: str, group: list[ErrorSums], now: float | None) -> DriftStat:
         if tenant == "*" and category == "*":
             factor = 1.0
         elif tenant == "*":
@@ -302,20 +219,7 @@ class DriftTracker:
             factor = node.ys / node.es if node is not None and node.es > 0 else 1.0
         else:
             factor = self._factor_along(((), (category,), (tenant, category)), now)
-        return DriftStat(
-            tenant=tenant,
-            category=category,
-            count=int(n),
-            mean_drift_raw=sum(e.sum_raw for e in group) / d,
-            mean_drift_corrected=sum(e.sum_corr for e in group) / d,
-            mae_raw=sum(e.abs_raw for e in group) / d,
-            mae_corrected=sum(e.abs_corr for e in group) / d,
-            rmse_raw=math.sqrt(sum(e.sq_raw for e in group) / d),
-            rmse_corrected=math.sqrt(sum(e.sq_corr for e in group) / d),
-            recent_mae_raw=sum(e.rec_raw for e in group) / rec_n,
-            recent_mae_corrected=sum(e.rec_corr for e in group) / rec_n,
-            factor=factor,
-        )
+        return summarize(tenant, category, group, factor)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state; `restore` rebuilds an equal tracker."""
@@ -339,5 +243,5 @@ class DriftTracker:
                 [(float(a), float(b), float(c)) for a, b, c in window],
             )
         for tenant, category, *values in data["errors"]:
-            tracker._errors[(str(tenant), str(category))] = _Errors(tuple(float(v) for v in values))
+            tracker._errors[(str(tenant), str(category))] = ErrorSums(tuple(float(v) for v in values))
         return tracker

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from driftsched.core.drift import DriftStat
+from driftsched.core.accuracy import DriftStat
 
 
 @dataclass(slots=True)
