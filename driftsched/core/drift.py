@@ -30,8 +30,7 @@ several replicas therefore equals feeding one tracker every observation, in any 
 is just the sums (JSON-serialisable). Accuracy statistics per (tenant, category) — count, mean signed
 drift y − e, MAE and RMSE of raw and corrected estimates, and the recent MAE (decayed with
 `recent_half_life_s`, kept in `driftsched.core.accuracy`) — are plain or decayed sums too, and merge
-the same way. The window merges as
-"the K latest of both", which is also order-independent.
+the same way. The window merges as "the K latest of both", which is also order-independent.
 """
 
 from __future__ import annotations
