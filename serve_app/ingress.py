@@ -35,6 +35,10 @@ from serve_app.prompts import make_prompts
 from serve_app.protocol import SSE_DONE, ChatBody, CompletionBody, ResponseShaper, error_body, sse
 
 logger = logging.getLogger(__name__)
+
+
+def _unauthorized() -> GatewayError:
+    return GatewayError(401, "authentication_error", "invalid_api_key", "missing or unknown API key")
 app = FastAPI(title="DriftSched")
 
 
@@ -77,9 +81,11 @@ class Ingress:
         return await self._serve(request, chat=True)
 
     @app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": self.model_name, "object": "model", "created": 0, "owned_by": "driftsched"}]}
+    async def models(self, request: Request) -> Response:
+        if self.keys.tenant_for(request.headers.get("authorization")) is None:
+            return self._refuse(_unauthorized())
+        return JSONResponse({"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "created": 0, "owned_by": "driftsched"}]})
 
     @app.get("/healthz")
     async def healthz(self) -> Response:
@@ -107,8 +113,7 @@ class Ingress:
     async def _serve(self, request: Request, chat: bool) -> Response:
         tenant = self.keys.tenant_for(request.headers.get("authorization"))
         if tenant is None:
-            return self._refuse(GatewayError(401, "authentication_error", "invalid_api_key",
-                                             "missing or unknown API key"))
+            return self._refuse(_unauthorized())
         try:
             raw = await request.json()
             body = (ChatBody if chat else CompletionBody).model_validate(raw)

@@ -69,6 +69,8 @@ def test_streamed_with_usage(client, chat):
 
 def test_models_and_health(client, base_url):
     assert [m.id for m in client.models.list()] == [MODEL]
+    anonymous = httpx.get(base_url + "/models", timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "invalid_api_key"
     health = httpx.get(base_url.removesuffix("/v1") + "/healthz", timeout=10)
     assert health.status_code == 200 and health.json()["policy"] == "sjf"
 
