@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 def _unauthorized() -> GatewayError:
     return GatewayError(401, "authentication_error", "invalid_api_key", "missing or unknown API key")
+
+
 app = FastAPI(title="DriftSched")
 
 
