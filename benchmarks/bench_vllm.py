@@ -1,24 +1,39 @@
 """DriftSched in front of real vLLM (CPU build) vs vLLM's own scheduling, on one multi-tenant load.
 
-The same open-loop load (Poisson arrivals, fixed seed) is replayed against four set-ups that share
-the engine settings and the concurrency cap (`--slots` running sequences on one replica):
+The same open-loop load (Poisson arrivals, fixed seed) is replayed against four set-ups. All four sit
+behind Ray Serve's HTTP proxy on 127.0.0.1 and receive the same streamed OpenAI-style
+`/v1/completions` requests from the same client, so the comparison is about where the backlog waits:
 
-* DriftSched `sjf` and `fifo`: the real Serve app (ingress, scheduler actor, one vLLM replica) over
-  HTTP; the backlog waits in the scheduler and the policy picks who runs next.
-* vLLM alone, `fcfs` and `priority` (tier as priority): `AsyncLLM` driven directly in this process,
-  with every request handed to it on arrival, so the backlog waits in vLLM's own queue.
+* `driftsched-sjf`, `driftsched-fifo`: the real Serve app (ingress, scheduler actor, vLLM replicas).
+  Replicas take work only while vLLM has free slots, so the backlog waits in the scheduler and the
+  policy picks who runs next.
+* `vllm-fcfs`, `vllm-priority`: a bare Serve deployment (`VllmAlone`) wrapping one `AsyncLLM` per
+  replica that hands every request to vLLM on arrival, so the backlog waits in vLLM's own queue
+  (`scheduling_policy` fcfs, or priority with the tenant's tier as `priority=`, lower first).
 
-Output lengths are fixed per request (benchmark mode: `driftsched_target_tokens`, which the app
-passes to vLLM as min_tokens/ignore_eos and never to the estimator or scheduler; vLLM alone gets the
-same SamplingParams). Printed: median and P99 end-to-end latency, overall and per tenant.
+Fairness: both sides run the same number of replicas with the same engine settings (`engine_args`,
+including `max_num_seqs` = `--slots`, the per-replica cap on running sequences, and the same
+`stream_interval`), count prompts with the model's tokenizer (BOS added), and generate the same
+number of tokens per request: the benchmark-only `driftsched_target_tokens` becomes min_tokens =
+max_tokens with ignore_eos on both sides (DriftSched never shows it to its estimator or scheduler).
+The client checks `usage.completion_tokens` on every response. What remains different is the cost
+of DriftSched itself (an extra ingress hop and the scheduler actor), which is part of what is measured.
 
-Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 120] [--rate 8] [--slots 4]
+Sizing: output lengths of tens to hundreds of tokens make decode the bulk of the work, and
+`stream_interval` batches streamed tokens so HTTP chunks stay few. The default rate offers more
+tokens per second than one CPU replica decodes, so every set-up builds a backlog. Each set-up starts
+its engine afresh (~30 s) and then replays the load (~30 s); the whole run takes ~4-5 minutes.
+Printed: median / P99 end-to-end latency (request sent to `[DONE]`), overall and per tenant, and the
+achieved output throughput (tokens / (last completion - first arrival)).
+
+Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--rate 14] [--slots 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -37,11 +52,14 @@ TENANTS: dict[str, tuple[int, str, float, dict[str, float]]] = {
 }
 # category -> (prompt template, max_tokens, true output length range)
 CATEGORIES: dict[str, tuple[str, int, tuple[int, int]]] = {
-    "qa": ("What is the answer to question {i}?", 48, (8, 32)),
-    "chat": ("Tell me about the scheduler and the queue, part {i}.", 256, (48, 128)),
-    "longform": ("Write a report about token latency, section {i}.", 512, (256, 400)),
+    "qa": ("What is the answer to question {i}?", 128, (32, 96)),
+    "chat": ("Tell me about the scheduler and the queue, part {i}.", 384, (128, 320)),
+    "longform": ("Write a report about token latency, section {i}.", 768, (400, 700)),
 }
+SETUPS = ("driftsched-sjf", "driftsched-fifo", "vllm-fcfs", "vllm-priority")
 MAX_MODEL_LEN = 1024
+STREAM_INTERVAL = 16  # tokens per streamed chunk, both sides (vLLM engine arg)
+PORT = 8765
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,10 +88,12 @@ def make_load(n: int, rate: float, seed: int) -> list[Item]:
     return items
 
 
-def engine_args(model_dir: Path, slots: int, policy: str = "fcfs") -> dict[str, Any]:
+def engine_args(slots: int) -> dict[str, Any]:
+    """vLLM settings shared by every set-up (scheduling_policy is added for vLLM alone)."""
     return {"dtype": "float32", "enforce_eager": True, "max_model_len": MAX_MODEL_LEN,
-            "kv_cache_memory_bytes": 128 * 2**20, "scheduling_policy": policy,
-            "max_num_seqs": slots, "max_num_batched_tokens": MAX_MODEL_LEN}
+            "kv_cache_memory_bytes": 128 * 2**20, "stream_interval": STREAM_INTERVAL,
+            "max_num_seqs": slots, "max_num_batched_tokens": MAX_MODEL_LEN,
+            "disable_log_stats": True, "enable_log_requests": False}
 
 
 def cpu_env(work: Path) -> dict[str, str]:
@@ -82,47 +102,16 @@ def cpu_env(work: Path) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
-# -- vLLM alone ------------------------------------------------------------------------------------
+# -- the two applications --------------------------------------------------------------------------
 
 
-async def run_vllm_alone(items: list[Item], model_dir: Path, slots: int, policy: str
-                         ) -> list[tuple[str, float]]:
-    from transformers import AutoTokenizer
-    from vllm import SamplingParams
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.inputs import TokensPrompt
-    from vllm.sampling_params import RequestOutputKind
-    from vllm.v1.engine.async_llm import AsyncLLM
+def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work: Path) -> Any:
+    from serve_app.app import build_app
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    args = engine_args(model_dir, slots, policy)
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_dir), disable_log_stats=True, **args))
-    try:
-        async def one(k: int, item: Item, t0: float) -> tuple[str, float]:
-            await asyncio.sleep(max(0.0, t0 + item.at_s - time.monotonic()))
-            start = time.monotonic()
-            params = SamplingParams(max_tokens=item.target, min_tokens=item.target, ignore_eos=True,
-                                    output_kind=RequestOutputKind.DELTA)
-            prompt = TokensPrompt(prompt_token_ids=tok.encode(item.prompt))
-            async for _ in engine.generate(prompt, params, f"{policy}-{k}", priority=TENANTS[item.tenant][0]):
-                pass
-            return item.tenant, time.monotonic() - start
-
-        await one(-1, Item(0.0, "interactive", "hello", 8, 8), time.monotonic())
-        t0 = time.monotonic()
-        return list(await asyncio.gather(*(one(k, it, t0) for k, it in enumerate(items))))
-    finally:
-        engine.shutdown()
-
-
-# -- DriftSched ------------------------------------------------------------------------------------
-
-
-def driftsched_args(model_dir: Path, slots: int, policy: str, work: Path) -> dict[str, Any]:
-    vllm_args = engine_args(model_dir, slots)
-    for key in ("max_num_seqs", "max_num_batched_tokens", "scheduling_policy"):
-        vllm_args.pop(key)
-    return {
+    vllm_args = engine_args(slots)
+    for key in ("max_num_seqs", "max_num_batched_tokens", "disable_log_stats", "enable_log_requests"):
+        vllm_args.pop(key)  # the replica config sets these itself, to the same values
+    return build_app({
         "benchmark_mode": True,
         "auth": {"demo_keys": {spec[1]: name for name, spec in TENANTS.items()}, "keys_env": None},
         "core": {
@@ -130,36 +119,97 @@ def driftsched_args(model_dir: Path, slots: int, policy: str, work: Path) -> dic
                         for name, spec in TENANTS.items()],
             "scheduler": {"policy": policy, "max_queued_total": 5000, "max_request_tokens": MAX_MODEL_LEN},
         },
-        "replicas": {"engine": "vllm", "num_replicas": 1, "model": str(model_dir),
+        "replicas": {"engine": "vllm", "num_replicas": replicas, "model": str(model_dir),
                      "served_model_name": "tiny-llama", "max_num_seqs": slots,
                      "max_num_batched_tokens": MAX_MODEL_LEN, "num_cpus": 1, "heartbeat_s": 0.2,
                      "engine_args": vllm_args, "env": cpu_env(work)},
         "gateway": {"queue_timeout_s": 600, "stall_timeout_s": 600, "drift_refresh_s": 0.5,
                     "ingress_max_ongoing_requests": 20000},
-    }
+    })
 
 
-async def run_driftsched(items: list[Item], base_url: str) -> list[tuple[str, float]]:
+def vllm_alone_app(model_dir: Path, slots: int, replicas: int, policy: str, work: Path) -> Any:
+    """A bare Serve deployment: HTTP in, `AsyncLLM.generate` at once, SSE out. No scheduling of its own."""
+    from ray import serve
+    from starlette.responses import StreamingResponse
+
+    tiers = {spec[1]: spec[0] for spec in TENANTS.values()}
+
+    class VllmAlone:
+        def __init__(self, model: str, args: dict[str, Any]) -> None:
+            from transformers import AutoTokenizer
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **args))
+            self.count = 0
+
+        async def __call__(self, request: Any) -> StreamingResponse:
+            from vllm import SamplingParams
+            from vllm.inputs import TokensPrompt
+            from vllm.sampling_params import RequestOutputKind
+
+            body = await request.json()
+            tier = tiers[request.headers["authorization"].removeprefix("Bearer ")]
+            n = min(body["max_tokens"], body["driftsched_target_tokens"])
+            params = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True,
+                                    output_kind=RequestOutputKind.DELTA)
+            prompt = TokensPrompt(prompt_token_ids=self.tokenizer.encode(body["prompt"]))
+            self.count += 1
+            stream = self.engine.generate(prompt, params, f"req-{self.count}", priority=tier)
+            return StreamingResponse(self._sse(stream), media_type="text/event-stream")
+
+        async def _sse(self, stream: Any) -> Any:
+            generated = 0
+            async for out in stream:  # closing this generator (client gone) aborts the request
+                delta = out.outputs[0]
+                generated += len(delta.token_ids)
+                choice = {"index": 0, "text": delta.text, "finish_reason": delta.finish_reason}
+                yield f"data: {json.dumps({'object': 'text_completion', 'choices': [choice]})}\n\n"
+            usage = {"prompt_tokens": len(out.prompt_token_ids or ()), "completion_tokens": generated}
+            yield f"data: {json.dumps({'object': 'text_completion', 'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        def __del__(self) -> None:
+            self.engine.shutdown()
+
+    # backlog goes to vLLM's queue, not Serve's: the replica accepts everything the load sends
+    return serve.deployment(VllmAlone, num_replicas=replicas, max_ongoing_requests=20000,
+                            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": cpu_env(work)}},
+                            ).bind(str(model_dir), {**engine_args(slots), "scheduling_policy": policy})
+
+
+# -- the client ------------------------------------------------------------------------------------
+
+
+async def replay(items: list[Item], base_url: str) -> tuple[list[tuple[str, float]], float]:
+    """Send the load; returns (tenant, e2e latency) per request and output tokens per second."""
     import httpx
 
     async with httpx.AsyncClient(base_url=base_url, timeout=600,
                                  limits=httpx.Limits(max_connections=1000)) as client:
         async def one(item: Item, t0: float) -> tuple[str, float]:
             await asyncio.sleep(max(0.0, t0 + item.at_s - time.monotonic()))
-            start = time.monotonic()
-            key = TENANTS[item.tenant][1]
-            resp = await client.post("/completions", headers={"authorization": f"Bearer {key}"},
-                                     json={"model": "tiny-llama", "prompt": item.prompt,
-                                           "max_tokens": item.max_tokens,
-                                           "driftsched_target_tokens": item.target})
-            resp.raise_for_status()
-            assert resp.json()["usage"]["completion_tokens"] == item.target
+            start, usage = time.monotonic(), None
+            body = {"model": "tiny-llama", "prompt": item.prompt, "max_tokens": item.max_tokens,
+                    "stream": True, "stream_options": {"include_usage": True},
+                    "driftsched_target_tokens": item.target}
+            headers = {"authorization": f"Bearer {TENANTS[item.tenant][1]}"}
+            async with client.stream("POST", "/completions", headers=headers, json=body) as resp:
+                resp.raise_for_status()
+                async for line in resp.aiter_lines():
+                    if line == "data: [DONE]":
+                        break
+                    if line.startswith("data: "):
+                        usage = json.loads(line[6:]).get("usage") or usage
+            assert usage is not None and usage["completion_tokens"] == item.target, (usage, item)
             return item.tenant, time.monotonic() - start
 
-        warm = Item(0.0, "interactive", "hello", 8, 8)
-        await one(warm, time.monotonic())
+        await one(Item(0.0, "interactive", "hello", 8, 8), time.monotonic())  # warm-up
         t0 = time.monotonic()
-        return list(await asyncio.gather(*(one(it, t0) for it in items)))
+        results = list(await asyncio.gather(*(one(it, t0) for it in items)))
+        return results, sum(it.target for it in items) / (time.monotonic() - t0)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -170,58 +220,58 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def report(name: str, results: list[tuple[str, float]]) -> str:
-    cols = [("all", [lat for _, lat in results])]
-    cols += [(t, [lat for tenant, lat in results if tenant == t]) for t in TENANTS]
-    cells = [f"{statistics.median(v):.2f} / {_pct(v, 0.99):.2f}" if v else "-" for _, v in cols]
-    return f"{name:<20}" + "".join(f"{c:>20}" for c in cells)
+def report(name: str, results: list[tuple[str, float]], tokens_per_s: float) -> str:
+    cols = [[lat for _, lat in results]] + [[lat for tenant, lat in results if tenant == t] for t in TENANTS]
+    cells = [f"{statistics.median(v):.2f} / {_pct(v, 0.99):.2f}" if v else "-" for v in cols]
+    return f"{name:<18}" + "".join(f"{c:>16}" for c in cells) + f"{tokens_per_s:>10.0f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=120)
-    parser.add_argument("--rate", type=float, default=8.0, help="mean arrivals per second")
-    parser.add_argument("--slots", type=int, default=4, help="running sequences (max_num_seqs)")
+    parser.add_argument("--requests", type=int, default=360)
+    parser.add_argument("--rate", type=float, default=14.0, help="mean arrivals per second")
+    parser.add_argument("--slots", type=int, default=4, help="running sequences per replica (max_num_seqs)")
+    parser.add_argument("--replicas", type=int, default=1, help="vLLM replicas, both sides")
+    parser.add_argument("--setups", default=",".join(SETUPS),
+                        help="comma-separated subset of " + ", ".join(SETUPS))
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    setups = args.setups.split(",")
+    if unknown := set(setups) - set(SETUPS):
+        parser.error(f"unknown set-ups {sorted(unknown)}; choose from {', '.join(SETUPS)}")
 
     work = Path(tempfile.mkdtemp(prefix="bench-vllm-", dir="/tmp"))
     os.environ.update(cpu_env(work))
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+    from ray import serve
+
     from driftsched.tiny_model import build_tiny_model
 
     model_dir = build_tiny_model(work / "tiny-llama")
     items = make_load(args.requests, args.rate, args.seed)
     tokens = sum(it.target for it in items)
-    print(f"load: {len(items)} requests, {tokens} output tokens over {items[-1].at_s:.1f}s, "
-          f"{args.slots} slots, seed {args.seed}")
-    rows: list[str] = []
-    for policy in ("fcfs", "priority"):
-        results = asyncio.run(run_vllm_alone(items, model_dir, args.slots, policy))
-        rows.append(report(f"vllm-alone {policy}", results))
-        print(rows[-1], flush=True)
-
-    import ray
-    from ray import serve
-
-    from serve_app.app import build_app
-
+    print(f"load: {len(items)} requests, {tokens} output tokens over {items[-1].at_s:.1f}s "
+          f"({tokens / items[-1].at_s:.0f} tok/s offered), {args.replicas} replica(s) x {args.slots} slots, "
+          f"stream_interval {STREAM_INTERVAL}, seed {args.seed}", flush=True)
     ray.init(_temp_dir=str(work / "ray"), include_dashboard=False, num_cpus=8, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    rows: list[str] = []
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
-        for policy in ("sjf", "fifo"):
-            serve.run(build_app(driftsched_args(model_dir, args.slots, policy, work)), name="driftsched",
-                      route_prefix="/")
-            results = asyncio.run(run_driftsched(items, "http://127.0.0.1:8765/v1"))
-            rows.append(report(f"driftsched {policy}", results))
+        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+        for setup in setups:
+            side, policy = setup.split("-")
+            build = driftsched_app if side == "driftsched" else vllm_alone_app
+            serve.run(build(model_dir, args.slots, args.replicas, policy, work), name=setup, route_prefix="/")
+            results, tokens_per_s = asyncio.run(replay(items, f"http://127.0.0.1:{PORT}/v1"))
+            rows.append(report(setup, results, tokens_per_s))
             print(rows[-1], flush=True)
-            serve.delete("driftsched")
+            serve.delete(setup)
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    header = f"{'e2e p50 / p99 (s)':<20}" + "".join(f"{t:>20}" for t in ("all", *TENANTS))
+    header = f"{'e2e p50 / p99 (s)':<18}" + "".join(f"{t:>16}" for t in ("all", *TENANTS)) + f"{'tok/s':>10}"
     print("\n" + header)
     print("\n".join(rows))
 
