@@ -11,14 +11,6 @@ from deployments.engine import Engine
 from driftsched.core.config import DEFAULT_PRIORS
 from driftsched.sim import perf_model
 
-MODELS = {
-    "llama-3.1-8b-bf16": perf_model.LLAMA_3_1_8B_BF16,
-    "llama-3.1-8b-fp8": perf_model.LLAMA_3_1_8B_FP8,
-    "qwen3-1.7b-bf16": perf_model.QWEN3_1_7B_BF16,
-    "qwen3-0.6b-bf16": perf_model.QWEN3_0_6B_BF16,
-    "mistral-7b-awq": perf_model.MISTRAL_7B_AWQ,
-}
-
 # The simulated "true" output lengths deliberately differ from the estimator's priors for some
 # categories, so a fresh deployment shows drift that the correction then learns.
 DEFAULT_OUTPUT_MEANS: dict[str, float] = {**DEFAULT_PRIORS, "chat": 320.0, "code": 520.0, "qa": 48.0}
@@ -75,9 +67,9 @@ class ReplicaConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ReplicaConfig:
-        if self.engine == "sim" and self.model not in MODELS:
+        if self.engine == "sim" and self.model not in perf_model.MODEL_SHAPES:
             raise ValueError(f"unknown model {self.model!r} for the simulated engine; choose one of "
-                             f"{sorted(MODELS)}")
+                             f"{sorted(perf_model.MODEL_SHAPES)}")
         if self.engine == "sim" and self.engine_args:
             raise ValueError("engine_args apply to engine: vllm only; remove them or set engine: vllm")
         clash = sorted({"model", "served_model_name", "max_num_seqs", "max_num_batched_tokens"}
@@ -96,7 +88,7 @@ class ReplicaConfig(BaseModel):
 def perf_model_for(config: ReplicaConfig) -> perf_model.PerfModel:
     """The performance model a simulated replica runs (also what the simulator needs to match it)."""
     return perf_model.PerfModel(
-        MODELS[config.model],
+        perf_model.MODEL_SHAPES[config.model],
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,
     )

@@ -22,7 +22,7 @@ from driftsched.bench.loadgen import LoadOptions, Target, run_load, to_records
 from driftsched.bench.service import service_estimator
 from driftsched.core.config import CoreConfig
 from driftsched.sim import perf_model
-from driftsched.sim.command import DEFAULT_POLICIES, MODELS, add_workload_arguments, build_workload
+from driftsched.sim.command import DEFAULT_POLICIES, add_workload_arguments, build_workload
 from driftsched.sim.report import format_table, policy_summary, write_results, write_summary
 from driftsched.sim.simulator import core_config_for
 
@@ -79,7 +79,7 @@ def add_loadgen_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        choices=sorted(MODELS),
+        choices=sorted(perf_model.MODEL_SHAPES),
         default="llama-3.1-8b-fp8",
         help="performance model the --load is sized for (default llama-3.1-8b-fp8)",
     )
@@ -167,7 +167,7 @@ def run_loadgen(args: argparse.Namespace) -> int:
         if args.tenant_map
         else {t: s for t, s in DEMO_TENANT_MAP.items() if s in keys}
     )
-    perf = perf_model.PerfModel(MODELS[args.model])
+    perf = perf_model.PerfModel(perf_model.MODEL_SHAPES[args.model])
     workload = build_workload(args, perf)
     target = Target(base_url, keys, tenant_map, args.served_model, not args.no_target_tokens)
     options = _options(args)

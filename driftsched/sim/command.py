@@ -16,13 +16,8 @@ from driftsched.core.config import CoreConfig, load_core_config
 from driftsched.sim import perf_model, traces
 from driftsched.sim.report import format_table, write_results
 from driftsched.sim.simulator import REFERENCES, Simulation, core_config_for
-from driftsched.sim.workload import Workload, paper_workload
+from driftsched.sim.workload import Workload, paper_workload, scale_to_load
 
-MODELS = {
-    "llama-3.1-8b": perf_model.LLAMA_3_1_8B_BF16,
-    "llama-3.1-8b-fp8": perf_model.LLAMA_3_1_8B_FP8,
-    "qwen3-1.7b": perf_model.QWEN3_1_7B_BF16,
-}
 TRACE_FORMATS = ("driftsched", "azure", "mooncake", "sharegpt")
 DEFAULT_POLICIES = "fifo,priority,weighted,sjf,aging"
 # Offered work 10% above what greedy (vLLM-style) admission sustains on the mix: sustained contention.
@@ -72,9 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int, default=4, help="simulated L4 replicas (default 4)")
     parser.add_argument(
         "--model",
-        choices=sorted(MODELS),
-        default="llama-3.1-8b",
-        help="model shape for the L4 performance model (default llama-3.1-8b, BF16)",
+        choices=sorted(perf_model.MODEL_SHAPES),
+        default="llama-3.1-8b-bf16",
+        help="model shape for the L4 performance model (default llama-3.1-8b-bf16)",
     )
     parser.add_argument(
         "--config",
@@ -105,7 +100,7 @@ def build_workload(args: argparse.Namespace, perf: perf_model.PerfModel) -> Work
     if fmt == "driftsched":
         workload = traces.load_csv(args.trace, limit=args.requests)
         if args.load is not None:
-            items = traces.scale_to_load(workload.items, perf, args.replicas, args.load)
+            items = scale_to_load(workload.items, perf, args.replicas, args.load)
             workload = Workload(workload.name, items, workload.tenants)
         return workload
     opts = traces.ReplayOptions(
@@ -128,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     names += [r for r in REFERENCES if r not in names]
-    perf = perf_model.PerfModel(MODELS[args.model])
+    perf = perf_model.PerfModel(perf_model.MODEL_SHAPES[args.model])
     base: CoreConfig | None = load_core_config(args.config) if args.config else None
     workload = build_workload(args, perf)
     config = core_config_for(workload, perf, base)

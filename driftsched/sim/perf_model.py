@@ -89,6 +89,15 @@ QWEN3_0_6B_BF16 = ModelShape("Qwen3-0.6B BF16", 0.596e9, 151936 * 1024, 2.0, 28,
 MISTRAL_7B_AWQ = ModelShape("Mistral-7B AWQ", 7.24e9, 2 * 32000 * 4096, 0.5, 32, 32, 8, 128)
 L4 = GpuSpec()
 
+MODEL_SHAPES: dict[str, ModelShape] = {
+    "llama-3.1-8b-bf16": LLAMA_3_1_8B_BF16,
+    "llama-3.1-8b-fp8": LLAMA_3_1_8B_FP8,
+    "qwen3-1.7b-bf16": QWEN3_1_7B_BF16,
+    "qwen3-0.6b-bf16": QWEN3_0_6B_BF16,
+    "mistral-7b-awq": MISTRAL_7B_AWQ,
+}
+"""The presets by the names configs and command lines use (`--model`, `replicas.model`)."""
+
 
 class PerfModel:
     """Step time, prefill time and KV capacity of one vLLM replica (one model on one GPU)."""

@@ -104,9 +104,9 @@ def comparisons(
     return out
 
 
-def summarize(runs: Sequence[Run], meta: dict[str, Any]) -> dict[str, Any]:
+def summarize(results: Sequence[Run], meta: dict[str, Any]) -> dict[str, Any]:
     """The summary.json document."""
-    runs = [as_records(r) for r in runs]
+    runs = [as_records(r) for r in results]
     policies = {run.policy: policy_summary(run) for run in runs}
     named = [r for r in runs if r.policy not in REFERENCES]
     source = next((r for r in named if r.policy == "sjf"), named[0] if named else runs[0])
@@ -187,9 +187,9 @@ def write_requests_csv(runs: Sequence[Run], path: Path) -> None:
                 w.writerow([rec.policy, i, rec.tenant[i], rec.category[i], *cells, rec.status[i]])
 
 
-def write_plots(runs: Sequence[Run], summary: dict[str, Any], out: Path) -> list[Path]:
+def write_plots(results: Sequence[Run], summary: dict[str, Any], out: Path) -> list[Path]:
     """Latency CDFs, per-tenant p50/p99 bars, and estimate error over time."""
-    runs = [as_records(r) for r in runs]
+    runs = [as_records(r) for r in results]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,10 +273,12 @@ def write_summary(summary: dict[str, Any], out: Path) -> None:
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
 
 
-def write_results(runs: Sequence[Run], meta: dict[str, Any], out: Path, plots: bool = True) -> dict[str, Any]:
+def write_results(
+    results: Sequence[Run], meta: dict[str, Any], out: Path, plots: bool = True
+) -> dict[str, Any]:
     """Write summary.json, requests.csv and the plots under `out`; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = [as_records(r) for r in runs]
+    runs = [as_records(r) for r in results]
     summary = summarize(runs, meta)
     write_summary(summary, out)
     write_requests_csv(runs, out / "requests.csv")

@@ -92,7 +92,7 @@ class Simulation:
         perf: PerfModel,
         replicas: int,
         config: CoreConfig,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], object] | None = None,
     ) -> None:
         self.items = workload.items
         self.policy_name = policy
