@@ -1,34 +1,18 @@
-"""The policy interface and a heap-backed base for policies that order tickets by a static key.
+"""A heap-backed base for policies that order tickets by a static key.
 
-Caller contract: `now` is passed in by the caller (the scheduler's injected clock, or the simulator's
-virtual clock); a policy never reads the time itself, so simulation and production order alike.
+The protocol every policy implements (`Policy`) lives in the core (`driftsched.core.policy`), with its
+caller contract: `now` is always passed in, never read.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
+from driftsched.core.policy import Policy
 from driftsched.core.request import Ticket
 
-
-@runtime_checkable
-class Policy(Protocol):
-    """Orders queued tickets: `add`, `pop`, `peek`, `remove`, `__len__` (+ a completion hook)."""
-
-    name: ClassVar[str]
-
-    def add(self, ticket: Ticket, now: float) -> None: ...
-
-    def pop(self, now: float) -> Ticket | None: ...
-
-    def peek(self, now: float) -> Ticket | None: ...
-
-    def remove(self, ticket: Ticket) -> bool: ...
-
-    def on_finish(self, ticket: Ticket, output_tokens: int) -> None: ...
-
-    def __len__(self) -> int: ...
+__all__ = ["HeapPolicy", "Policy"]
 
 
 class HeapPolicy:

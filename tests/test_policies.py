@@ -214,3 +214,16 @@ def test_registry_errors_name_the_choices():
 def test_custom_policy_by_module_path():
     policy = make_policy("policies.sjf:SjfPolicy")
     assert policy.name == "sjf"
+
+
+def test_core_does_not_import_policies() -> None:
+    """The protocol lives in the core; the policies depend on it, never the other way round."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, driftsched.core.scheduler, driftsched.core.intake, driftsched.core.policy; "
+        "bad = sorted(m for m in sys.modules if m == 'policies' or m.startswith('policies.')); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -22,9 +22,9 @@ from driftsched.core.config import CoreConfig
 from driftsched.core.errors import UnknownRequestError
 from driftsched.core.estimator import Estimate, Estimator
 from driftsched.core.intake import Intake
+from driftsched.core.policy import Policy
 from driftsched.core.request import Admission, RejectReason, Request, Ticket
 from driftsched.core.stats import SchedulerStats, TenantCounters
-from policies.base import Policy
 
 logger = logging.getLogger(__name__)
 
