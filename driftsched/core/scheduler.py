@@ -197,6 +197,10 @@ class Scheduler:
     def num_in_flight(self) -> int:
         return len(self._in_flight)
 
+    def queued_tickets(self) -> list[Ticket]:
+        """The tickets waiting now, in admission order."""
+        return list(self._queued.values())
+
     def is_queued(self, request_id: str) -> bool:
         return request_id in self._queued
 

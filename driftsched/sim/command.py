@@ -14,8 +14,10 @@ from typing import Any
 
 from driftsched.core.config import CoreConfig, load_core_config
 from driftsched.sim import perf_model, traces
-from driftsched.sim.report import format_table, write_results
-from driftsched.sim.simulator import REFERENCES, Simulation, core_config_for
+from driftsched.bench.prompts import intake_fields
+from driftsched.sim.report import format_table, write_results, write_summary
+from driftsched.sim.seeds import aggregate, format_spread
+from driftsched.sim.simulator import DEFAULT_QUEUE_TIMEOUT_S, REFERENCES, Simulation, core_config_for
 from driftsched.sim.workload import Workload, paper_workload, scale_to_load
 
 TRACE_FORMATS = ("driftsched", "azure", "mooncake", "sharegpt")
@@ -78,6 +80,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML CoreConfig for estimator/classifier/scheduler settings "
         "(its tenants are replaced by the workload's)",
     )
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=DEFAULT_QUEUE_TIMEOUT_S,
+        help="seconds a request may wait in its queue before it expires, as the gateway's "
+        f"queue_timeout_s answers 504 (default {DEFAULT_QUEUE_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run seeds seed .. seed+N-1 (each in OUT/seed-S/) and report the median and spread (default 1)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
 
@@ -101,7 +116,7 @@ def build_workload(args: argparse.Namespace, perf: perf_model.PerfModel) -> Work
         workload = traces.load_csv(args.trace, limit=args.requests)
         if args.load is not None:
             items = scale_to_load(workload.items, perf, args.replicas, args.load)
-            workload = Workload(workload.name, items, workload.tenants)
+            workload = Workload(workload.name, items, workload.tenants, workload.phase_starts)
         return workload
     opts = traces.ReplayOptions(
         seed=args.seed,
@@ -119,6 +134,30 @@ def build_workload(args: argparse.Namespace, perf: perf_model.PerfModel) -> Work
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+    if args.seeds == 1:
+        summary = run_one(args, args.out)
+        print(format_table(summary))
+        print(f"results in {args.out}/ (summary.json, requests.csv, *.png)")
+        return 0
+    summaries = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        one = argparse.Namespace(**{**vars(args), "seed": seed})
+        summaries.append(run_one(one, args.out / f"seed-{seed}"))
+    combined = aggregate(summaries)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_summary(combined, args.out)
+    print(f"median over seeds {args.seed}..{args.seed + args.seeds - 1}:")
+    print(format_table(combined["median"]))
+    print("")
+    print(format_spread(combined))
+    print(f"results in {args.out}/ (summary.json: median and spread; seed-*/ per seed)")
+    return 0
+
+
+def run_one(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Every policy on one seed's workload; writes `out` and returns its summary."""
     from tqdm import tqdm
 
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -127,11 +166,16 @@ def run(args: argparse.Namespace) -> int:
     base: CoreConfig | None = load_core_config(args.config) if args.config else None
     workload = build_workload(args, perf)
     config = core_config_for(workload, perf, base)
+    intake = [intake_fields(it) for it in workload.items]  # what the service would see, once
     runs = []
     started = time.perf_counter()
     with tqdm(total=len(workload.items) * len(names), unit="req", disable=None, leave=False) as bar:
         for name in names:
-            runs.append(Simulation(workload, name, perf, args.replicas, config, progress=bar.update).run())
+            sim = Simulation(
+                workload, name, perf, args.replicas, config, progress=bar.update,
+                queue_timeout_s=args.queue_timeout, intake=intake,
+            )
+            runs.append(sim.run())
     wall = time.perf_counter() - started
     meta: dict[str, Any] = {
         "workload": workload.name,
@@ -140,15 +184,15 @@ def run(args: argparse.Namespace) -> int:
         "load": args.load,
         "seed": args.seed,
         "model": args.model,
+        "queue_timeout_s": args.queue_timeout,
         "kv_capacity_tokens": perf.kv_capacity_tokens,
         "wall_s": wall,
         "simulated_requests_per_wall_s": len(workload.items) * len(names) / wall,
     }
-    summary = write_results(runs, meta, args.out, plots=not args.no_plots)
+    summary = write_results(runs, meta, out, plots=not args.no_plots, phase=workload.phases())
     print(
-        f"{workload.name}: {len(workload.items)} requests, {args.replicas} replicas ({args.model}), "
-        f"{len(names)} runs in {wall:.1f} s ({meta['simulated_requests_per_wall_s']:,.0f} simulated req/s)"
+        f"{workload.name} seed {args.seed}: {len(workload.items)} requests, {args.replicas} replicas "
+        f"({args.model}), {len(names)} runs in {wall:.1f} s "
+        f"({meta['simulated_requests_per_wall_s']:,.0f} simulated req/s)"
     )
-    print(format_table(summary))
-    print(f"results in {args.out}/ (summary.json, requests.csv, *.png)")
-    return 0
+    return summary

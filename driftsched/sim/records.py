@@ -48,7 +48,10 @@ def from_simulation(run: RunResult) -> RunRecords:
     items = run.items
     n = len(items)
     done = ~np.isnan(run.finish)
-    status = ["completed" if done[i] else (run.reject_reason[i] or "unfinished") for i in range(n)]
+    status = [
+        "completed" if done[i] else ("expired" if run.expired[i] else (run.reject_reason[i] or "unfinished"))
+        for i in range(n)
+    ]
     return RunRecords(
         policy=run.policy,
         tenant=np.array([it.tenant for it in items]),
@@ -64,7 +67,12 @@ def from_simulation(run: RunResult) -> RunRecords:
         corrected_estimate=run.corrected_estimate,
         admitted=run.admitted,
         status=status,
-        extras={"preemptions": run.num_preemptions, "simulated_s": run.sim_time_s},
+        extras={
+            "preemptions": run.num_preemptions,
+            "simulated_s": run.sim_time_s,
+            "utilisation": sum(run.busy_s) / (len(run.busy_s) * run.sim_time_s) if run.sim_time_s else 0.0,
+            "output_tokens_per_s": run.generated_tokens / run.sim_time_s if run.sim_time_s else 0.0,
+        },
     )
 
 

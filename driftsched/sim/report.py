@@ -28,6 +28,32 @@ def _pct(values: np.ndarray, *qs: int) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(values, q)) for q in qs}
 
 
+def is_expired(status: str) -> bool:
+    """A request admitted to a queue that left it at its deadline (the simulator's "expired", a live 504)."""
+    return status == "expired" or status.startswith("http_504")
+
+
+def _censored_pct(values: np.ndarray, failed: int, *qs: int) -> dict[str, float]:
+    """Percentiles of latencies where `failed` more requests never finished: they count as infinite.
+
+    So a policy cannot look faster by letting its slowest requests expire: if more than 1% of them
+    failed, its p99 is inf (written as null in JSON).
+    """
+    if values.size + failed == 0:
+        return {f"p{q}": float("nan") for q in qs}
+    ordered = np.sort(values)
+    total = ordered.size + failed
+    out = {}
+    for q in qs:
+        rank = q / 100 * (total - 1)
+        lo, hi = int(math.floor(rank)), int(math.ceil(rank))
+        if hi >= ordered.size:
+            out[f"p{q}"] = float("inf")
+        else:
+            out[f"p{q}"] = float(ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo))
+    return out
+
+
 def _arrays(rec: RunRecords) -> dict[str, np.ndarray]:
     arrival = rec.arrival
     return {
@@ -35,6 +61,7 @@ def _arrays(rec: RunRecords) -> dict[str, np.ndarray]:
         "tenant": rec.tenant,
         "true": rec.output_tokens,
         "done": ~np.isnan(rec.finish),
+        "expired": np.array([is_expired(s) for s in rec.status], dtype=bool),
         "e2e": rec.finish - arrival,
         "ttft": rec.first_token - arrival,
         "wait": rec.dispatch - arrival,
@@ -60,57 +87,108 @@ def estimator_errors(run: Run) -> dict[str, dict[str, float]]:
     return out
 
 
+def group_oracle_errors(run: Run, phase: Sequence[int]) -> dict[str, float]:
+    """MAE and RMSE of an estimator that knows each (tenant, category, phase) group's true mean output.
+
+    The ceiling for an estimator whose features are the tenant and the category (the one the service
+    used) in a stationary phase: only within-group variation is left. Scored on the admitted requests.
+    """
+    rec = as_records(run)
+    ok = rec.admitted & ~np.isnan(rec.output_tokens)
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    for i in np.flatnonzero(ok).tolist():
+        groups.setdefault((str(rec.tenant[i]), rec.category[i], phase[i]), []).append(i)
+    err = np.concatenate(
+        [rec.output_tokens[idx] - rec.output_tokens[idx].mean() for idx in map(np.array, groups.values())]
+    ) if groups else np.zeros(0)
+    return {
+        "mae": float(np.mean(np.abs(err))) if err.size else float("nan"),
+        "rmse": float(np.sqrt(np.mean(err * err))) if err.size else float("nan"),
+    }
+
+
 def policy_summary(run: Run) -> dict[str, Any]:
-    """Latency percentiles overall and per tenant, counts, and run facts."""
+    """Latency percentiles overall and per tenant, counts, and run facts.
+
+    E2E percentiles count every request that entered a queue: one that never finished (expired at its
+    queue deadline, or failed after admission) is infinitely late. The mean, TTFT and wait are over
+    completed requests. `rejected` counts requests refused at admission (quotas, caps, bad input).
+    """
     rec = as_records(run)
     a = _arrays(rec)
-    done = a["done"]
+    done, expired = a["done"], a["expired"]
+    failed = (rec.admitted | expired) & ~done
     e2e = a["e2e"][done]
     per_tenant = {}
     for tenant in dict.fromkeys(a["tenant"].tolist()):
-        mask = done & (a["tenant"] == tenant)
-        per_tenant[tenant] = {"e2e_s": _pct(a["e2e"][mask], 50, 99), "completed": int(mask.sum())}
+        mine = a["tenant"] == tenant
+        mask = done & mine
+        per_tenant[tenant] = {
+            "e2e_s": _censored_pct(a["e2e"][mask], int((failed & mine).sum()), 50, 99),
+            "completed": int(mask.sum()),
+            "expired": int((expired & mine).sum()),
+            "rejected": int((~rec.admitted & ~expired & mine).sum()),
+        }
     return {
-        "e2e_s": {**_pct(e2e, 50, 90, 99), "mean": float(e2e.mean()) if e2e.size else float("nan")},
+        "e2e_s": {
+            **_censored_pct(e2e, int(failed.sum()), 50, 90, 99),
+            "mean": float(e2e.mean()) if e2e.size else float("nan"),
+        },
         "ttft_s": _pct(a["ttft"][done], 50, 99),
         "queue_wait_s": _pct(a["wait"][done], 50, 99),
         "completed": int(done.sum()),
-        "rejected": int((~rec.admitted).sum()),
+        "expired": int(expired.sum()),
+        "failed": int(failed.sum()),
+        "rejected": int((~rec.admitted & ~expired).sum()),
         "per_tenant": per_tenant,
         "estimator": estimator_errors(rec),
         **rec.extras,
     }
 
 
-def comparisons(
-    policies: dict[str, dict[str, Any]], estimator: dict[str, dict[str, float]]
-) -> dict[str, Any]:
+def _over(a: float, b: float) -> float:
+    """a / b as a ratio: NaN when undefined (0 or inf over inf), inf when only `a` is inf."""
+    if b == 0 or (math.isinf(a) and math.isinf(b)):
+        return float("nan")
+    return a / b
+
+
+def comparisons(policies: dict[str, dict[str, Any]], estimator: dict[str, Any]) -> dict[str, Any]:
     """The paper's comparisons as ratios (reductions are positive when better)."""
     out: dict[str, Any] = {}
     unc, cor = estimator["uncorrected"], estimator["corrected"]
     out["correction_mae_reduction"] = 1 - cor["mae"] / unc["mae"] if unc["mae"] else None
     out["correction_rmse_reduction"] = 1 - cor["rmse"] / unc["rmse"] if unc["rmse"] else None
+    oracle = estimator.get("group_oracle")
+    if oracle:
+        out["corrected_mae_over_group_oracle"] = _over(cor["mae"], oracle["mae"])
+        out["corrected_rmse_over_group_oracle"] = _over(cor["rmse"], oracle["rmse"])
     fifo, sjf = policies.get("fifo"), policies.get("sjf")
-    if fifo and sjf:
-        out["sjf_vs_fifo_p50_reduction"] = 1 - sjf["e2e_s"]["p50"] / fifo["e2e_s"]["p50"]
-        out["sjf_vs_fifo_p99_reduction"] = 1 - sjf["e2e_s"]["p99"] / fifo["e2e_s"]["p99"]
+    for name, other in (("fifo", fifo), ("uncorrected", policies.get(UNCORRECTED))):
+        if sjf and other:
+            for q in ("p50", "p99"):
+                out[f"sjf_vs_{name}_{q}_reduction"] = 1 - _over(sjf["e2e_s"][q], other["e2e_s"][q])
     if sjf and ORACLE in policies:
-        out["sjf_p50_over_oracle"] = sjf["e2e_s"]["p50"] / policies[ORACLE]["e2e_s"]["p50"] - 1
+        out["sjf_p50_over_oracle"] = _over(sjf["e2e_s"]["p50"], policies[ORACLE]["e2e_s"]["p50"]) - 1
     if fifo and "aging" in policies:
         aging = policies["aging"]["per_tenant"]
         out["aging_vs_fifo_tenant_p99_ratio"] = {
-            t: aging[t]["e2e_s"]["p99"] / v["e2e_s"]["p99"] for t, v in fifo["per_tenant"].items()
+            t: _over(aging[t]["e2e_s"]["p99"], v["e2e_s"]["p99"]) for t, v in fifo["per_tenant"].items()
         }
     return out
 
 
-def summarize(results: Sequence[Run], meta: dict[str, Any]) -> dict[str, Any]:
-    """The summary.json document."""
+def summarize(
+    results: Sequence[Run], meta: dict[str, Any], phase: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The summary.json document; `phase` (drift phase per request) adds the group oracle."""
     runs = [as_records(r) for r in results]
     policies = {run.policy: policy_summary(run) for run in runs}
     named = [r for r in runs if r.policy not in REFERENCES]
     source = next((r for r in named if r.policy == "sjf"), named[0] if named else runs[0])
-    estimator = estimator_errors(source)
+    estimator: dict[str, Any] = dict(estimator_errors(source))
+    if phase is not None and source.estimator is None:
+        estimator["group_oracle"] = group_oracle_errors(source, phase)
     return {
         **meta,
         "estimator": {**estimator, "from_policy": source.policy},
@@ -128,22 +206,36 @@ def format_table(summary: dict[str, Any]) -> str:
         f"estimator (from {est['from_policy']}): MAE {_num(unc['mae'], 1)} -> {_num(cor['mae'], 1)}, "
         f"RMSE {_num(unc['rmse'], 1)} -> {_num(cor['rmse'], 1)}"
     )
+    oracle = est.get("group_oracle")
+    if oracle:
+        lines.append(
+            f"group oracle (true mean per tenant, category, phase): MAE {_num(oracle['mae'], 1)}, "
+            f"RMSE {_num(oracle['rmse'], 1)}"
+        )
     columns = ("p50", "p90", "p99", "mean", "ttft50", "wait50")
-    head = f"{'policy':<16}" + "".join(f"{c:>9}" for c in columns) + f"{'done':>8}{'rej':>6}"
+    head = (
+        f"{'policy':<16}" + "".join(f"{c:>9}" for c in columns)
+        + f"{'done':>8}{'expired':>8}{'rej':>6}{'util':>6}{'tok/s':>8}"
+    )
     lines += [head, "-" * len(head)]
     for name, p in summary["policies"].items():
         e = p["e2e_s"]
+        util, rate = p.get("utilisation"), p.get("output_tokens_per_s")
         lines.append(
-            f"{name:<16}{e['p50']:>9.2f}{e['p90']:>9.2f}{e['p99']:>9.2f}{e['mean']:>9.2f}"
-            f"{p['ttft_s']['p50']:>9.2f}{p['queue_wait_s']['p50']:>9.2f}{p['completed']:>8}{p['rejected']:>6}"
+            f"{name:<16}{_num(e['p50'], 2):>9}{_num(e['p90'], 2):>9}{_num(e['p99'], 2):>9}"
+            f"{_num(e['mean'], 2):>9}{_num(p['ttft_s']['p50'], 2):>9}{_num(p['queue_wait_s']['p50'], 2):>9}"
+            f"{p['completed']:>8}{p.get('expired', 0):>8}{p['rejected']:>6}"
+            f"{_num(util, 2):>6}{_num(rate, 0):>8}"
         )
+    lines.append("(E2E percentiles count an expired or failed request as infinitely late: inf)")
     tenants = list(next(iter(summary["policies"].values()))["per_tenant"])
     lines.append("")
-    lines.append("per-tenant E2E p50 / p99 (s)")
-    lines.append(f"{'policy':<16}" + "".join(f"{t[:18]:>20}" for t in tenants))
+    lines.append("per-tenant E2E p50 / p99 (s), expired")
+    lines.append(f"{'policy':<16}" + "".join(f"{t[:22]:>26}" for t in tenants))
     for name, p in summary["policies"].items():
         cells = "".join(
-            f"{p['per_tenant'][t]['e2e_s']['p50']:>9.1f} /{p['per_tenant'][t]['e2e_s']['p99']:>8.1f} "
+            f"{_num(p['per_tenant'][t]['e2e_s']['p50'], 1):>9} /{_num(p['per_tenant'][t]['e2e_s']['p99'], 1):>8}"
+            f"{p['per_tenant'][t].get('expired', 0):>7} "
             for t in tenants
         )
         lines.append(f"{name:<16}{cells}")
@@ -258,8 +350,9 @@ def write_plots(results: Sequence[Run], summary: dict[str, Any], out: Path) -> l
 
 
 def _json_safe(value: Any) -> Any:
-    """NaN (a request that never got that far) becomes null, as JSON has no NaN."""
-    if isinstance(value, float) and value != value:
+    """NaN (a request that never got that far) and inf (a percentile on requests that never finished)
+    become null, as JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
@@ -274,12 +367,16 @@ def write_summary(summary: dict[str, Any], out: Path) -> None:
 
 
 def write_results(
-    results: Sequence[Run], meta: dict[str, Any], out: Path, plots: bool = True
+    results: Sequence[Run],
+    meta: dict[str, Any],
+    out: Path,
+    plots: bool = True,
+    phase: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Write summary.json, requests.csv and the plots under `out`; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
     runs = [as_records(r) for r in results]
-    summary = summarize(runs, meta)
+    summary = summarize(runs, meta, phase)
     write_summary(summary, out)
     write_requests_csv(runs, out / "requests.csv")
     if plots:
@@ -288,8 +385,10 @@ def write_results(
 
 
 def _num(value: float | None, digits: int) -> str:
-    """A figure for the table; "n/a" where the run cannot know it (None or NaN)."""
-    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+    """A figure for the table; "n/a" where the run cannot know it (None or NaN); "inf" for inf."""
+    if value is None or value != value:
+        return "n/a"
+    return "inf" if math.isinf(value) else f"{value:.{digits}f}"
 
 
 __all__ = [

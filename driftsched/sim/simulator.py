@@ -8,9 +8,17 @@ and handles it (vidur's shape):
 * a **step end** on a replica: the engine's finished sequences are completed in the scheduler (which
   feeds the drift tracker), then the replica pulls work and starts its next step.
 
-Replicas pull: a replica takes the policy's next ticket while it has a free sequence slot and enough
-free KV for that ticket's prompt plus *estimated* output, and nothing waits inside the engine. So the
-backlog stays in the scheduler, where the policy orders it, and the engine's own FIFO never decides.
+The simulator is the service on virtual time:
+
+* **the same intake inputs**: each request carries exactly what a live request built from the same
+  workload item carries (`driftsched.bench.prompts.intake_fields`: synthesised prompt text, the declared
+  category, ``max_tokens``, priority), never the item's true length;
+* **the same dispatch and placement**: after every arrival and every engine step the core `Dispatcher`
+  grants the policy's head to the replica the `Placement` fit rule picks (a free slot and KV room for
+  the prompt, from what the engines report), as the scheduler actor does with heartbeats;
+* **the same deadlines**: a ticket still queued ``queue_timeout_s`` after its arrival expires, as the
+  gateway's ``queue_timeout_s`` makes it answer 504; expired requests are failures in the results.
+
 An engine that cannot admit more fuses decode iterations up to its next event or the next arrival.
 
 References (simulator-only): ``sjf-oracle`` orders by the true output length (the limit of ordering);
@@ -27,9 +35,12 @@ from typing import cast
 
 import numpy as np
 
+from driftsched.bench.prompts import IntakeFields, intake_fields
 from driftsched.core.clock import ManualClock
 from driftsched.core.config import CoreConfig, TenantConfig
-from driftsched.core.request import Request, Ticket
+from driftsched.core.dispatch import Dispatcher
+from driftsched.core.placement import Capacity, Placement
+from driftsched.core.request import Request
 from driftsched.core.scheduler import Scheduler
 from driftsched.core.stats import SchedulerStats
 from driftsched.sim.engine import ContinuousBatchEngine, EngineSequence
@@ -40,6 +51,7 @@ from policies import make_policy
 ORACLE = "sjf-oracle"
 UNCORRECTED = "sjf-uncorrected"
 REFERENCES = (ORACLE, UNCORRECTED)
+DEFAULT_QUEUE_TIMEOUT_S = 600.0
 
 
 @dataclass(slots=True)
@@ -56,9 +68,13 @@ class RunResult:
     raw_estimate: np.ndarray
     corrected_estimate: np.ndarray
     category: list[str]
+    expired: np.ndarray
     stats: SchedulerStats
     num_preemptions: int
     sim_time_s: float
+    busy_s: list[float]
+    """Seconds each replica spent stepping (utilisation = busy / simulated time)."""
+    generated_tokens: int
 
 
 def core_config_for(workload: Workload, perf: PerfModel, base: CoreConfig | None = None) -> CoreConfig:
@@ -93,10 +109,17 @@ class Simulation:
         replicas: int,
         config: CoreConfig,
         progress: Callable[[int], object] | None = None,
+        queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+        intake: Sequence[IntakeFields] | None = None,
+        kv_watermark: float = 0.01,
     ) -> None:
+        if not queue_timeout_s > 0:
+            raise ValueError(f"queue_timeout_s must be > 0 seconds, got {queue_timeout_s}")
         self.items = workload.items
+        self.intake = intake if intake is not None else [intake_fields(it) for it in self.items]
         self.policy_name = policy
         self.oracle = policy == ORACLE
+        self.queue_timeout_s = queue_timeout_s
         if policy in REFERENCES:
             policy_obj = make_policy("sjf")
             if policy == UNCORRECTED:
@@ -107,8 +130,14 @@ class Simulation:
             policy_obj = make_policy(policy, **config.scheduler.policy_options)
         self.clock = ManualClock()
         self.scheduler = Scheduler(config, policy_obj, self.clock)
+        self.placement = Placement(replica_timeout_s=math.inf, kv_watermark=kv_watermark)
+        self.dispatcher = Dispatcher(self.scheduler, self.placement)
         self.engines = [ContinuousBatchEngine(perf) for _ in range(replicas)]
+        for r in range(replicas):
+            self._report(r)
         self.busy = [False] * replicas
+        self.busy_s = [0.0] * replicas
+        self._generated = 0
         self._pending: list[list[EngineSequence]] = [[] for _ in range(replicas)]  # finishing this step
         self.progress = progress
         n = len(self.items)
@@ -118,6 +147,7 @@ class Simulation:
         self.raw = np.full(n, np.nan)
         self.corrected = np.full(n, np.nan)
         self.admitted = np.zeros(n, dtype=bool)
+        self.expired = np.zeros(n, dtype=bool)
         self.reject_reason = [""] * n
         self.category = [""] * n
         self._events: list[tuple[float, int]] = []  # (step end time, replica)
@@ -134,13 +164,16 @@ class Simulation:
                 self._next_arrival = items[i].arrival_s if i < n else math.inf
                 if self.progress is not None and i % 1000 == 0:
                     self.progress(1000)
-                for r, busy in enumerate(self.busy):
-                    if not busy:
-                        self._kick(r)
+                self._dispatch()
             else:
                 t, r = heapq.heappop(events)
                 clock.now = t
                 self._step_end(r)
+        # Whatever is still queued once the engines drain waits for an event that never comes; the
+        # gateway would expire it at its deadline, so do the same.
+        if self.scheduler.num_queued:
+            clock.now = max(clock.now, max(t.deadline or 0.0 for t in self.scheduler.queued_tickets()))
+            self._dispatch()
         if self.progress is not None:
             self.progress(n % 1000)
         return RunResult(
@@ -154,22 +187,26 @@ class Simulation:
             self.raw,
             self.corrected,
             self.category,
+            self.expired,
             self.scheduler.snapshot(),
             sum(e.num_preemptions for e in self.engines),
             clock.now,
+            self.busy_s,
+            self._generated,
         )
 
     def _arrive(self, i: int) -> None:
-        item = self.items[i]
+        item, fields = self.items[i], self.intake[i]
         request = Request(
             str(i),
             item.tenant,
-            item.prompt_tokens,
-            item.max_tokens,
+            fields.prompt_tokens,
+            fields.max_tokens,
             item.arrival_s,
-            category=item.category,
-            priority=item.priority,
-            prompt_text=item.prompt_text,
+            category=fields.category,
+            priority=fields.priority,
+            prompt_text=fields.prompt_text,
+            deadline=item.arrival_s + self.queue_timeout_s,
         )
         intake = self.scheduler.intake
         rejection = intake.validate(request)
@@ -188,26 +225,34 @@ class Simulation:
         self.corrected[i] = admission.ticket.corrected_estimate
         self.category[i] = admission.ticket.category
 
-    def _pull(self, engine: ContinuousBatchEngine) -> None:
-        scheduler, now = self.scheduler, self.clock.now
-        while engine.free_seq_slots > 0 and not engine.waiting:
-            head: Ticket | None = scheduler.peek()
-            if head is None:
-                return
-            # An idle engine takes even a head that looks too big, or the head would never run.
-            if head.prompt_tokens + head.corrected_estimate > engine.free_kv_tokens and not engine.is_idle:
-                return
-            ticket = scheduler.dispatch()
-            if ticket is None:
-                return
-            i = int(ticket.request_id)
-            item = self.items[i]
+    def _report(self, r: int) -> None:
+        """The engine's exact capacity, as a replica's heartbeat reports it live."""
+        engine = self.engines[r]
+        capacity = Capacity(
+            max_slots=engine.perf.max_num_seqs,
+            free_slots=engine.free_seq_slots,
+            free_kv_tokens=engine.free_kv_tokens,
+            active=None,
+            kv_capacity_tokens=engine.kv_capacity,
+        )
+        self.placement.report(str(r), capacity, self.clock.now)
+
+    def _dispatch(self) -> None:
+        """Grant what the core dispatcher grants; start the idle engines that received work."""
+        step, now = self.dispatcher.step(), self.clock.now
+        for ticket in step.expired:
+            self.expired[int(ticket.request_id)] = True
+        for ticket, replica in step.grants:
+            i, r = int(ticket.request_id), int(replica)
+            prompt, output = self.intake[i].prompt_tokens, self.items[i].output_tokens
             self.dispatch[i] = now
-            engine.add(EngineSequence(i, max(1, item.prompt_tokens), max(1, item.output_tokens)))
+            self.engines[r].add(EngineSequence(i, max(1, prompt), max(1, output)))
+        for r, busy in enumerate(self.busy):
+            if not busy:
+                self._kick(r)
 
     def _kick(self, r: int) -> None:
         engine = self.engines[r]
-        self._pull(engine)
         if engine.is_idle:
             self.busy[r] = False
             return
@@ -219,14 +264,19 @@ class Simulation:
             self.first_token[cast(int, seq.request_id)] = end
         self._pending[r] = events.finished
         self.busy[r] = True
+        self.busy_s[r] += duration
+        self._generated += events.num_tokens
         heapq.heappush(self._events, (end, r))
 
     def _step_end(self, r: int) -> None:
         now = self.clock.now
-        scheduler = self.scheduler
+        scheduler, placement, replica = self.scheduler, self.placement, str(r)
         for seq in self._pending[r]:
             i = cast(int, seq.request_id)
             self.finish[i] = now
             scheduler.complete(str(i), seq.output_tokens, observe=not self.oracle)
+            placement.release(replica, str(i))
         self._pending[r] = []
-        self._kick(r)
+        self.busy[r] = False
+        self._report(r)
+        self._dispatch()

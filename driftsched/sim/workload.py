@@ -71,6 +71,14 @@ class Workload:
     name: str
     items: list[WorkloadItem]
     tenants: tuple[TenantSpec, ...]
+    phase_starts: tuple[float, ...] = ()
+    """Fractions of the run (by arrival index) where the generating distribution changes (drift
+    phases); used only to score estimates afterwards (the group oracle), never by the scheduler."""
+
+    def phases(self) -> list[int]:
+        """The drift phase of every item (0 before the first phase start)."""
+        n = len(self.items)
+        return [sum(i >= f * n for f in self.phase_starts) for i in range(n)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +279,7 @@ def paper_workload(
     perf = perf or PerfModel()
     items = scale_to_load(items, perf, replicas, load)
     items = _tighten_bursts(items)
-    return Workload("paper", items, tuple(p.spec for p in PROFILES))
+    return Workload("paper", items, tuple(p.spec for p in PROFILES), (SHIFT_AT,))
 
 
 def _tighten_bursts(items: list[WorkloadItem]) -> list[WorkloadItem]:

@@ -1,0 +1,199 @@
+"""Replica capacity as the scheduler sees it, and the one rule that places a ticket on a replica.
+
+Used alike by the scheduler actor (reports arrive in heartbeats) and by the simulator (reports are read
+off the simulated engines after every step), so both place work by the same rule.
+
+**What a replica reports** (`Capacity`): sequence slots, free KV tokens and the KV capacity, and the
+request ids it runs. A report either lists `active` ids (a heartbeat: grants it does not list yet are
+*pending*, their prompt not yet in its KV figure) or sets `active=None` (an exact, in-process report:
+every grant is already counted in its figures).
+
+**The fit rule.** A ticket fits a replica when the replica has a free slot and its free KV, less the
+prompts of pending grants and a watermark (`kv_watermark` of its capacity, as vLLM keeps), holds the
+ticket's prompt. An idle replica takes any ticket, or a head bigger than the free KV would never run.
+The rule deliberately ignores the output estimate: reserving the estimated output would make a better
+(larger, honest) estimate cost concurrency, and the engines grow KV per token and preempt when it runs
+out anyway, as vLLM does. The estimate decides only the *order* (the policy's business).
+
+**Placement.** Of the replicas the ticket fits, the one with the most free KV (then free slots, then
+id) takes it: work spreads to the least loaded replica.
+
+**Slots.** A slot is used from the grant until the release, and anything a replica says it runs that
+the ledger did not grant counts too (grants of a scheduler instance that has since restarted). An engine
+under pressure (vLLM with requests waiting inside it) reports fewer free slots than
+`max_slots - len(active)`; the difference is *withheld* until its next report, so the backlog waits
+here, in policy order, rather than in the engine's own queue.
+
+**Liveness.** A replica silent for `replica_timeout_s` is dropped with its grants; a grant that its
+replica has never reported running for `grant_grace_s` is presumed lost (its caller died) and released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from driftsched.core.request import Ticket
+
+
+@dataclass(slots=True, frozen=True)
+class Capacity:
+    """What a replica can take right now: sequence slots and KV room, plus what it is running."""
+
+    max_slots: int
+    free_slots: int
+    """Slots the engine will take now; below max_slots - len(active) when the engine is under pressure."""
+    free_kv_tokens: int
+    active: tuple[str, ...] | None = ()
+    """Request ids running there; None for an exact report that already counts every grant."""
+    kv_capacity_tokens: int = 0
+    """Total KV of the engine in tokens; 0 when unknown (the KV part of the fit rule is then off)."""
+    engine_running: int = 0
+    engine_waiting: int = 0
+    """Sequences queued inside the engine (vLLM's waiting queue, preempted ones included)."""
+    kv_usage: float = 0.0
+    engine_queue_s: float = 0.0
+    """Recent mean time a request waited inside the engine before it was first scheduled."""
+
+
+@dataclass(slots=True)
+class ReplicaState:
+    """One replica as last reported, with the grants outstanding on it."""
+
+    replica_id: str
+    capacity: Capacity
+    reported_at: float
+    granted: dict[str, tuple[float, int]] = field(default_factory=dict)  # id -> (grant time, prompt)
+    pending: dict[str, int] = field(default_factory=dict)  # granted, not yet in a report: id -> prompt
+    active: set[str] = field(default_factory=set)  # reported running
+    in_use: int = 0
+    kv_pending: int = 0
+    kv_credit: int = 0  # KV of requests released since the report (freed, not yet reported)
+    withheld: int = 0
+
+    def refresh(self, capacity: Capacity, now: float) -> None:
+        self.capacity, self.reported_at, self.kv_credit = capacity, now, 0
+        if capacity.active is None:
+            self.active, self.pending = set(), {}
+            self.in_use, self.withheld = len(self.granted), 0
+        else:
+            self.active = set(capacity.active)
+            self.pending = {rid: g[1] for rid, g in self.granted.items() if rid not in self.active}
+            self.in_use = len(self.active) + len(self.pending)
+            self.withheld = max(0, capacity.max_slots - len(capacity.active) - capacity.free_slots)
+        self.kv_pending = sum(self.pending.values())
+
+    def free_slots(self) -> int:
+        return max(0, self.capacity.max_slots - self.in_use - self.withheld)
+
+    def free_kv(self) -> int:
+        return self.capacity.free_kv_tokens + self.kv_credit - self.kv_pending
+
+
+class Placement:
+    """Replica capacity from reports and grants, and the fit-and-place rule (module docstring)."""
+
+    def __init__(
+        self, replica_timeout_s: float = 5.0, grant_grace_s: float = 30.0, kv_watermark: float = 0.01
+    ) -> None:
+        if not 0 <= kv_watermark < 1:
+            raise ValueError(f"kv_watermark must be in [0, 1), got {kv_watermark}; try 0.01")
+        self.replica_timeout_s = replica_timeout_s
+        self.grant_grace_s = grant_grace_s
+        self.kv_watermark = kv_watermark
+        self._replicas: dict[str, ReplicaState] = {}
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    def report(self, replica_id: str, capacity: Capacity, now: float) -> list[str]:
+        """A replica's report: register it or refresh it; returns grants presumed lost."""
+        state = self._replicas.get(replica_id)
+        if state is None:
+            state = self._replicas[replica_id] = ReplicaState(replica_id, capacity, now)
+        lost: list[str] = []
+        if capacity.active is not None:
+            running = set(capacity.active)
+            lost = [rid for rid, (granted_at, _) in state.granted.items()
+                    if rid not in running and now - granted_at > self.grant_grace_s]
+            for rid in lost:
+                del state.granted[rid]
+        state.refresh(capacity, now)
+        return lost
+
+    def expire(self, now: float) -> list[tuple[str, list[str]]]:
+        """Drop silent replicas; returns (replica id, its outstanding grants) for each one dropped."""
+        dead = [r for r in self._replicas.values() if now - r.reported_at > self.replica_timeout_s]
+        return [(r.replica_id, self.drop(r.replica_id)) for r in dead]
+
+    def drop(self, replica_id: str) -> list[str]:
+        """Forget a replica (dead or gone); returns its outstanding grants."""
+        state = self._replicas.pop(replica_id, None)
+        return list(state.granted) if state is not None else []
+
+    # -- the rule --------------------------------------------------------------------------------
+
+    def fits(self, state: ReplicaState, ticket: Ticket) -> bool:
+        """Whether `ticket` may start on this replica now (slot, then KV for its prompt)."""
+        if state.free_slots() <= 0:
+            return False
+        kv_total = state.capacity.kv_capacity_tokens
+        if state.in_use == 0 or kv_total <= 0:
+            return True
+        return ticket.prompt_tokens + self.kv_watermark * kv_total <= state.free_kv()
+
+    def choose(self, ticket: Ticket) -> str | None:
+        """The replica `ticket` goes to now, or None when it fits none (it then waits, in order)."""
+        best: ReplicaState | None = None
+        best_key: tuple[int, int, str] | None = None
+        for state in self._replicas.values():
+            if self.fits(state, ticket):
+                key = (state.free_kv(), state.free_slots(), state.replica_id)
+                if best_key is None or key > best_key:
+                    best, best_key = state, key
+        return None if best is None else best.replica_id
+
+    def grant(self, replica_id: str, ticket: Ticket, now: float) -> None:
+        """Count `ticket` on `replica_id` from now until it is released."""
+        state = self._replicas[replica_id]
+        rid, prompt = ticket.request_id, ticket.prompt_tokens
+        state.granted[rid] = (now, prompt)
+        state.pending[rid] = prompt
+        state.in_use += 1
+        state.kv_pending += prompt
+
+    def release(self, replica_id: str, request_id: str, tokens: int = 0) -> bool:
+        """Free a request's slot (and, until the next report, its `tokens` of KV); False if unknown."""
+        state = self._replicas.get(replica_id)
+        if state is None:
+            return False
+        granted = state.granted.pop(request_id, None)
+        prompt = state.pending.pop(request_id, None)
+        if prompt is not None:
+            state.in_use -= 1
+            state.kv_pending -= prompt
+        elif request_id in state.active:  # do not wait for the next report to see it gone
+            state.active.discard(request_id)
+            state.in_use -= 1
+            state.kv_credit += tokens or (granted[1] if granted else 0)
+        elif granted is not None:  # exact reports: the grant was counted in `in_use` only
+            state.in_use -= 1
+        return granted is not None
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def has_free(self) -> bool:
+        return any(r.free_slots() > 0 for r in self._replicas.values())
+
+    def replicas(self) -> Iterable[ReplicaState]:
+        return self._replicas.values()
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per replica: slots, in use, free, KV and the engine's own state (for metrics)."""
+        return {
+            r.replica_id: {"slots": r.capacity.max_slots, "in_use": r.in_use, "free": r.free_slots(),
+                           "free_kv_tokens": r.free_kv(), "kv_capacity_tokens": r.capacity.kv_capacity_tokens,
+                           "engine_running": r.capacity.engine_running,
+                           "engine_waiting": r.capacity.engine_waiting,
+                           "kv_usage": r.capacity.kv_usage, "engine_queue_s": r.capacity.engine_queue_s}
+            for r in self._replicas.values()
+        }
