@@ -111,11 +111,13 @@ class Gateway:
         self.benchmark_mode = benchmark_mode
 
     def prepare(self, tenant: str, prompt: RenderedPrompt, max_tokens: int | None,
-                default_max_tokens: int, sampling: Sampling, target_tokens: int | None) -> Prepared:
+                default_max_tokens: int, sampling: Sampling, target_tokens: int | None,
+                category: str | None = None) -> Prepared:
         """Validate, classify and estimate a counted prompt; raises GatewayError(400) for invalid input.
 
-        `target_tokens` (benchmark mode only) goes to the engine and nowhere else: the estimator and
-        the scheduler never see it.
+        `category` is the caller's declared one (already checked against `CATEGORIES`); the classifier
+        takes it as given, and classifies the prompt when it is None. `target_tokens` (benchmark mode
+        only) goes to the engine and nowhere else: the estimator and the scheduler never see it.
         """
         started = time.monotonic()
         prompt_tokens = prompt.num_tokens
@@ -123,7 +125,8 @@ class Gateway:
         if max_tokens is None:
             max_tokens = max(1, min(default_max_tokens, limit - prompt_tokens))
         rid = uuid.uuid4().hex
-        request = Request(rid, tenant, prompt_tokens, max_tokens, time.time(), prompt_text=prompt.text)
+        request = Request(rid, tenant, prompt_tokens, max_tokens, time.time(), category=category,
+                          prompt_text=prompt.text)
         rejection = self.intake.validate(request)
         if rejection is not None:
             raise reject_error(rejection.reason, rejection.detail, None)

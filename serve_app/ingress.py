@@ -44,11 +44,12 @@ def _unauthorized() -> GatewayError:
 app = FastAPI(title="DriftSched")
 
 
-def _error(err: GatewayError) -> JSONResponse:
+def _error(err: GatewayError, param: str | None = None) -> JSONResponse:
+    """`err` as an OpenAI error body; `param` names the offending body field, where there is one."""
     headers = {}
     if err.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
-    return JSONResponse(error_body(err.message, err.type, err.code), err.status, headers=headers)
+    return JSONResponse(error_body(err.message, err.type, err.code, param), err.status, headers=headers)
 
 
 @serve.deployment(name="Ingress")
@@ -108,9 +109,9 @@ class Ingress:
 
     # -- the request path ------------------------------------------------------------------------
 
-    def _refuse(self, err: GatewayError) -> JSONResponse:
+    def _refuse(self, err: GatewayError, param: str | None = None) -> JSONResponse:
         self.rejected[err.code] += 1
-        return _error(err)
+        return _error(err, param)
 
     async def _serve(self, request: Request, chat: bool) -> Response:
         tenant = self.keys.tenant_for(request.headers.get("authorization"))
@@ -127,7 +128,7 @@ class Ingress:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             return self._refuse(GatewayError(400, "invalid_request_error", "invalid_body",
-                                             f"{where}: {first['msg']}"))
+                                             f"{where}: {first['msg']}"), param=where or None)
         except ValueError as exc:  # bad JSON, or a body shape we do not serve
             return self._refuse(GatewayError(400, "invalid_request_error", "invalid_body", str(exc)))
         if body.model is not None and body.model != self.model_name:
@@ -138,7 +139,7 @@ class Ingress:
         try:
             sampling = Sampling(body.temperature, body.top_p, body.seed, tuple(body.stops()))
             prepared = self.gateway.prepare(tenant, prompt, max_tokens, default, sampling,
-                                            body.driftsched_target_tokens)
+                                            body.driftsched_target_tokens, body.category)
         except GatewayError as err:
             return self._refuse(err)
         try:

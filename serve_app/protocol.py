@@ -1,7 +1,9 @@
 """OpenAI-style request bodies, response shapes and error bodies.
 
 Only what DriftSched serves is modelled; unknown fields are ignored as OpenAI's SDK sends many.
-Types are strict (a string is not a number). `driftsched_target_tokens` is a benchmark-only field:
+Types are strict (a string is not a number). `category` is DriftSched's own optional field: a caller
+may declare its request's category (one of `driftsched.core.config.CATEGORIES`), which the classifier
+then takes as given. `driftsched_target_tokens` is a benchmark-only field:
 the ingress passes it to the engine (simulated or vLLM) when benchmark mode is on, and nowhere else.
 """
 
@@ -12,9 +14,11 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from deployments.engine import Usage
+from driftsched.core.config import CATEGORIES
 
 
 class _Body(BaseModel):
@@ -30,7 +34,20 @@ class _Body(BaseModel):
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
+    category: str | None = None
+    """Declared category; wins over classification. None: classified from the prompt."""
     driftsched_target_tokens: int | None = Field(default=None, ge=1)
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str | None) -> str | None:
+        if value is not None and value not in CATEGORIES:
+            valid = ", ".join(CATEGORIES)
+            # No template context, so a value that looks like "{valid}" stays literal.
+            raise PydanticCustomError(
+                "unknown_category", f"{value[:40]!r} is not a category; use one of {valid}, or omit it"
+            )
+        return value
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.get("include_usage"))

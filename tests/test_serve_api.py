@@ -11,6 +11,8 @@ import pytest
 import ray
 from conftest import app_args, scheduler_handle
 
+from driftsched.core.config import CATEGORIES
+
 pytestmark = pytest.mark.slow
 
 ARGS = app_args(**{
@@ -92,6 +94,30 @@ def test_bad_requests_are_400_with_openai_error_body(base_url):
         err = resp.json()["error"]
         assert set(err) == {"message", "type", "param", "code"}
         assert err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_declared_category_wins_over_the_classifier(client, chat):
+    def create(**extra):
+        kwargs = {"model": MODEL, "max_tokens": 8, "extra_body": {"driftsched_target_tokens": 3, **extra}}
+        if chat:
+            return client.chat.completions.with_raw_response.create(
+                messages=[{"role": "user", "content": "hello there"}], **kwargs)
+        return client.completions.with_raw_response.create(prompt="hello there", **kwargs)
+
+    assert create().headers["x-driftsched-category"] == "qa"  # classified: no cue, small max_tokens
+    for category in ("code", "longform"):
+        assert create(category=category).headers["x-driftsched-category"] == category
+
+
+def test_unknown_category_is_400_naming_the_valid_ones(client):
+    for bad in ("poetry", 3, ""):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={"category": bad})
+        err = info.value.body
+        assert (err["param"], err["code"]) == ("category", "invalid_body")
+        if bad != 3:  # a number fails the type check before the value check
+            assert all(name in err["message"] for name in CATEGORIES), err["message"]
 
 
 def test_missing_or_unknown_key_is_401(base_url):
