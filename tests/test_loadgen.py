@@ -15,15 +15,17 @@ import httpx
 import numpy as np
 import pytest
 
+from driftsched.bench import fidelity
 from driftsched.bench.command import parse_mapping
-from driftsched.bench.fidelity import as_sent, compare
+from driftsched.bench.fidelity import as_sent, category_match, compare, format_comparison
 from driftsched.bench.live import policy_args
-from driftsched.bench.loadgen import LoadOptions, Target, run_load, send_times, to_records
-from driftsched.bench.prompts import LEADS, approx_tokens, synthesize
+from driftsched.bench.loadgen import LoadOptions, Target, request_body, run_load, send_times, to_records
+from driftsched.bench.prompts import LEADS, approx_tokens, intake_fields, synthesize
 from driftsched.bench.service import service_estimator
 from driftsched.core.classify import Classifier
 from driftsched.core.config import CoreConfig
 from driftsched.sim.perf_model import PerfModel
+from driftsched.sim.records import RunRecords
 from driftsched.sim.report import summarize, write_results
 from driftsched.sim.simulator import core_config_for
 from driftsched.sim.workload import TenantSpec, Workload, WorkloadItem, paper_workload
@@ -48,6 +50,20 @@ def test_prompt_has_the_token_count_and_the_category_cue(category, tokens):
     # No cue for qa and chat: the service tells them apart by max_tokens, and calls a long prompt a document.
     expected = category if category not in ("qa", "chat") else ("summarize" if tokens >= 1500 else "chat")
     assert Classifier().category(None, approx_tokens(text), 512, text) == expected
+
+
+def test_the_body_carries_the_intake_fields_and_the_declared_category():
+    items = paper_workload(40, seed=3, replicas=1, load=1.0).items
+    target = Target("http://svc/v1", {}, model="m")
+    for item in items:
+        fields, body = intake_fields(item), request_body(item, target)
+        assert body["category"] == fields.category == item.category
+        assert (body["prompt"], body["max_tokens"]) == (fields.prompt_text, item.max_tokens)
+        assert fields.prompt_tokens == approx_tokens(fields.prompt_text) >= item.prompt_tokens
+        assert body["model"] == "m" and body["driftsched_target_tokens"] <= item.max_tokens
+        assert "priority" not in body and fields.priority is None  # the API has no such field
+    unknown = WorkloadItem(0.0, "a", "", 40, 64, 5)  # not a category the service knows: none declared
+    assert intake_fields(unknown).category is None and "category" not in request_body(unknown, target)
 
 
 def test_send_times_scale_the_workload_or_draw_poisson():
@@ -105,7 +121,7 @@ def test_load_is_open_loop_and_records_what_the_client_saw():
     assert done.tokens == items[0].output_tokens and done.estimate == 12.5
     assert done.send_s <= done.first_token_s <= done.last_token_s
     body = seen[0]
-    assert body["stream"] is True and body["max_tokens"] == 64
+    assert body["stream"] is True and body["max_tokens"] == 64 and body["category"] == "chat"
     assert body["driftsched_target_tokens"] == items[0].output_tokens
     assert approx_tokens(body["prompt"]) == 40 and "output_tokens" not in body
 
@@ -182,12 +198,58 @@ def test_policy_args_convert_workload_seconds_to_real_time():
 def test_fidelity_simulates_what_was_sent():
     workload = paper_workload(50, seed=1, replicas=1, load=1.0)
     sent = as_sent(workload)
-    assert all(it.category == "" and approx_tokens(it.prompt_text) == it.prompt_tokens for it in sent.items)
+    for it, orig in zip(sent.items, workload.items, strict=True):
+        assert it.category == orig.category and approx_tokens(it.prompt_text) == it.prompt_tokens
+        assert intake_fields(it) == intake_fields(orig)  # what the service sees, unchanged by as_sent
     assert [it.output_tokens for it in sent.items] == [it.output_tokens for it in workload.items]
     row = compare({"sjf": {"e2e_s": {"p50": 2.0, "p99": 4.0}, "ttft_s": {"p50": 1.0}}},
                   {"sjf": {"e2e_s": {"p50": 1.0, "p99": 4.0}, "ttft_s": {"p50": 0.5}}})["sjf"]
     assert row["e2e_p50"]["ratio"] == 2.0 and row["e2e_p99"]["ratio"] == 1.0
     assert np.isnan(row["makespan"]["ratio"])  # neither side said how long it ran
+
+
+def _categories(policy: str, categories: list[str], admitted: list[bool]) -> RunRecords:
+    n = len(categories)
+    nan = np.full(n, np.nan)
+    return RunRecords(policy, np.array(["a"] * n), categories, nan, nan, nan, nan, nan, nan, nan, nan, nan,
+                      np.array(admitted), ["completed" if a else "rejected" for a in admitted])
+
+
+def test_category_match_counts_requests_both_runs_admitted():
+    # The live run sent a prefix of the items (4 of 5); rows 0 and 2 were admitted on both sides.
+    live = _categories("sjf", ["code", "chat", "qa", "chat"], [True, True, True, False])
+    simulated = _categories("sjf", ["code", "", "summarize", "chat", "qa"], [True, False, True, True, True])
+    assert category_match(live, simulated) == {"compared": 2, "matched": 1, "share": 0.5}
+    assert np.isnan(category_match(live, _categories("sjf", ["qa"] * 4, [False] * 4))["share"])
+    with pytest.raises(ValueError, match="4 rows"):
+        category_match(live, _categories("sjf", ["qa"] * 3, [True] * 3))
+    row = compare({"sjf": {"e2e_s": {"p50": 2.0, "p99": 4.0}, "ttft_s": {"p50": 1.0}}},
+                  {"sjf": {"e2e_s": {"p50": 1.0, "p99": 4.0}, "ttft_s": {"p50": 0.5}}})
+    row["sjf"]["category_match"] = category_match(live, simulated)
+    assert format_comparison(row, "t").splitlines()[-1].endswith("50.0% of 2")
+
+
+def test_a_service_and_the_simulator_given_the_same_items_agree_on_categories():
+    """Loadgen against a fake service that classifies like the ingress, the simulator on `as_sent`."""
+    workload = paper_workload(40, seed=2, replicas=1, load=1.0)
+    classifier = Classifier()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        category = classifier.category(
+            body.get("category"), approx_tokens(body["prompt"]), body["max_tokens"], body["prompt"]
+        )
+        headers = {"x-driftsched-category": category, "x-driftsched-estimated-tokens": "1"}
+        return httpx.Response(200, content=_sse(1), headers=headers)
+
+    keys = {t.name: "k" for t in workload.tenants}
+    options = LoadOptions(progress=False, time_scale=0.0)
+    result = asyncio.run(run_load(workload.items, Target("http://svc/v1", keys), options,
+                                  httpx.MockTransport(handler)))
+    live = to_records("fifo", workload.items, result, 1.0)
+    perf = PerfModel()
+    (simulated,) = fidelity.simulate(workload, ["fifo"], perf, 1, core_config_for(workload, perf))
+    assert category_match(live, simulated) == {"compared": 40, "matched": 40, "share": 1.0}
 
 
 def test_live_records_and_simulated_runs_share_the_report(tmp_path):
@@ -231,6 +293,10 @@ def test_bench_live_two_policies_end_to_end(tmp_path):
         assert policy["makespan_s"] >= policy["e2e_s"]["p99"]
         assert policy["estimator"]["uncorrected"]["mae"] > 0
     assert summary["fidelity"]["sjf"]["e2e_p50"]["simulated"] > 0
+    assert "same category" in proc.stdout
+    for row in summary["fidelity"].values():  # 1.0 once the simulator builds requests by intake_fields
+        match = row["category_match"]
+        assert match["compared"] > 0 and 0.0 <= match["share"] <= 1.0
     rows = (out / "requests.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 60
     assert (out / "latency_cdf.png").exists()

@@ -235,6 +235,11 @@ def run_live(args: argparse.Namespace) -> int:
         sims = fidelity.simulate(workload, policies, perf, replicas, core)
         summary["simulated"] = {r.policy: policy_summary(r) for r in sims}
         summary["fidelity"] = fidelity.compare(summary["policies"], summary["simulated"])
+        simulated_runs = {r.policy: r for r in sims}
+        for run in runs:
+            summary["fidelity"][run.policy]["category_match"] = fidelity.category_match(
+                run, simulated_runs[run.policy]
+            )
         write_summary(summary, args.out)
         print()
         print(

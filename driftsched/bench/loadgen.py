@@ -5,8 +5,9 @@ Arrivals are open-loop: request *i* is sent at its workload arrival time multipl
 mapped onto a service tenant and sends with that tenant's API key. Every request streams
 (`POST /v1/completions`, `stream: true`, usage in the last chunk), so the first token is timed.
 
-What the service may see: the prompt (synthesised to the item's prompt length, with its category's
-content cue, see `prompts`), `max_tokens`, and — only as the benchmark-only body field
+What the service may see: the item's `prompts.intake_fields` (the prompt synthesised to the item's
+prompt length with its category's content cue, the declared ``category``, ``max_tokens``), the same
+inputs the simulator gives its intake, and — only as the benchmark-only body field
 `driftsched_target_tokens`, which a benchmark-mode service hands to the simulated engine alone — the
 item's true output length. Nothing else of the truth leaves this module.
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from driftsched.bench.prompts import synthesize
+from driftsched.bench.prompts import intake_fields
 from driftsched.sim.records import RunRecords
 from driftsched.sim.workload import WorkloadItem
 
@@ -109,13 +110,17 @@ def send_times(items: Sequence[WorkloadItem], options: LoadOptions) -> list[floa
 
 
 def request_body(item: WorkloadItem, target: Target) -> dict[str, object]:
+    """The `POST /v1/completions` body of one item: its `intake_fields`, then transport options."""
+    fields = intake_fields(item)
     body: dict[str, object] = {
-        "prompt": synthesize(item.category, item.prompt_tokens, item.prompt_text),
-        "max_tokens": item.max_tokens,
+        "prompt": fields.prompt_text,
+        "max_tokens": fields.max_tokens,
         "temperature": 0.0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if fields.category is not None:
+        body["category"] = fields.category
     if target.model is not None:
         body["model"] = target.model
     if target.send_target_tokens:
@@ -231,7 +236,12 @@ def to_records(
     estimator: dict[str, dict[str, float]] | None = None,
     extras: dict[str, object] | None = None,
 ) -> RunRecords:
-    """Report records of the sent requests, in workload seconds; observed tokens stand for the truth."""
+    """Report records of the sent requests, in workload seconds; observed tokens stand for the truth.
+
+    Rows are the sent items in workload order, a prefix of `items` (sending stops at the first item
+    past the duration), so row *i* is item *i*. A row's category is the service's (its
+    ``x-driftsched-category``) where it answered, else the item's own.
+    """
     sent = [(it, r) for it, r in zip(items, result.records, strict=True) if r.status != "not_sent"]
 
     def col(values: list[float]) -> np.ndarray:
