@@ -17,6 +17,19 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from driftsched.core.placement import Capacity
+
+__all__ = [
+    "Capacity",
+    "Engine",
+    "EngineFailure",
+    "EngineTiming",
+    "GenerationRequest",
+    "TokenDelta",
+    "Usage",
+    "approx_token_count",
+]
+
 CHARS_PER_TOKEN = 4.0
 
 
@@ -94,23 +107,6 @@ class TokenDelta:
     usage: Usage | None = None
     timing: EngineTiming | None = None
     error: EngineFailure | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class Capacity:
-    """What an engine can take right now: sequence slots and KV room, plus what it is running."""
-
-    max_slots: int
-    free_slots: int
-    """Slots the engine will take now; below max_slots - len(active) when the engine is under pressure."""
-    free_kv_tokens: int
-    active: tuple[str, ...] = ()
-    engine_running: int = 0
-    engine_waiting: int = 0
-    """Sequences queued inside the engine (vLLM's waiting queue, preempted ones included)."""
-    kv_usage: float = 0.0
-    engine_queue_s: float = 0.0
-    """Recent mean time a request waited inside the engine before it was first scheduled."""
 
 
 @runtime_checkable

@@ -10,7 +10,9 @@ Hot path, per request (both from the ingress):
 
 Replicas call ``report`` each heartbeat (that is also how they register, and re-register after this
 actor restarts). ``cancel`` withdraws a request wherever it is (client disconnect). The actor holds no
-scheduling logic: ordering is the core's policy, slot accounting is `CapacityLedger`.
+scheduling logic: which ticket goes next and to which replica is the core's `Dispatcher` (the policy's
+order placed by the `Placement` fit rule on what the heartbeats report), the same object the simulator
+drives.
 
 Restart: the actor is a named Ray actor restarted by Ray (max_restarts=-1). A restarted instance starts
 empty; in-flight ``acquire`` calls fail on the caller's side and are retried there within their deadline;
@@ -25,12 +27,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.capacity import CapacityLedger
-from deployments.engine import Capacity
 from deployments.telemetry import RequestBook, RequestTimings
 from driftsched.core.clock import monotonic_clock
 from driftsched.core.config import parse_core_config
+from driftsched.core.dispatch import Dispatcher
 from driftsched.core.errors import UnknownRequestError
+from driftsched.core.placement import Capacity, Placement
 from driftsched.core.request import Ticket
 from driftsched.core.scheduler import Scheduler
 from driftsched.core.stats import SchedulerStats
@@ -72,7 +74,8 @@ class SchedulerActor:
         policy = make_policy(config.scheduler.policy, **config.scheduler.policy_options)
         self._clock = monotonic_clock
         self._core = Scheduler(config, policy, self._clock)
-        self._ledger = CapacityLedger(replica_timeout_s=replica_timeout_s)
+        self._ledger = Placement(replica_timeout_s=replica_timeout_s)
+        self._dispatcher = Dispatcher(self._core, self._ledger)
         self._book = RequestBook()
         self._waiters: dict[str, asyncio.Future[str | None]] = {}
         self._granted: dict[str, str] = {}
@@ -115,7 +118,9 @@ class SchedulerActor:
         timings: RequestTimings | None = None,
     ) -> None:
         self._granted.pop(request_id, None)
-        self._ledger.release(replica_id, request_id)
+        ticket = self._core.in_flight_ticket(request_id)
+        freed = ticket.prompt_tokens + (output_tokens or 0) if ticket is not None else 0
+        self._ledger.release(replica_id, request_id, freed)
         if output_tokens is None:
             self._core.abort(request_id)
         else:
@@ -163,21 +168,24 @@ class SchedulerActor:
             self._core.abort(request_id)
 
     def _pump(self) -> None:
-        """Grant queued tickets by policy while some replica has a free slot."""
-        now = self._clock()
-        while self._core.num_queued and self._ledger.has_free():
-            ticket = self._core.dispatch()
-            if ticket is None:
-                break
+        """Grant what the core dispatcher grants; answer callers whose deadline passed."""
+        step = self._dispatcher.step()
+        for ticket in step.expired:
+            self._answer(ticket.request_id, None)
+        for ticket, replica in step.grants:
             rid = ticket.request_id
             future = self._waiters.get(rid)
-            if future is None or future.done():
+            if future is None or future.done():  # its caller went away meanwhile
+                self._ledger.release(replica, rid)
                 self._core.abort(rid)
                 continue
-            replica = self._ledger.take(rid, now)
-            assert replica is not None  # has_free() held and nothing ran in between
             self._granted[rid] = replica
             future.set_result(replica)
+
+    def _answer(self, request_id: str, value: str | None) -> None:
+        future = self._waiters.get(request_id)
+        if future is not None and not future.done():
+            future.set_result(value)
 
     def _ensure_maintenance(self) -> None:
         if self._maintenance is None or self._maintenance.done():
@@ -193,10 +201,6 @@ class SchedulerActor:
                     for rid in grants:
                         self._granted.pop(rid, None)
                         self._core.abort(rid)
-                for ticket in self._core.expire_due():
-                    future = self._waiters.get(ticket.request_id)
-                    if future is not None and not future.done():
-                        future.set_result(None)
                 self._pump()
             except Exception:
                 logger.exception("scheduler maintenance failed; continuing")

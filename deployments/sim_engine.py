@@ -81,6 +81,10 @@ class SimulatedEngine:
             free_slots=engine.free_seq_slots,
             free_kv_tokens=engine.free_kv_tokens,
             active=tuple(self._seqs),
+            kv_capacity_tokens=engine.kv_capacity,
+            engine_running=len(engine.running),
+            engine_waiting=len(engine.waiting),
+            kv_usage=1.0 - engine.free_kv_tokens / engine.kv_capacity if engine.kv_capacity else 0.0,
         )
 
     async def abort(self, request_id: str) -> None:

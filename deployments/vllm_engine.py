@@ -120,6 +120,7 @@ class VllmEngine:
         return Capacity(
             max_slots=self._max_num_seqs, free_slots=free,
             free_kv_tokens=int(self._kv_tokens * (1.0 - state.kv_usage)), active=active,
+            kv_capacity_tokens=self._kv_tokens,
             engine_running=state.running, engine_waiting=state.waiting, kv_usage=state.kv_usage,
             engine_queue_s=self._queue_s,
         )

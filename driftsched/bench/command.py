@@ -232,7 +232,9 @@ def run_live(args: argparse.Namespace) -> int:
     )
     print(format_table(summary))
     if simulated and not args.no_fidelity:
-        sims = fidelity.simulate(workload, policies, perf, replicas, core)
+        sims = fidelity.simulate(  # the gateway's queue deadline, in modelled seconds
+            workload, policies, perf, replicas, core, queue_timeout_s=args.timeout / args.time_scale
+        )
         summary["simulated"] = {r.policy: policy_summary(r) for r in sims}
         summary["fidelity"] = fidelity.compare(summary["policies"], summary["simulated"])
         simulated_runs = {r.policy: r for r in sims}

@@ -21,7 +21,7 @@ from driftsched.bench.prompts import intake_fields
 from driftsched.core.config import CoreConfig
 from driftsched.sim.perf_model import PerfModel
 from driftsched.sim.records import RunRecords, from_simulation
-from driftsched.sim.simulator import Simulation
+from driftsched.sim.simulator import DEFAULT_QUEUE_TIMEOUT_S, Simulation
 from driftsched.sim.workload import Workload
 
 _FIGURES = (("e2e_s", "p50"), ("e2e_s", "p99"), ("ttft_s", "p50"))
@@ -38,11 +38,19 @@ def as_sent(workload: Workload) -> Workload:
 
 
 def simulate(
-    workload: Workload, policies: Sequence[str], perf: PerfModel, replicas: int, config: CoreConfig
+    workload: Workload,
+    policies: Sequence[str],
+    perf: PerfModel,
+    replicas: int,
+    config: CoreConfig,
+    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
 ) -> list[RunRecords]:
-    """Each policy on the as-sent workload in the simulator."""
+    """Each policy on the as-sent workload in the simulator, with the live run's queue deadline."""
     sent = as_sent(workload)
-    return [from_simulation(Simulation(sent, p, perf, replicas, config).run()) for p in policies]
+    return [
+        from_simulation(Simulation(sent, p, perf, replicas, config, queue_timeout_s=queue_timeout_s).run())
+        for p in policies
+    ]
 
 
 def compare(live: Mapping[str, Any], simulated: Mapping[str, Any]) -> dict[str, Any]:

@@ -197,6 +197,10 @@ class Scheduler:
     def num_in_flight(self) -> int:
         return len(self._in_flight)
 
+    def in_flight_ticket(self, request_id: str) -> Ticket | None:
+        """The ticket of an in-flight request, if it is one."""
+        return self._in_flight.get(request_id)
+
     def queued_tickets(self) -> list[Ticket]:
         """The tickets waiting now, in admission order."""
         return list(self._queued.values())

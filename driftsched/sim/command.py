@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from driftsched.bench.prompts import intake_fields
 from driftsched.core.config import CoreConfig, load_core_config
 from driftsched.sim import perf_model, traces
-from driftsched.bench.prompts import intake_fields
 from driftsched.sim.report import format_table, write_results, write_summary
 from driftsched.sim.seeds import aggregate, format_spread
 from driftsched.sim.simulator import DEFAULT_QUEUE_TIMEOUT_S, REFERENCES, Simulation, core_config_for

@@ -46,7 +46,7 @@ def _censored_pct(values: np.ndarray, failed: int, *qs: int) -> dict[str, float]
     out = {}
     for q in qs:
         rank = q / 100 * (total - 1)
-        lo, hi = int(math.floor(rank)), int(math.ceil(rank))
+        lo, hi = math.floor(rank), math.ceil(rank)
         if hi >= ordered.size:
             out[f"p{q}"] = float("inf")
         else:
@@ -233,10 +233,10 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append("per-tenant E2E p50 / p99 (s), expired")
     lines.append(f"{'policy':<16}" + "".join(f"{t[:22]:>26}" for t in tenants))
     for name, p in summary["policies"].items():
+        rows = [p["per_tenant"][t] for t in tenants]
         cells = "".join(
-            f"{_num(p['per_tenant'][t]['e2e_s']['p50'], 1):>9} /{_num(p['per_tenant'][t]['e2e_s']['p99'], 1):>8}"
-            f"{p['per_tenant'][t].get('expired', 0):>7} "
-            for t in tenants
+            f"{_num(r['e2e_s']['p50'], 1):>9} /{_num(r['e2e_s']['p99'], 1):>8}{r.get('expired', 0):>7} "
+            for r in rows
         )
         lines.append(f"{name:<16}{cells}")
     lines.append("")
