@@ -224,7 +224,7 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"{name:<16}{_num(e['p50'], 2):>9}{_num(e['p90'], 2):>9}{_num(e['p99'], 2):>9}"
             f"{_num(e['mean'], 2):>9}{_num(p['ttft_s']['p50'], 2):>9}{_num(p['queue_wait_s']['p50'], 2):>9}"
-            f"{p['completed']:>8}{p.get('expired', 0):>8}{p['rejected']:>6}"
+            f"{_num(p['completed'], 0):>8}{_num(p.get('expired', 0), 0):>8}{_num(p['rejected'], 0):>6}"
             f"{_num(util, 2):>6}{_num(rate, 0):>8}"
         )
     lines.append("(E2E percentiles count an expired or failed request as infinitely late: inf)")
@@ -235,7 +235,8 @@ def format_table(summary: dict[str, Any]) -> str:
     for name, p in summary["policies"].items():
         rows = [p["per_tenant"][t] for t in tenants]
         cells = "".join(
-            f"{_num(r['e2e_s']['p50'], 1):>9} /{_num(r['e2e_s']['p99'], 1):>8}{r.get('expired', 0):>7} "
+            f"{_num(r['e2e_s']['p50'], 1):>9} /{_num(r['e2e_s']['p99'], 1):>8}"
+            f"{_num(r.get('expired', 0), 0):>7} "
             for r in rows
         )
         lines.append(f"{name:<16}{cells}")
