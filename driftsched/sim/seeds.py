@@ -3,7 +3,8 @@
 `aggregate` walks the per-seed summaries (the summary.json documents) in parallel; each numeric leaf
 becomes its median over the seeds (in ``median``, shaped like one summary, so the same table prints
 it) and its [min, max] (in ``spread``). A null leaf (inf or NaN in a run) counts as +inf: a p99 that
-fell on expired requests is the worst value, not a missing one.
+fell on expired requests is the worst value, not a missing one. The comparisons (ratios) are computed
+again from the median figures rather than taken as medians of per-seed ratios.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from driftsched.sim.report import comparisons
 
 
 def _leaf(values: list[Any]) -> tuple[Any, Any]:
@@ -38,6 +41,9 @@ def _walk(docs: list[Any]) -> tuple[Any, Any]:
 def aggregate(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """{"seeds": [...], "median": summary-shaped medians, "spread": [min, max] per numeric figure}."""
     median, spread = _walk(list(summaries))
+    if "policies" in median and "estimator" in median:
+        median["comparisons"] = comparisons(median["policies"], median["estimator"])
+        spread.pop("comparisons", None)
     return {"seeds": [s.get("seed") for s in summaries], "median": median, "spread": spread}
 
 
