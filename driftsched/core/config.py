@@ -101,11 +101,15 @@ class DriftConfig(_Strict):
     half_life_s: float = 600.0
     """Half-life of the decayed statistics that set the correction in steady state."""
     shift_window: int = 32
-    """Most recent observations kept per node; they take over after an abrupt shift."""
+    """Most recent observations kept per node; a shift restarts the statistics inside this window."""
     shift_ratio: float = 1.5
-    """Window and steady-state factors differing by more than this ratio count as a shift."""
+    """Recent and earlier observations whose (geometric) mean ratios differ by more than this factor
+    count as a shift, if the difference is also significant (`shift_z`)."""
     shift_min_samples: int = 12
-    """Observations the window needs before a shift may be declared."""
+    """Size of the shortest recent suffix tested for a shift, and the least evidence before it."""
+    shift_z: float = 4.0
+    """Standard errors by which a shift must exceed noise: noisy streams need stronger evidence.
+    Tested after every observation, hence well above the usual 2."""
     prior_strength: float = 8.0
     """Pseudo-observations pulling a node's factor toward its parent's (few-sample rule)."""
     recent_half_life_s: float = 60.0
@@ -134,6 +138,8 @@ class DriftConfig(_Strict):
             raise ValueError(
                 f"need 0 < min_factor < 1 < max_factor, got {self.min_factor}, {self.max_factor}"
             )
+        if not self.shift_z >= 0:
+            raise ValueError(f"shift_z must be >= 0 standard errors, got {self.shift_z}; try 4")
         if self.prior_strength < 0:
             raise ValueError(f"prior_strength must be >= 0, got {self.prior_strength}")
         return self
