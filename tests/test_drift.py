@@ -261,7 +261,7 @@ def test_snapshot_restore_round_trips_through_json(obs):
         assert astuple(got)[3:] == pytest.approx(astuple(want)[3:], rel=1e-9, abs=1e-9)
 
 
-@pytest.mark.parametrize("version", [3, 99, None])
+@pytest.mark.parametrize("version", [3, 4, 99, None])
 def test_restore_rejects_other_versions(version):
     with pytest.raises(ValueError, match="version"):
         DriftTracker.restore({"version": version, "nodes": [], "errors": []})
@@ -280,10 +280,11 @@ def test_stats_report_raw_and_corrected_errors():
     assert row.factor == pytest.approx(2.0, rel=0.1)
 
 
-def test_prompt_buckets_are_half_octaves():
+def test_prompt_buckets_are_quarter_octaves():
     assert prompt_bucket(0) == 0
-    assert prompt_bucket(1) == 2
-    assert prompt_bucket(1023) == 20 and prompt_bucket(1500) == 21 and prompt_bucket(2047) == 22
+    assert prompt_bucket(1) == 4
+    assert prompt_bucket(1023) == 40 and prompt_bucket(1200) == 40 and prompt_bucket(1250) == 41
+    assert prompt_bucket(2047) == 44
 
 
 def test_prompt_buckets_learn_length_dependent_outputs():
@@ -296,3 +297,6 @@ def test_prompt_buckets_learn_length_dependent_outputs():
         t += 0.5
     assert est.estimate("a", "chat", 1000, 4096, t).corrected == pytest.approx(400, rel=0.15)
     assert est.estimate("a", "chat", 100, 4096, t).corrected == pytest.approx(80, rel=0.15)
+    # 800 tokens: an unseen quarter-octave (38) of the half-octave 1000 fell in (39 // 2 == 38 // 2)
+    assert prompt_bucket(800) // 2 == prompt_bucket(1000) // 2 != prompt_bucket(800)
+    assert est.estimate("a", "chat", 800, 4096, t).corrected == pytest.approx(400, rel=0.15)

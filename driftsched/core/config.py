@@ -115,7 +115,8 @@ class DriftConfig(_Strict):
     recent_half_life_s: float = 60.0
     """Half-life of the "recent" error statistics reported beside the all-time ones."""
     prompt_buckets: bool = True
-    """Learn a finer factor per prompt-length bucket (half-octaves) under each (tenant, category)."""
+    """Learn finer factors per prompt-length bucket under each (tenant, category): half-octaves, then
+    quarter-octaves, each shrunk toward the coarser one."""
     min_factor: float = 0.05
     max_factor: float = 20.0
     """Clamp on the correction factor, so one outlier cannot zero or explode estimates."""

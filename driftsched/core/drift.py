@@ -3,11 +3,13 @@ r"""Drift statistics and the adaptive bias correction of output-token estimates.
 Every finished request yields one observation: its raw estimate e, corrected estimate c and observed
 output tokens y, at time t. Observations feed a hierarchy of nodes, coarse to fine::
 
-    ()  →  (category,)  →  (tenant, category)  →  (tenant, category, prompt_bucket)
+    ()  →  (category,)  →  (tenant, category)  →  (tenant, category, 2, b // 2)  →  (tenant, category, 4, b)
 
-where the prompt bucket is a half-octave of prompt length (`prompt_buckets`). Each node describes its
-current *regime*: every observation it has seen, or those since the last shift it declared (at time
-τ). Over the regime it keeps sums decayed exponentially with half-life h (`half_life_s`)::
+where b is the quarter-octave prompt bucket (`driftsched.core.estimator.prompt_bucket`): the last two
+levels split by half- and quarter-octaves of prompt length (`prompt_buckets`; shrinkage lets the data
+decide how fine a split it supports). Each node describes its current *regime*: every observation it
+has seen, or those since the last shift it declared (at time τ). Over the regime it keeps sums decayed
+exponentially with half-life h (`half_life_s`)::
 
     N = Σ w_i,  E = Σ w_i·e_i,  Y = Σ w_i·y_i,  Λ = Σ w_i·l_i,  Q = Σ w_i·l_i²,
     w_i = 2^(−(t_now − t_i) / h),  l_i = ln(max(y_i, 1) / max(e_i, 1))
@@ -62,7 +64,7 @@ from driftsched.core.accuracy import ERROR_FIELDS, DriftStat, ErrorSums, summari
 from driftsched.core.config import DriftConfig
 
 _LN2 = math.log(2.0)
-SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSION = 5
 NodeKey = tuple[str | int, ...]
 Obs = tuple[float, float, float, float]  # (t, e, y, l)
 
@@ -284,7 +286,8 @@ class DriftTracker:
 
     def _path(self, tenant: str, category: str, bucket: int) -> tuple[NodeKey, ...]:
         if self.config.prompt_buckets:
-            return ((), (category,), (tenant, category), (tenant, category, bucket))
+            return ((), (category,), (tenant, category), (tenant, category, 2, bucket // 2),
+                    (tenant, category, 4, bucket))  # fmt: skip
         return ((), (category,), (tenant, category))
 
     def observe(
@@ -297,7 +300,7 @@ class DriftTracker:
         observed: float,
         now: float,
     ) -> None:
-        """Record one finished request."""
+        """Record one finished request (`bucket`: its quarter-octave prompt bucket)."""
         for key in self._path(tenant, category, bucket):
             node = self._nodes.get(key)
             if node is None:

@@ -24,8 +24,11 @@ from driftsched.core.drift import DriftTracker
 
 
 def prompt_bucket(prompt_tokens: int) -> int:
-    """Half-octave bucket of the prompt length: 0 for empty, then 2·log2 rounded down."""
-    return int(2.0 * math.log2(prompt_tokens + 1)) if prompt_tokens > 0 else 0
+    """Quarter-octave bucket of the prompt length: 0 for empty, then 4·log2(p + 1) rounded down.
+
+    The drift tracker derives the half-octave level from it (bucket // 2).
+    """
+    return int(4.0 * math.log2(prompt_tokens + 1)) if prompt_tokens > 0 else 0
 
 
 @dataclass(slots=True, frozen=True)
