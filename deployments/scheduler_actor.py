@@ -120,7 +120,7 @@ class SchedulerActor:
         self._granted.pop(request_id, None)
         ticket = self._core.in_flight_ticket(request_id)
         freed = ticket.prompt_tokens + (output_tokens or 0) if ticket is not None else 0
-        self._ledger.release(replica_id, request_id, freed)
+        self._ledger.release(replica_id, request_id, freed, self._clock())
         if output_tokens is None:
             self._core.abort(request_id)
         else:

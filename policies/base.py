@@ -65,6 +65,10 @@ class HeapPolicy:
             heapq.heapify(self._heap)
         return True
 
+    def rank(self, ticket: Ticket, now: float) -> tuple[float, ...]:
+        """The ticket's place in this order, queued or not (for preemption decisions)."""
+        return (*self.key(ticket), ticket.seq)
+
     def on_finish(self, ticket: Ticket, output_tokens: int) -> None:
         """Most policies need no completion feedback."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from typing import ClassVar
 
@@ -19,7 +20,15 @@ class FifoPolicy:
 
     def add(self, ticket: Ticket, now: float) -> None:
         self._live[ticket.request_id] = ticket
-        self._queue.append(ticket)
+        queue = self._queue
+        if queue and ticket.seq < queue[-1].seq:  # a resumed (preempted) ticket keeps its place; rare
+            queue.insert(bisect.bisect([t.seq for t in queue], ticket.seq), ticket)
+        else:
+            queue.append(ticket)
+
+    def rank(self, ticket: Ticket, now: float) -> tuple[float, ...]:
+        """Admission order."""
+        return (ticket.seq,)
 
     def _discard_dead_head(self) -> None:
         queue, live = self._queue, self._live

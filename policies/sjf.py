@@ -18,8 +18,8 @@ SIZES = ("kv", "output")
 
 
 def kv_area(ticket: Ticket) -> float:
-    """Estimated KV-token-steps of a request: output estimate times its mean resident tokens."""
-    c = ticket.corrected_estimate
+    """Estimated KV-token-steps still to come: remaining output estimate times mean resident tokens."""
+    c = ticket.remaining_estimate
     return c * (ticket.prompt_tokens + c / 2.0)
 
 

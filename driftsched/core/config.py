@@ -168,6 +168,42 @@ class EstimatorConfig(_Strict):
         return value
 
 
+class PreemptionConfig(_Strict):
+    """Preempt-and-resume: when may a running request give way to better-ranked waiting work.
+
+    A running request is preempted only when the policy's head has waited `wait_s` (no slot or KV freed
+    for it meanwhile), the victim ranks below the head in the policy's order, has run `min_run_s`, has
+    been preempted fewer than `max_per_request` times, and has more than `near_end_tokens` of its
+    estimate left. It goes back to its queue and later resumes from the tokens it generated.
+    """
+
+    enabled: bool = False
+    """Off by default; the default config turns it on (policies without a rank never preempt)."""
+    wait_s: float = 2.0
+    """How long the head must have waited before anything is preempted for it."""
+    min_run_s: float = 1.0
+    """A request runs at least this long before it can be preempted (no thrashing)."""
+    max_per_request: int = 1
+    """Most times one request may be preempted."""
+    near_end_tokens: int = 32
+    """A request whose remaining estimate is at most this many tokens is left to finish."""
+    max_candidates: int = 8
+    """Running requests examined per attempt, worst-ranked first (bounds the cost of a dispatch)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PreemptionConfig:
+        if self.wait_s < 0 or self.min_run_s < 0:
+            raise ValueError(
+                f"wait_s and min_run_s must be >= 0 seconds, got {self.wait_s} and {self.min_run_s}"
+            )
+        if self.max_per_request < 0 or self.near_end_tokens < 0 or self.max_candidates < 1:
+            raise ValueError(
+                "need max_per_request >= 0, near_end_tokens >= 0, max_candidates >= 1; got "
+                f"{self.max_per_request}, {self.near_end_tokens}, {self.max_candidates}"
+            )
+        return self
+
+
 class SchedulerConfig(_Strict):
     """Policy and system-wide admission limits."""
 
@@ -181,6 +217,10 @@ class SchedulerConfig(_Strict):
     """Largest prompt_tokens + max_tokens accepted (the model's context length)."""
     overload_retry_after_s: float = 1.0
     """Retry hint given with `system_overloaded`."""
+    kv_watermark: float = Field(default=0.01, ge=0, lt=1)
+    """Share of a replica's KV cache kept free when placing work (vLLM keeps a similar watermark)."""
+    preemption: PreemptionConfig = Field(default_factory=PreemptionConfig)
+    """Preempt-and-resume settings (see `PreemptionConfig`)."""
 
 
 class CoreConfig(_Strict):

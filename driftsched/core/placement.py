@@ -48,6 +48,8 @@ class Capacity:
     """Request ids running there; None for an exact report that already counts every grant."""
     kv_capacity_tokens: int = 0
     """Total KV of the engine in tokens; 0 when unknown (the KV part of the fit rule is then off)."""
+    progress: tuple[int, ...] | None = None
+    """Output tokens each `active` request has generated in its current run (for preemption guards)."""
     engine_running: int = 0
     engine_waiting: int = 0
     """Sequences queued inside the engine (vLLM's waiting queue, preempted ones included)."""
@@ -66,10 +68,12 @@ class ReplicaState:
     granted: dict[str, tuple[float, int]] = field(default_factory=dict)  # id -> (grant time, prompt)
     pending: dict[str, int] = field(default_factory=dict)  # granted, not yet in a report: id -> prompt
     active: set[str] = field(default_factory=set)  # reported running
+    progress: dict[str, int] = field(default_factory=dict)  # reported tokens generated, per running id
     in_use: int = 0
     kv_pending: int = 0
     kv_credit: int = 0  # KV of requests released since the report (freed, not yet reported)
     withheld: int = 0
+    last_freed: float = 0.0  # when a request last left this replica (release)
 
     def refresh(self, capacity: Capacity, now: float) -> None:
         self.capacity, self.reported_at, self.kv_credit = capacity, now, 0
@@ -78,6 +82,7 @@ class ReplicaState:
             self.in_use, self.withheld = len(self.granted), 0
         else:
             self.active = set(capacity.active)
+            self.progress = dict(zip(capacity.active, capacity.progress or (), strict=False))
             self.pending = {rid: g[1] for rid, g in self.granted.items() if rid not in self.active}
             self.in_use = len(self.active) + len(self.pending)
             self.withheld = max(0, capacity.max_slots - len(capacity.active) - capacity.free_slots)
@@ -109,7 +114,7 @@ class Placement:
         """A replica's report: register it or refresh it; returns grants presumed lost."""
         state = self._replicas.get(replica_id)
         if state is None:
-            state = self._replicas[replica_id] = ReplicaState(replica_id, capacity, now)
+            state = self._replicas[replica_id] = ReplicaState(replica_id, capacity, now, last_freed=now)
         lost: list[str] = []
         if capacity.active is not None:
             running = set(capacity.active)
@@ -132,14 +137,41 @@ class Placement:
 
     # -- the rule --------------------------------------------------------------------------------
 
-    def fits(self, state: ReplicaState, ticket: Ticket) -> bool:
-        """Whether `ticket` may start on this replica now (slot, then KV for its prompt)."""
-        if state.free_slots() <= 0:
+    def fits(
+        self, state: ReplicaState, ticket: Ticket, slots: int = 0, kv: int = 0, idle: bool = False
+    ) -> bool:
+        """Whether `ticket` may start on this replica now (slot, then KV for its prompt), with `slots`
+        and `kv` tokens more than the replica has (what a release would free)."""
+        if state.free_slots() + slots <= 0:
             return False
         kv_total = state.capacity.kv_capacity_tokens
-        if state.in_use == 0 or kv_total <= 0:
+        if idle or state.in_use == 0 or kv_total <= 0:
             return True
-        return ticket.prompt_tokens + self.kv_watermark * kv_total <= state.free_kv()
+        return ticket.prompt_tokens + self.kv_watermark * kv_total <= state.free_kv() + kv
+
+    def fits_after_release(self, replica_id: str, ticket: Ticket, request_id: str, tokens: int) -> bool:
+        """Whether `ticket` would fit on `replica_id` once `request_id` (holding `tokens` of KV) left."""
+        state = self._replicas.get(replica_id)
+        if state is None or request_id not in state.granted:
+            return False
+        return self.fits(state, ticket, slots=1, kv=tokens, idle=state.in_use <= 1)
+
+    def stuck_since(self, replica_id: str) -> float:
+        """When a request last left `replica_id` (its capacity last turned over); inf if unknown."""
+        state = self._replicas.get(replica_id)
+        return state.last_freed if state is not None else float("inf")
+
+    def holds(self, replica_id: str, request_id: str) -> bool:
+        """Whether `request_id` holds a grant on `replica_id`."""
+        state = self._replicas.get(replica_id)
+        return state is not None and request_id in state.granted
+
+    def progress(self, request_id: str) -> int:
+        """Tokens a running request has generated in its current run, as its replica last reported."""
+        for state in self._replicas.values():
+            if request_id in state.progress:
+                return state.progress[request_id]
+        return 0
 
     def choose(self, ticket: Ticket) -> str | None:
         """The replica `ticket` goes to now, or None when it fits none (it then waits, in order)."""
@@ -161,11 +193,15 @@ class Placement:
         state.in_use += 1
         state.kv_pending += prompt
 
-    def release(self, replica_id: str, request_id: str, tokens: int = 0) -> bool:
-        """Free a request's slot (and, until the next report, its `tokens` of KV); False if unknown."""
+    def release(self, replica_id: str, request_id: str, tokens: int = 0, now: float | None = None) -> bool:
+        """Free a request's slot (and, until the next report, its `tokens` of KV); False if unknown.
+
+        `now`, when given, records that capacity turned over on the replica at that time."""
         state = self._replicas.get(replica_id)
         if state is None:
             return False
+        if now is not None and (request_id in state.granted or request_id in state.active):
+            state.last_freed = max(state.last_freed, now)
         granted = state.granted.pop(request_id, None)
         prompt = state.pending.pop(request_id, None)
         if prompt is not None:
@@ -177,6 +213,7 @@ class Placement:
             state.kv_credit += tokens or (granted[1] if granted else 0)
         elif granted is not None:  # exact reports: the grant was counted in `in_use` only
             state.in_use -= 1
+            state.kv_credit += tokens
         return granted is not None
 
     # -- introspection ---------------------------------------------------------------------------

@@ -30,3 +30,14 @@ class Policy(Protocol):
     def on_finish(self, ticket: Ticket, output_tokens: int) -> None: ...
 
     def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class RankedPolicy(Policy, Protocol):
+    """A policy that can rank any ticket, queued or running: lower runs first.
+
+    Preemption needs it (a running ticket may be preempted only for a better-ranked waiting one). The
+    rank of a ticket must not change while it runs: static keys (arrival, tier, size) qualify.
+    """
+
+    def rank(self, ticket: Ticket, now: float) -> tuple[float, ...]: ...

@@ -71,6 +71,16 @@ class Ticket:
     bucket: int = 0
     """Prompt-length bucket used as the finest drift-statistics key."""
     dispatch_time: float | None = field(default=None)
+    queued_at: float = 0.0
+    """When the ticket last entered the queue (admission, or requeue after a preemption)."""
+    generated: int = 0
+    """Output tokens produced by earlier runs (preempted, then resumed); already in `prompt_tokens`."""
+    preemptions: int = 0
+
+    @property
+    def remaining_estimate(self) -> float:
+        """Corrected estimate of the output tokens still to come (at least 1)."""
+        return max(1.0, self.corrected_estimate - self.generated)
 
     @property
     def cost_tokens(self) -> float:

@@ -3,12 +3,15 @@
 Life of a request::
 
     submit/admit ──▶ queued ──dispatch──▶ in flight ──complete──▶ done (observation fed back)
-          │            ├──cancel──▶ cancelled     └──abort──▶ done (no observation)
+          │            ├──cancel──▶ cancelled  │  └──abort──▶ done (no observation)
           ▼            └──deadline passes──▶ expired
-       rejected (reason, retry hint)
+       rejected (reason, retry hint)       ◀──requeue── (preempted: resumes from its generated tokens)
 
-Every admitted request leaves the queue exactly once: by dispatch, cancel or expiry. The caller owns
-capacity: it calls `dispatch` whenever an engine slot frees up.
+Every admitted request leaves the queue for good exactly once: by dispatch, cancel or expiry. A
+preempted request goes back to the queue with the tokens it generated appended to its prompt, keeps
+its place in the policy's order (arrival time, sequence number) and has no queue deadline any more: it
+was accepted, so it is owed the rest of its output. The caller owns capacity: it calls `dispatch`
+whenever an engine slot frees up.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class Scheduler:
         quota.charge(ticket.cost_tokens)
         self._seq += 1
         ticket.seq = self._seq
+        ticket.queued_at = now
         self._queued[ticket.request_id] = ticket
         self._queued_per_tenant[tenant] += 1
         self._counters[tenant].admitted += 1
@@ -144,6 +148,34 @@ class Scheduler:
         self._counters[ticket.tenant].dispatched += 1
         return ticket
 
+    def requeue(self, request_id: str, generated: int) -> Ticket:
+        """Put a preempted in-flight request back in the queue, to resume after `generated` tokens.
+
+        Its prompt grows by them (the resumed run prefills them), its `max_tokens` shrinks by them, and
+        its quota charge stands (settled once, at completion). Raises `UnknownRequestError` if the
+        request is not in flight.
+        """
+        ticket = self._in_flight.pop(request_id, None)
+        if ticket is None:
+            raise UnknownRequestError(f"no request {request_id!r} in flight")
+        if not 0 <= generated < ticket.max_tokens:
+            self._in_flight[request_id] = ticket
+            raise ValueError(
+                f"request {request_id!r}: generated must be in [0, {ticket.max_tokens}), got {generated}"
+            )
+        now = self.clock()
+        ticket.prompt_tokens += generated
+        ticket.max_tokens -= generated
+        ticket.generated += generated
+        ticket.preemptions += 1
+        ticket.deadline = None
+        ticket.queued_at = now
+        self._queued[request_id] = ticket
+        self._queued_per_tenant[ticket.tenant] += 1
+        self._counters[ticket.tenant].preempted += 1
+        self.policy.add(ticket, now)
+        return ticket
+
     def cancel(self, request_id: str) -> Ticket | None:
         """Withdraw a queued request; None if it is not queued (already dispatched or unknown)."""
         ticket = self._queued.get(request_id)
@@ -167,7 +199,8 @@ class Scheduler:
         return expired
 
     def complete(self, request_id: str, output_tokens: int, observe: bool = True) -> Ticket:
-        """An in-flight request finished with `output_tokens`; feeds drift statistics if `observe`."""
+        """An in-flight request finished with `output_tokens` in all (earlier, preempted runs included);
+        feeds drift statistics if `observe`."""
         ticket = self._in_flight.pop(request_id, None)
         if ticket is None:
             raise UnknownRequestError(f"no request {request_id!r} in flight")
@@ -222,7 +255,8 @@ class Scheduler:
             in_flight=in_flight,
             counters={
                 k: TenantCounters(
-                    c.admitted, c.dispatched, c.completed, c.cancelled, c.expired, dict(c.rejected)
+                    c.admitted, c.dispatched, c.completed, c.cancelled, c.expired, c.preempted,
+                    dict(c.rejected),
                 )
                 for k, c in self._counters.items()
             },

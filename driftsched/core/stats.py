@@ -18,6 +18,8 @@ class TenantCounters:
     completed: int = 0
     cancelled: int = 0
     expired: int = 0
+    preempted: int = 0
+    """Times a running request of this tenant was preempted and put back in the queue to resume."""
     rejected: dict[str, int] = field(default_factory=dict)
 
 

@@ -111,7 +111,6 @@ class Simulation:
         progress: Callable[[int], object] | None = None,
         queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         intake: Sequence[IntakeFields] | None = None,
-        kv_watermark: float = 0.01,
     ) -> None:
         if not queue_timeout_s > 0:
             raise ValueError(f"queue_timeout_s must be > 0 seconds, got {queue_timeout_s}")
@@ -130,8 +129,11 @@ class Simulation:
             policy_obj = make_policy(policy, **config.scheduler.policy_options)
         self.clock = ManualClock()
         self.scheduler = Scheduler(config, policy_obj, self.clock)
-        self.placement = Placement(replica_timeout_s=math.inf, kv_watermark=kv_watermark)
-        self.dispatcher = Dispatcher(self.scheduler, self.placement)
+        self.placement = Placement(replica_timeout_s=math.inf, kv_watermark=config.scheduler.kv_watermark)
+        self.dispatcher = Dispatcher(
+            self.scheduler, self.placement, config.scheduler.preemption, progress=self._progress
+        )
+        self._seqs: dict[str, tuple[int, EngineSequence]] = {}  # running request id -> (replica, seq)
         self.engines = [ContinuousBatchEngine(perf) for _ in range(replicas)]
         for r in range(replicas):
             self._report(r)
@@ -225,6 +227,11 @@ class Simulation:
         self.corrected[i] = admission.ticket.corrected_estimate
         self.category[i] = admission.ticket.category
 
+    def _progress(self, request_id: str) -> int:
+        """Tokens a running request generated in its current run (the preemption guard reads it)."""
+        running = self._seqs.get(request_id)
+        return running[1].generated if running is not None else 0
+
     def _report(self, r: int) -> None:
         """The engine's exact capacity, as a replica's heartbeat reports it live."""
         engine = self.engines[r]
@@ -242,11 +249,20 @@ class Simulation:
         step, now = self.dispatcher.step(), self.clock.now
         for ticket in step.expired:
             self.expired[int(ticket.request_id)] = True
+        for ticket, _ in step.preempted:
+            r, seq = self._seqs[ticket.request_id]
+            if self.engines[r].abort(seq):  # else it finished in the step under way: let it complete
+                del self._seqs[ticket.request_id]
+                self.scheduler.requeue(ticket.request_id, seq.generated)
         for ticket, replica in step.grants:
             i, r = int(ticket.request_id), int(replica)
-            prompt, output = self.intake[i].prompt_tokens, self.items[i].output_tokens
-            self.dispatch[i] = now
-            self.engines[r].add(EngineSequence(i, max(1, prompt), max(1, output)))
+            # A resumed request prefills its prompt plus what it generated before, then continues.
+            output = self.items[i].output_tokens - ticket.generated
+            seq = EngineSequence(i, max(1, ticket.prompt_tokens), max(1, output))
+            if np.isnan(self.dispatch[i]):
+                self.dispatch[i] = now
+            self._seqs[ticket.request_id] = (r, seq)
+            self.engines[r].add(seq)
         for r, busy in enumerate(self.busy):
             if not busy:
                 self._kick(r)
@@ -261,7 +277,9 @@ class Simulation:
         duration, events = engine.step(max(0.0, min(self._next_arrival - self.clock.now, 3600.0)))
         end = self.clock.now + duration
         for seq in events.first_token:
-            self.first_token[cast(int, seq.request_id)] = end
+            i = cast(int, seq.request_id)
+            if np.isnan(self.first_token[i]):  # a resumed request keeps its first first token
+                self.first_token[i] = end
         self._pending[r] = events.finished
         self.busy[r] = True
         self.busy_s[r] += duration
@@ -274,8 +292,9 @@ class Simulation:
         for seq in self._pending[r]:
             i = cast(int, seq.request_id)
             self.finish[i] = now
-            scheduler.complete(str(i), seq.output_tokens, observe=not self.oracle)
-            placement.release(replica, str(i))
+            self._seqs.pop(str(i), None)
+            scheduler.complete(str(i), self.items[i].output_tokens, observe=not self.oracle)
+            placement.release(replica, str(i), now=now)
         self._pending[r] = []
         self.busy[r] = False
         self._report(r)
