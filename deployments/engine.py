@@ -98,7 +98,9 @@ class TokenDelta:
     """New text of one request.
 
     The last delta carries `finish_reason`: "stop" or "length" with `usage` (and `timing` where the
-    engine measures it), or "error" with `error` set and no usage.
+    engine measures it), "error" with `error` set and no usage, or "preempted" when the scheduler took
+    the request off this engine to resume it elsewhere (no usage; the gateway resumes it). `token_ids`
+    are the delta's token ids where the engine has them (vLLM), so a resumed run can continue exactly.
     """
 
     text: str
@@ -107,6 +109,7 @@ class TokenDelta:
     usage: Usage | None = None
     timing: EngineTiming | None = None
     error: EngineFailure | None = None
+    token_ids: tuple[int, ...] | None = None
 
 
 @runtime_checkable
@@ -121,6 +124,9 @@ class Engine(Protocol):
 
     async def abort(self, request_id: str) -> None:
         """Stop a request (client gone); a no-op for unknown ids."""
+
+    async def preempt(self, request_id: str) -> bool:
+        """Stop a running request so its stream ends with a "preempted" delta; False if unknown."""
 
     def capacity(self) -> Capacity:
         """Current capacity, reported to the scheduler."""

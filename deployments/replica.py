@@ -1,7 +1,9 @@
 """The LLM replica deployment: one engine per GPU, pulling work by reporting its free capacity.
 
 A replica reports `Engine.capacity()` to the scheduler actor every heartbeat (registering itself, and
-re-registering after the actor restarts), serves granted requests as a token stream, and feeds each
+re-registering after the actor restarts) and preempts the requests the scheduler names in its answer
+(their streams end with a "preempted" delta; the gateway resumes them elsewhere), serves granted
+requests as a token stream, and feeds each
 finished request's observed length into a local `DriftTracker` batch that it merges into the shared
 drift actor about once a second (one actor call per batch, not per request).
 """
@@ -77,6 +79,7 @@ class LLMReplica:
         self._drift = actors.drift()
         self._batch = DriftTracker(self._drift_config)
         self._batch_size = 0
+        self.preempted = 0
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._push_drift())]
         logger.info("replica %s up: %s, %d slots", self._replica_id, self._config.model,
@@ -114,10 +117,14 @@ class LLMReplica:
     async def _heartbeat(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(
+                preempt = await asyncio.wait_for(
                     self._scheduler.report.remote(self._replica_id, self._engine.capacity()),
                     timeout=5.0,
                 )
+                for rid in preempt or ():
+                    if await self._engine.preempt(rid):
+                        self.preempted += 1
+                        logger.info("preempted %s for better-ranked work", rid)
             except (RayActorError, TimeoutError) as exc:
                 logger.warning("capacity report failed (%s); retrying", type(exc).__name__)
             except Exception:

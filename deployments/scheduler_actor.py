@@ -9,7 +9,10 @@ Hot path, per request (both from the ingress):
    token quota, and records the ingress's timings for /metrics.
 
 Replicas call ``report`` each heartbeat (that is also how they register, and re-register after this
-actor restarts). ``cancel`` withdraws a request wherever it is (client disconnect). The actor holds no
+actor restarts); its answer names the requests the dispatcher preempted there, which the replica stops
+(their streams end "preempted"). The ingress then calls ``resume(ticket, replica, generated)``: the
+request goes back to the queue with its generated tokens appended to its prompt and waits for a new
+grant like ``acquire``. ``cancel`` withdraws a request wherever it is (client disconnect). The actor holds no
 scheduling logic: which ticket goes next and to which replica is the core's `Dispatcher` (the policy's
 order placed by the `Placement` fit rule on what the heartbeats report), the same object the simulator
 drives.
@@ -74,8 +77,11 @@ class SchedulerActor:
         policy = make_policy(config.scheduler.policy, **config.scheduler.policy_options)
         self._clock = monotonic_clock
         self._core = Scheduler(config, policy, self._clock)
-        self._ledger = Placement(replica_timeout_s=replica_timeout_s)
-        self._dispatcher = Dispatcher(self._core, self._ledger)
+        self._ledger = Placement(
+            replica_timeout_s=replica_timeout_s, kv_watermark=config.scheduler.kv_watermark
+        )
+        self._dispatcher = Dispatcher(self._core, self._ledger, config.scheduler.preemption)
+        self._preempt: dict[str, set[str]] = {}  # replica id -> requests it must stop
         self._book = RequestBook()
         self._waiters: dict[str, asyncio.Future[str | None]] = {}
         self._granted: dict[str, str] = {}
@@ -90,7 +96,27 @@ class SchedulerActor:
         if not admission.admitted:
             reason = admission.reason.value if admission.reason is not None else None
             return AcquireResult("rejected", None, reason, admission.detail, admission.retry_after_s)
+        return await self._wait_for_grant(ticket.request_id, queue_timeout_s, now)
+
+    async def resume(
+        self, ticket: Ticket, replica_id: str, generated: int, queue_timeout_s: float
+    ) -> AcquireResult:
+        """Queue a preempted (or failed-over) request again after `generated` tokens in all."""
+        self._ensure_maintenance()
+        now = self._clock()
         rid = ticket.request_id
+        self._granted.pop(rid, None)
+        self._ledger.release(replica_id, rid, 0, now)
+        self._preempt.get(replica_id, set()).discard(rid)
+        if self._core.in_flight_ticket(rid) is None:  # granted by an earlier instance: a new arrival
+            ticket.arrival_time = now
+        try:
+            self._core.resume(ticket, generated, now + queue_timeout_s)
+        except (UnknownRequestError, ValueError) as exc:
+            return AcquireResult("rejected", None, "invalid_request", str(exc))
+        return await self._wait_for_grant(rid, queue_timeout_s, now)
+
+    async def _wait_for_grant(self, rid: str, queue_timeout_s: float, now: float) -> AcquireResult:
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = future
         self._pump()
@@ -135,13 +161,15 @@ class SchedulerActor:
         self._withdraw(request_id)
         self._pump()
 
-    async def report(self, replica_id: str, capacity: Capacity) -> None:
+    async def report(self, replica_id: str, capacity: Capacity) -> list[str]:
+        """A replica's heartbeat; returns the requests it must preempt (stop; they resume elsewhere)."""
         self._ensure_maintenance()
         for rid in self._ledger.report(replica_id, capacity, self._clock()):
             logger.warning("grant %s on %s was never used; releasing it", rid, replica_id)
             self._granted.pop(rid, None)
             self._core.abort(rid)
         self._pump()
+        return sorted(self._preempt.pop(replica_id, ()))
 
     async def view(self) -> SchedulerView:
         book = self._book
@@ -172,6 +200,8 @@ class SchedulerActor:
         step = self._dispatcher.step()
         for ticket in step.expired:
             self._answer(ticket.request_id, None)
+        for ticket, replica in step.preempted:  # told to the replica in its next heartbeat's answer
+            self._preempt.setdefault(replica, set()).add(ticket.request_id)
         for ticket, replica in step.grants:
             rid = ticket.request_id
             future = self._waiters.get(rid)

@@ -34,6 +34,7 @@ from driftsched.sim.perf_model import PerfModel
 logger = logging.getLogger(__name__)
 
 _MAX_LAG_S = 1.0  # a replica further behind its modelled pace than this stops trying to catch up
+_PREEMPTED = -2  # queue sentinel: the scheduler took the request off this engine
 _WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
 
 
@@ -81,6 +82,7 @@ class SimulatedEngine:
             free_slots=engine.free_seq_slots,
             free_kv_tokens=engine.free_kv_tokens,
             active=tuple(self._seqs),
+            progress=tuple(seq.generated for seq in self._seqs.values()),
             kv_capacity_tokens=engine.kv_capacity,
             engine_running=len(engine.running),
             engine_waiting=len(engine.waiting),
@@ -94,6 +96,14 @@ class SimulatedEngine:
         self._queues.pop(request_id, None)
         self._sent.pop(request_id, None)
 
+    async def preempt(self, request_id: str) -> bool:
+        queue = self._queues.get(request_id)
+        if queue is None:
+            return False
+        await self.abort(request_id)
+        queue.put_nowait(_PREEMPTED)
+        return True
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta, None]:
         rid = request.request_id
         target = self._output_length(request)
@@ -106,6 +116,9 @@ class SimulatedEngine:
         try:
             while done < target:
                 n = await queue.get()
+                if n == _PREEMPTED:
+                    yield TokenDelta("", 0, "preempted")
+                    return
                 if n < 0:
                     raise RuntimeError("simulated engine stopped")
                 text = "".join(" " + _WORDS[(done + i) % len(_WORDS)] for i in range(n))

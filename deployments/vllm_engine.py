@@ -88,7 +88,8 @@ class VllmEngine:
         self._engine: Any = None
         self._kv_tokens = 0
         self._state = EngineState()
-        self._active: set[str] = set()
+        self._active: dict[str, int] = {}  # running request id -> tokens generated so far
+        self._preempted: set[str] = set()
         self._queue_s = 0.0
         self.aborted = 0
 
@@ -120,7 +121,7 @@ class VllmEngine:
         return Capacity(
             max_slots=self._max_num_seqs, free_slots=free,
             free_kv_tokens=int(self._kv_tokens * (1.0 - state.kv_usage)), active=active,
-            kv_capacity_tokens=self._kv_tokens,
+            kv_capacity_tokens=self._kv_tokens, progress=tuple(self._active[rid] for rid in active),
             engine_running=state.running, engine_waiting=state.waiting, kv_usage=state.kv_usage,
             engine_queue_s=self._queue_s,
         )
@@ -128,6 +129,13 @@ class VllmEngine:
     async def abort(self, request_id: str) -> None:
         if self._engine is not None and request_id in self._active:
             await self._engine.abort(request_id)
+
+    async def preempt(self, request_id: str) -> bool:
+        if self._engine is None or request_id not in self._active:
+            return False
+        self._preempted.add(request_id)
+        await self._engine.abort(request_id)  # vLLM ends the stream with an "abort" output
+        return True
 
     async def check_health(self) -> None:
         """Raise if the engine died (Serve then replaces the replica)."""
@@ -140,7 +148,7 @@ class VllmEngine:
 
         rid = request.request_id
         finished = False
-        self._active.add(rid)
+        self._active[rid] = 0
         try:
             async for delta in self._stream(request):
                 finished = delta.finish_reason is not None
@@ -157,7 +165,8 @@ class VllmEngine:
             logger.exception("vLLM failed on %s", rid)
             yield _failure(502, "engine_error", f"inference engine error ({type(exc).__name__})")
         finally:
-            self._active.discard(rid)
+            self._active.pop(rid, None)
+            self._preempted.discard(rid)
             if not finished and self._engine is not None:
                 self.aborted += 1
                 with contextlib.suppress(Exception):
@@ -192,12 +201,18 @@ class VllmEngine:
         async for out in self._engine.generate(prompt, self._sampling_params(request),
                                                request.request_id):
             completion = out.outputs[0]
-            generated += len(completion.token_ids)
+            ids = tuple(completion.token_ids)
+            generated += len(ids)
+            if request.request_id in self._active:
+                self._active[request.request_id] = generated
             if not out.finished:
-                if completion.text or completion.token_ids:
-                    yield TokenDelta(completion.text, len(completion.token_ids))
+                if completion.text or ids:
+                    yield TokenDelta(completion.text, len(ids), token_ids=ids)
                 continue
             reason = completion.finish_reason
+            if request.request_id in self._preempted:
+                yield TokenDelta(completion.text, len(ids), "preempted", token_ids=ids)
+                return
             if reason not in _FINISH:
                 yield _failure(503, "engine_aborted", f"the engine ended the request ({reason})")
                 return
@@ -205,8 +220,8 @@ class VllmEngine:
             if metrics is not None and metrics.num_generation_tokens:
                 generated = metrics.num_generation_tokens
             prompt_tokens = len(out.prompt_token_ids or request.prompt_token_ids)
-            yield TokenDelta(completion.text, len(completion.token_ids), _FINISH[reason],
-                             Usage(prompt_tokens, generated), timing=self._timing(metrics))
+            yield TokenDelta(completion.text, len(ids), _FINISH[reason],
+                             Usage(prompt_tokens, generated), timing=self._timing(metrics), token_ids=ids)
             return
 
     def _timing(self, metrics: Any) -> EngineTiming | None:

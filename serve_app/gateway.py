@@ -16,13 +16,13 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RequestCancelledError
 
 from deployments.actors import ActorUnavailable, call
-from deployments.engine import GenerationRequest, TokenDelta
+from deployments.engine import GenerationRequest, TokenDelta, Usage
 from deployments.replica import EstimateKey
 from deployments.scheduler_actor import AcquireResult
 from deployments.telemetry import RequestTimings
@@ -184,31 +184,64 @@ class Gateway:
 
     async def _pump(self, prepared: Prepared, replica_id: str, queue_wait_s: float,
                     out: asyncio.Queue[TokenDelta | GatewayError | None]) -> None:
-        handle = self.llm.options(stream=True)  # type: ignore[attr-defined]
-        response = handle.generate.remote(prepared.request, prepared.estimate, target_replica=replica_id)
+        """Stream the granted replica's deltas onto `out`, resuming elsewhere after a preemption.
+
+        A run that ends "preempted" is resumed: the scheduler queues the request again with the tokens
+        generated so far appended to its prompt, and the stream goes on from the next grant. The client
+        sees one stream and one `usage` (its own prompt, every generated token).
+        """
         timings = RequestTimings(prepared.tenant, queue_wait_s=queue_wait_s, outcome="client_disconnect")
         output_tokens: int | None = None
+        run = prepared.request
+        generated_ids: list[int] = []
+        generated_text: list[str] = []
+        response = None
         try:
             while True:
-                delta = await asyncio.wait_for(response.__anext__(), self.config.stall_timeout_s)
-                if delta.error is not None:
-                    timings.outcome = "engine_error"
-                    err = delta.error
-                    type_ = "invalid_request_error" if err.status == 400 else "api_error"
-                    out.put_nowait(GatewayError(err.status, type_, err.code, err.message))
-                    return  # released as not completed: an engine failure teaches drift nothing
-                if timings.ttft_s is None:
-                    timings.ttft_s = time.monotonic() - prepared.started
-                timings.output_tokens += delta.num_tokens
-                out.put_nowait(delta)
-                if delta.finish_reason is not None:
-                    if delta.timing is not None:
-                        timings.engine_queue_s = delta.timing.queued_s
-                        timings.engine_ttft_s = delta.timing.first_token_s
-                    output_tokens, timings.outcome = timings.output_tokens, "ok"
-                    timings.e2e_s = time.monotonic() - prepared.started
+                handle = self.llm.options(stream=True)  # type: ignore[attr-defined]
+                response = handle.generate.remote(run, prepared.estimate, target_replica=replica_id)
+                preempted = False
+                while True:
+                    delta = await asyncio.wait_for(response.__anext__(), self.config.stall_timeout_s)
+                    if delta.error is not None:
+                        timings.outcome = "engine_error"
+                        err = delta.error
+                        type_ = "invalid_request_error" if err.status == 400 else "api_error"
+                        out.put_nowait(GatewayError(err.status, type_, err.code, err.message))
+                        return  # released as not completed: an engine failure teaches drift nothing
+                    preempted = delta.finish_reason == "preempted"
+                    if delta.num_tokens or delta.text:
+                        if timings.ttft_s is None:
+                            timings.ttft_s = time.monotonic() - prepared.started
+                        timings.output_tokens += delta.num_tokens
+                        generated_text.append(delta.text)
+                        generated_ids.extend(delta.token_ids or ())
+                    if preempted:
+                        if delta.num_tokens or delta.text:
+                            out.put_nowait(replace(delta, finish_reason=None))
+                        break
+                    if delta.finish_reason is not None:
+                        if delta.usage is not None:  # the client's own prompt, every generated token
+                            delta = replace(delta, usage=Usage(prepared.request.prompt_tokens,
+                                                               timings.output_tokens))
+                        if delta.timing is not None:
+                            timings.engine_queue_s = delta.timing.queued_s
+                            timings.engine_ttft_s = delta.timing.first_token_s
+                        out.put_nowait(delta)
+                        output_tokens, timings.outcome = timings.output_tokens, "ok"
+                        timings.e2e_s = time.monotonic() - prepared.started
+                        break
+                    out.put_nowait(delta)
+                if not preempted:
                     break
+                timings.preemptions += 1
+                replica_id = await self._resume(prepared, replica_id, timings.output_tokens)
+                run = resumed_request(prepared.request, "".join(generated_text), generated_ids,
+                                      timings.output_tokens)
             out.put_nowait(None)
+        except GatewayError as err:  # could not resume within the queue deadline
+            timings.outcome = "timeout" if err.status == 504 else "resume_failed"
+            out.put_nowait(err)
         except StopAsyncIteration:
             timings.outcome = "replica_error"
             out.put_nowait(GatewayError(502, "api_error", "replica_error", "the replica ended early"))
@@ -223,6 +256,47 @@ class Gateway:
             out.put_nowait(GatewayError(502, "api_error", "replica_failed",
                                         "the replica serving this request failed; retry"))
         finally:
-            if output_tokens is None:
+            if output_tokens is None and response is not None:
                 response.cancel()
             self.release(prepared, replica_id, output_tokens, timings)
+
+    async def _resume(self, prepared: Prepared, replica_id: str, generated: int) -> str:
+        """Queue a preempted request again and wait for its next grant; GatewayError if none comes."""
+        timeout = self.config.queue_timeout_s
+        deadline = time.monotonic() + timeout + _RESTART_GRACE_S
+        try:
+            result: AcquireResult = await call(
+                lambda: self.scheduler.resume.remote(  # type: ignore[attr-defined]
+                    prepared.ticket, replica_id, generated, timeout),
+                deadline, what="scheduler",
+            )
+        except ActorUnavailable:
+            raise GatewayError(503, "overloaded_error", "scheduler_unavailable",
+                               "the scheduler is restarting; retry shortly", 1.0) from None
+        if result.status == "granted" and result.replica_id is not None:
+            return result.replica_id
+        if result.status == "expired":
+            raise GatewayError(504, "timeout_error", "queue_timeout",
+                               f"the preempted request found no replica slot within {timeout:g}s")
+        raise GatewayError(502, "api_error", "resume_failed", result.detail or "could not resume")
+
+
+def resumed_request(original: GenerationRequest, text: str, token_ids: list[int],
+                    generated: int) -> GenerationRequest:
+    """The request that continues `original` after `generated` output tokens (`text`, `token_ids`).
+
+    The new run's prompt is the original prompt followed by what was generated (vLLM's prefix caching
+    makes that prefill cheap), its budgets shrink by the tokens already produced.
+    """
+    ids = None
+    if original.prompt_token_ids is not None:
+        ids = [*original.prompt_token_ids, *token_ids]
+    target = None if original.target_tokens is None else max(1, original.target_tokens - generated)
+    return replace(
+        original,
+        prompt=original.prompt + text,
+        prompt_tokens=original.prompt_tokens + generated,
+        max_tokens=original.max_tokens - generated,
+        target_tokens=target,
+        prompt_token_ids=ids,
+    )

@@ -74,7 +74,7 @@ class _Snapshot:
             for tenant, n in sorted(values.items()):
                 gauge.add_metric([tenant], n)
             yield gauge
-        for field in ("admitted", "dispatched", "completed", "cancelled", "expired"):
+        for field in ("admitted", "dispatched", "completed", "cancelled", "expired", "preempted"):
             counter = CounterMetricFamily(f"driftsched_requests_{field}", f"Requests {field}.",
                                           labels=["tenant"])
             for tenant, c in sorted(stats.counters.items()):

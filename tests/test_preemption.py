@@ -22,7 +22,7 @@ def test_requeue_appends_generated_tokens_and_keeps_the_place_in_fifo():
     clock.now = 5.0
     again = scheduler.requeue("r1", generated=40)
     assert (again.prompt_tokens, again.max_tokens, again.generated, again.preemptions) == (140, 4056, 40, 1)
-    assert again.deadline is None and again.queued_at == 5.0
+    assert again.deadline is None and again.queued_at == 5.0  # no deadline unless one is given
     assert [scheduler.dispatch().request_id for _ in range(3)] == ["r1", "r2", "r3"]
     assert scheduler.snapshot().counters["a"].preempted == 1
     with pytest.raises(UnknownRequestError):
@@ -30,7 +30,7 @@ def test_requeue_appends_generated_tokens_and_keeps_the_place_in_fifo():
 
 
 def test_a_resumed_request_completes_with_its_total_output_observed():
-    scheduler, clock = make_scheduler("sjf")
+    scheduler, _ = make_scheduler("sjf")
     scheduler.admit(make_ticket(1, estimate=100.0, prompt_tokens=10))
     scheduler.dispatch()
     scheduler.requeue("r1", generated=30)

@@ -8,9 +8,9 @@ Life of a request::
        rejected (reason, retry hint)       ◀──requeue── (preempted: resumes from its generated tokens)
 
 Every admitted request leaves the queue for good exactly once: by dispatch, cancel or expiry. A
-preempted request goes back to the queue with the tokens it generated appended to its prompt, keeps
-its place in the policy's order (arrival time, sequence number) and has no queue deadline any more: it
-was accepted, so it is owed the rest of its output. The caller owns capacity: it calls `dispatch`
+preempted request goes back to the queue with the tokens it generated appended to its prompt and keeps
+its place in the policy's order (arrival time, sequence number); the shell gives it a fresh queue
+deadline. The caller owns capacity: it calls `dispatch`
 whenever an engine slot frees up.
 """
 
@@ -148,31 +148,54 @@ class Scheduler:
         self._counters[ticket.tenant].dispatched += 1
         return ticket
 
-    def requeue(self, request_id: str, generated: int) -> Ticket:
-        """Put a preempted in-flight request back in the queue, to resume after `generated` tokens.
+    def requeue(self, request_id: str, generated: int, deadline: float | None = None) -> Ticket:
+        """Put a preempted in-flight request back in the queue, after `generated` tokens in this run.
 
-        Its prompt grows by them (the resumed run prefills them), its `max_tokens` shrinks by them, and
-        its quota charge stands (settled once, at completion). Raises `UnknownRequestError` if the
-        request is not in flight.
+        Raises `UnknownRequestError` if the request is not in flight. See `resume`.
         """
-        ticket = self._in_flight.pop(request_id, None)
+        ticket = self._in_flight.get(request_id)
         if ticket is None:
             raise UnknownRequestError(f"no request {request_id!r} in flight")
-        if not 0 <= generated < ticket.max_tokens:
-            self._in_flight[request_id] = ticket
+        return self.resume(ticket, ticket.generated + generated, deadline)
+
+    def resume(self, ticket: Ticket, total_generated: int, deadline: float | None = None) -> Ticket:
+        """Queue a stopped request again, to continue after `total_generated` output tokens in all.
+
+        The in-flight ticket of that id, if any, is the one queued (a preemption); otherwise `ticket`
+        is (its run was granted by an earlier scheduler instance, or failed over from a dead replica).
+        Its prompt grows by the new tokens (the resumed run prefills them), its `max_tokens` shrinks by
+        them, it keeps its place in the policy's order (arrival time, sequence number) and its quota
+        charge (settled once, at completion), and waits at most until `deadline`.
+        """
+        rid = ticket.request_id
+        current = self._in_flight.pop(rid, None)
+        if current is not None:
+            ticket = current
+        elif rid in self._queued or ticket.tenant not in self._quotas:
+            raise UnknownRequestError(f"request {rid!r} is queued already or its tenant is unknown")
+        new = total_generated - ticket.generated
+        if not 0 <= new < ticket.max_tokens:
+            if current is not None:
+                self._in_flight[rid] = current
             raise ValueError(
-                f"request {request_id!r}: generated must be in [0, {ticket.max_tokens}), got {generated}"
+                f"request {rid!r}: {total_generated} tokens generated in all leaves none of its "
+                f"{ticket.max_tokens + ticket.generated} max_tokens to resume with"
             )
         now = self.clock()
-        ticket.prompt_tokens += generated
-        ticket.max_tokens -= generated
-        ticket.generated += generated
+        if current is None:
+            self._seq += 1
+            ticket.seq = self._seq  # a new instance: its own admission order
+        ticket.prompt_tokens += new
+        ticket.max_tokens -= new
+        ticket.generated = total_generated
         ticket.preemptions += 1
-        ticket.deadline = None
+        ticket.deadline = deadline
         ticket.queued_at = now
-        self._queued[request_id] = ticket
+        self._queued[rid] = ticket
         self._queued_per_tenant[ticket.tenant] += 1
         self._counters[ticket.tenant].preempted += 1
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, ticket.seq, ticket))
         self.policy.add(ticket, now)
         return ticket
 

@@ -253,7 +253,7 @@ class Simulation:
             r, seq = self._seqs[ticket.request_id]
             if self.engines[r].abort(seq):  # else it finished in the step under way: let it complete
                 del self._seqs[ticket.request_id]
-                self.scheduler.requeue(ticket.request_id, seq.generated)
+                self.scheduler.requeue(ticket.request_id, seq.generated, now + self.queue_timeout_s)
         for ticket, replica in step.grants:
             i, r = int(ticket.request_id), int(replica)
             # A resumed request prefills its prompt plus what it generated before, then continues.
