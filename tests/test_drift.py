@@ -232,9 +232,10 @@ def test_merging_full_trackers_is_symmetric(ratios, sizes, seed):
     _assert_same(ab, ba)
 
 
-def test_a_shift_one_replica_saw_survives_the_merge():
+@pytest.mark.parametrize("late_reports", [20, 100])  # replayed, or merged by aligning regimes
+def test_a_shift_one_replica_saw_survives_merges(late_reports):
     config = DriftConfig(prompt_buckets=False)
-    shared, quiet, shifting = DriftTracker(config), DriftTracker(config), DriftTracker(config)
+    shared, quiet, shifting, late = (DriftTracker(config) for _ in range(4))
     for i in range(300):
         quiet.observe("a", "code", 0, 100.0, 100.0, 100.0, float(i))
         shifting.observe("a", "code", 0, 100.0, 100.0, 100.0, i + 0.5)
@@ -243,9 +244,9 @@ def test_a_shift_one_replica_saw_survives_the_merge():
     shared.merge(quiet)
     shared.merge(shifting)
     assert shared.factor("a", "code", 0, 400.0) == pytest.approx(2.0, rel=0.01)
-    for i in range(300, 400):  # the quiet replica's late, pre-shift reports do not undo it
-        quiet.observe("a", "code", 0, 100.0, 100.0, 100.0, i - 100.0)
-    shared.merge(quiet)
+    for i in range(late_reports):  # pre-shift observations reported late do not undo it
+        late.observe("a", "code", 0, 100.0, 100.0, 100.0, 299.0 - i)
+    shared.merge(late)
     assert shared.factor("a", "code", 0, 400.0) == pytest.approx(2.0, rel=0.01)
 
 
