@@ -1,0 +1,92 @@
+"""Preempt-and-resume on real vLLM (CPU build, tiny model): exact token counts across the resume.
+
+Its own app (one replica, two slots, `priority` with preemption on), so the other vLLM tests keep
+their settings; deleted at the end of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import openai
+import pytest
+import ray
+from conftest import app_args, scheduler_handle
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.slow
+
+MODEL = "tiny-llama"
+LONG = 400
+
+
+@pytest.fixture(scope="module")
+def vllm_preempt_app(serve_cluster, tiny_model_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("vllm-preempt")
+    args = app_args(**{
+        "core.scheduler.policy": "priority",
+        "core.scheduler.max_request_tokens": 512,
+        "core.scheduler.preemption": {"enabled": True, "wait_s": 0.2, "min_run_s": 0.05,
+                                      "max_per_request": 1, "near_end_tokens": 16},
+        "replicas": {
+            "engine": "vllm", "num_replicas": 1, "model": str(tiny_model_dir), "served_model_name": MODEL,
+            "max_num_seqs": 2, "max_num_batched_tokens": 512, "num_cpus": 1, "heartbeat_s": 0.1,
+            "drift_push_s": 0.3,
+            "engine_args": {"dtype": "float32", "enforce_eager": True, "max_model_len": 512,
+                            "kv_cache_memory_bytes": 32 * 2**20},
+            "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_HOST_IP": "127.0.0.1",
+                    "HF_HUB_OFFLINE": "1", "TMPDIR": str(work), "VLLM_CACHE_ROOT": str(work / "cache"),
+                    "TOKENIZERS_PARALLELISM": "false"},
+        },
+        "gateway.stall_timeout_s": 60,
+        "gateway.queue_timeout_s": 60,
+    })
+    base_url = serve_cluster.deploy(args)
+    yield args, base_url
+    from ray import serve
+
+    serve.delete("driftsched")
+
+
+async def _stream(base_url, key, t0, prompt, max_tokens, target):
+    c = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=120)
+    stream = await c.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=max_tokens, stream=True, temperature=0.0,
+        stream_options={"include_usage": True}, extra_body={"driftsched_target_tokens": target})
+    usages, finishes = [], []
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usages.append(chunk.usage)
+        finishes += [ch.finish_reason for ch in chunk.choices if ch.finish_reason]
+    return usages, finishes, time.monotonic() - t0
+
+
+def test_preempted_vllm_request_resumes_with_its_exact_token_count(vllm_preempt_app, tokenizer_of):
+    args, base_url = vllm_preempt_app
+    prompt = "Write a detailed report on the rivers of Europe"
+
+    async def scenario():
+        t0 = time.monotonic()
+        blockers = [asyncio.create_task(_stream(base_url, "sk-test-bronze", t0, prompt, 480, LONG))
+                    for _ in range(2)]
+        await asyncio.sleep(0.5)
+        gold = await _stream(base_url, "sk-test-gold", t0, "capital of France?", 20, 8)
+        return gold, await asyncio.gather(*blockers)
+
+    gold, blockers = asyncio.run(scenario())
+    assert [u.completion_tokens for u in gold[0]] == [8]
+    for usages, finishes, _ in blockers:
+        assert len(usages) == 1 and len(finishes) == 1  # one stream: one usage, one finish
+        assert usages[0].completion_tokens == LONG
+        assert usages[0].prompt_tokens == len(tokenizer_of.encode(prompt))
+    stats = ray.get(scheduler_handle(args).view.remote()).stats
+    assert stats.counters["bronze"].preempted >= 1
+    assert gold[2] < min(done for *_, done in blockers)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_of(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
