@@ -1,7 +1,8 @@
 """The shared drift statistics actor: merges replicas' observations, serves snapshots, persists them.
 
 Replicas batch observations into a local `DriftTracker` and send its snapshot here about once a second
-(`merge`); decayed sums merge exactly, so the result equals one tracker fed every observation. Ingresses
+(`merge`); a small batch merges exactly as if its observations were fed here afterwards, in timestamp
+order (see `driftsched.core.drift` for what merging guarantees in general). Ingresses
 read `snapshot` about once a second and estimate from a local copy — no actor call per request.
 
 Survival across restarts (the actor is a named Ray actor with max_restarts=-1), two layers:

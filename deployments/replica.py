@@ -139,7 +139,7 @@ class LLMReplica:
             batch, self._batch, self._batch_size = self._batch, DriftTracker(self._drift_config), 0
             try:
                 await asyncio.wait_for(self._drift.merge.remote(batch.snapshot()), timeout=10.0)
-            except Exception as exc:  # keep the batch: merging is exact, so send it next time
+            except Exception as exc:  # keep the batch and send it with the next one
                 logger.warning("drift push failed (%s); keeping the batch", type(exc).__name__)
                 batch.merge(self._batch)
                 self._batch, self._batch_size = batch, self._batch_size + 1
