@@ -4,9 +4,10 @@ The same open-loop load (Poisson arrivals, fixed seed) is replayed against four 
 behind Ray Serve's HTTP proxy on 127.0.0.1 and receive the same streamed OpenAI-style
 `/v1/completions` requests from the same client, so the comparison is about where the backlog waits:
 
-* `driftsched-sjf`, `driftsched-fifo`: the real Serve app (ingress, scheduler actor, vLLM replicas).
-  Replicas take work only while vLLM has free slots, so the backlog waits in the scheduler and the
-  policy picks who runs next.
+* `driftsched-default`, `driftsched-sjf`, `driftsched-fifo`: the real Serve app (ingress, scheduler
+  actor, vLLM replicas). Replicas take work only while vLLM has free slots, so the backlog waits in the
+  scheduler and the policy picks who runs next. `default` takes the scheduler section of `config.yaml`
+  (policy, its options, preemption): what a user gets out of the box.
 * `vllm-fcfs`, `vllm-priority`: a bare Serve deployment (`VllmAlone`) wrapping one `AsyncLLM` per
   replica that hands every request to vLLM on arrival, so the backlog waits in vLLM's own queue
   (`scheduling_policy` fcfs, or priority with the tenant's tier as `priority=`, lower first).
@@ -24,9 +25,13 @@ Sizing: output lengths of tens to hundreds of tokens make decode the bulk of the
 tokens per second than one CPU replica decodes, so every set-up builds a backlog. Each set-up starts
 its engine afresh (~30 s) and then replays the load (~30 s); the whole run takes ~4-5 minutes.
 Printed: median / P99 end-to-end latency (request sent to `[DONE]`), overall and per tenant, and the
-achieved output throughput (tokens / (last completion - first arrival)).
+achieved output throughput (tokens / (last completion - first arrival)). With `--seeds N` the load is
+replayed for N seeds and each figure is the median over them. `--out DIR` writes `DIR/summary.json`:
+``{"setups": {name: {"overall": {"p50", "p99"}, "per_tenant": {tenant: {"p50", "p99"}},
+"tokens_per_s"}}}`` (seconds; medians over seeds), plus the per-seed figures under ``"runs"``.
 
-Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--rate 14] [--slots 4]
+Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--rate 14] [--slots 4] [--seeds 1]
+[--out DIR]
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ CATEGORIES: dict[str, tuple[str, int, tuple[int, int]]] = {
     "chat": ("Tell me about the scheduler and the queue, part {i}.", 384, (128, 320)),
     "longform": ("Write a report about token latency, section {i}.", 768, (400, 700)),
 }
-SETUPS = ("driftsched-sjf", "driftsched-fifo", "vllm-fcfs", "vllm-priority")
+SETUPS = ("driftsched-default", "driftsched-sjf", "driftsched-fifo", "vllm-fcfs", "vllm-priority")
+CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 MAX_MODEL_LEN = 1024
 STREAM_INTERVAL = 16  # tokens per streamed chunk, both sides (vLLM engine arg)
 PORT = 8765
@@ -105,8 +111,20 @@ def cpu_env(work: Path) -> dict[str, str]:
 # -- the two applications --------------------------------------------------------------------------
 
 
+def default_scheduler() -> dict[str, Any]:
+    """config.yaml's scheduler section: policy, options and preemption as shipped."""
+    import yaml
+
+    data = yaml.safe_load(CONFIG.read_text())
+    scheduler = data["applications"][0]["args"]["core"]["scheduler"]
+    keep = ("policy", "policy_options", "preemption", "kv_watermark")
+    return {k: v for k, v in scheduler.items() if k in keep}
+
+
 def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work: Path) -> Any:
     from serve_app.app import build_app
+
+    scheduler: dict[str, Any] = default_scheduler() if policy == "default" else {"policy": policy}
 
     vllm_args = engine_args(slots)
     for key in ("max_num_seqs", "max_num_batched_tokens", "disable_log_stats", "enable_log_requests"):
@@ -117,7 +135,7 @@ def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work
         "core": {
             "tenants": [{"name": name, "tier": spec[0], "weight": 4.0 / (1 + spec[0]), "max_queued": 5000}
                         for name, spec in TENANTS.items()],
-            "scheduler": {"policy": policy, "max_queued_total": 5000, "max_request_tokens": MAX_MODEL_LEN},
+            "scheduler": {**scheduler, "max_queued_total": 5000, "max_request_tokens": MAX_MODEL_LEN},
         },
         "replicas": {"engine": "vllm", "num_replicas": replicas, "model": str(model_dir),
                      "served_model_name": "tiny-llama", "max_num_seqs": slots,
@@ -220,10 +238,44 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def report(name: str, results: list[tuple[str, float]], tokens_per_s: float) -> str:
-    cols = [[lat for _, lat in results]] + [[lat for tenant, lat in results if tenant == t] for t in TENANTS]
-    cells = [f"{statistics.median(v):.2f} / {_pct(v, 0.99):.2f}" if v else "-" for v in cols]
-    return f"{name:<18}" + "".join(f"{c:>16}" for c in cells) + f"{tokens_per_s:>10.0f}"
+def figures(results: list[tuple[str, float]], tokens_per_s: float) -> dict[str, Any]:
+    """One set-up's figures: overall and per-tenant p50/p99 (s), output tokens/s."""
+
+    def pair(values: list[float]) -> dict[str, float]:
+        if not values:
+            return {"p50": float("nan"), "p99": float("nan")}
+        return {"p50": statistics.median(values), "p99": _pct(values, 0.99)}
+
+    return {
+        "overall": pair([lat for _, lat in results]),
+        "per_tenant": {t: pair([lat for tenant, lat in results if tenant == t]) for t in TENANTS},
+        "tokens_per_s": tokens_per_s,
+    }
+
+
+def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-figure median over seeds of `figures` documents."""
+
+    def med(path: tuple[str, ...]) -> float:
+        values = []
+        for run in runs:
+            node: Any = run
+            for key in path:
+                node = node[key]
+            values.append(node)
+        return statistics.median(values)
+
+    return {
+        "overall": {q: med(("overall", q)) for q in ("p50", "p99")},
+        "per_tenant": {t: {q: med(("per_tenant", t, q)) for q in ("p50", "p99")} for t in TENANTS},
+        "tokens_per_s": med(("tokens_per_s",)),
+    }
+
+
+def row(name: str, fig: dict[str, Any]) -> str:
+    cells = [fig["overall"]] + [fig["per_tenant"][t] for t in TENANTS]
+    text = "".join(f"{c['p50']:>8.2f} / {c['p99']:<6.2f}" for c in cells)
+    return f"{name:<20}{text}{fig['tokens_per_s']:>8.0f}"
 
 
 def main() -> None:
@@ -235,10 +287,14 @@ def main() -> None:
     parser.add_argument("--setups", default=",".join(SETUPS),
                         help="comma-separated subset of " + ", ".join(SETUPS))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=1, help="replay seeds seed..seed+N-1; report medians")
+    parser.add_argument("--out", type=Path, default=None, help="write DIR/summary.json")
     args = parser.parse_args()
     setups = args.setups.split(",")
     if unknown := set(setups) - set(SETUPS):
         parser.error(f"unknown set-ups {sorted(unknown)}; choose from {', '.join(SETUPS)}")
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
 
     work = Path(tempfile.mkdtemp(prefix="bench-vllm-", dir="/tmp"))
     os.environ.update(cpu_env(work))
@@ -249,31 +305,43 @@ def main() -> None:
     from driftsched.tiny_model import build_tiny_model
 
     model_dir = build_tiny_model(work / "tiny-llama")
-    items = make_load(args.requests, args.rate, args.seed)
-    tokens = sum(it.target for it in items)
-    print(f"load: {len(items)} requests, {tokens} output tokens over {items[-1].at_s:.1f}s "
-          f"({tokens / items[-1].at_s:.0f} tok/s offered), {args.replicas} replica(s) x {args.slots} slots, "
-          f"stream_interval {STREAM_INTERVAL}, seed {args.seed}", flush=True)
-    ray.init(_temp_dir=str(work / "ray"), include_dashboard=False, num_cpus=8, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
-    rows: list[str] = []
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    loads = {seed: make_load(args.requests, args.rate, seed) for seed in seeds}
+    for seed, items in loads.items():
+        tokens = sum(it.target for it in items)
+        print(f"load seed {seed}: {len(items)} requests, {tokens} output tokens over {items[-1].at_s:.1f}s "
+              f"({tokens / items[-1].at_s:.0f} tok/s offered), {args.replicas} replica(s) x {args.slots} "
+              f"slots, stream_interval {STREAM_INTERVAL}", flush=True)
+    print(f"default set-up: {default_scheduler()}", flush=True)
+    ray.init(_temp_dir=str(work / "ray"), _node_ip_address="127.0.0.1", include_dashboard=False,
+             num_cpus=8, log_to_driver=False, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         for setup in setups:
             side, policy = setup.split("-")
             build = driftsched_app if side == "driftsched" else vllm_alone_app
             serve.run(build(model_dir, args.slots, args.replicas, policy, work), name=setup, route_prefix="/")
-            results, tokens_per_s = asyncio.run(replay(items, f"http://127.0.0.1:{PORT}/v1"))
-            rows.append(report(setup, results, tokens_per_s))
-            print(rows[-1], flush=True)
+            for seed in seeds:
+                results, tokens_per_s = asyncio.run(replay(loads[seed], f"http://127.0.0.1:{PORT}/v1"))
+                runs.setdefault(setup, {})[seed] = figures(results, tokens_per_s)
+                print(f"seed {seed} " + row(setup, runs[setup][seed]), flush=True)
             serve.delete(setup)
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    header = f"{'e2e p50 / p99 (s)':<18}" + "".join(f"{t:>16}" for t in ("all", *TENANTS)) + f"{'tok/s':>10}"
-    print("\n" + header)
-    print("\n".join(rows))
+    summary = {name: median_figures(list(by_seed.values())) for name, by_seed in runs.items()}
+    header = f"{'e2e p50 / p99 (s)':<20}" + "".join(f"{t:>17}" for t in ("all", *TENANTS)) + f"{'tok/s':>8}"
+    print(f"\nmedian over seeds {seeds}:\n" + header)
+    print("\n".join(row(name, fig) for name, fig in summary.items()))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        doc = {"setups": summary, "seeds": seeds, "runs": {k: {str(s): v for s, v in r.items()}
+                                                            for k, r in runs.items()},
+               "args": {k: str(v) for k, v in vars(args).items()}}
+        (args.out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"summary in {args.out / 'summary.json'}")
 
 
 if __name__ == "__main__":
