@@ -255,6 +255,13 @@ class Gateway:
                            replica_id, type(exc).__name__)
             out.put_nowait(GatewayError(502, "api_error", "replica_failed",
                                         "the replica serving this request failed; retry"))
+        except asyncio.CancelledError:  # the client went away: nobody reads `out` any more
+            raise
+        except Exception:  # never end the pump without a terminal item: the client would wait for ever
+            timings.outcome = "replica_error"
+            logger.exception("request %s failed on replica %s", prepared.request.request_id, replica_id)
+            out.put_nowait(GatewayError(502, "api_error", "internal_error",
+                                        "the request failed inside the gateway; retry"))
         finally:
             if output_tokens is None and response is not None:
                 response.cancel()
