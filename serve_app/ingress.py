@@ -131,6 +131,9 @@ class Ingress:
                                              f"{where}: {first['msg']}"), param=where or None)
         except ValueError as exc:  # bad JSON, or a body shape we do not serve
             return self._refuse(GatewayError(400, "invalid_request_error", "invalid_body", str(exc)))
+        except RecursionError:  # e.g. thousands of nested arrays: the parser gives up, the body is bad
+            return self._refuse(GatewayError(400, "invalid_request_error", "invalid_body",
+                                             "the JSON body is nested too deeply"))
         if body.model is not None and body.model != self.model_name:
             return self._refuse(GatewayError(404, "invalid_request_error", "model_not_found",
                                              f"model {body.model!r} does not exist"))

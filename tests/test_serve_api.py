@@ -86,6 +86,8 @@ def test_bad_requests_are_400_with_openai_error_body(base_url):
         b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}',
         b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 9000}',
         b'{"messages": [{"role": "user", "content": "' + b"word " * 9000 + b'"}], "max_tokens": 5}',
+        b"[" * 5000 + b"]" * 5000,  # nesting the parser gives up on
+        b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b', "max_tokens": 5}',
     ]
     for body in bad:
         resp = httpx.post(url, content=body, headers={**auth, "content-type": "application/json"},
