@@ -99,12 +99,22 @@ class SchedulerActor:
         return await self._wait_for_grant(ticket.request_id, queue_timeout_s, now)
 
     async def resume(
-        self, ticket: Ticket, replica_id: str, generated: int, queue_timeout_s: float
+        self, ticket: Ticket, replica_id: str, generated: int, queue_timeout_s: float,
+        replica_failed: bool = False,
     ) -> AcquireResult:
-        """Queue a preempted (or failed-over) request again after `generated` tokens in all."""
+        """Queue a preempted (or failed-over) request again after `generated` tokens in all.
+
+        `replica_failed`: the request's replica failed under it; the replica is dropped at once, so no
+        grant goes to it (it re-registers with its next heartbeat if it was alive after all), and the
+        other requests on it fail over the same way when their streams break.
+        """
         self._ensure_maintenance()
         now = self._clock()
         rid = ticket.request_id
+        if replica_failed and self._ledger.drop(replica_id):
+            logger.warning("replica %s failed under %s; dropped, its requests resume elsewhere",
+                           replica_id, rid)
+            self._preempt.pop(replica_id, None)
         self._granted.pop(rid, None)
         self._ledger.release(replica_id, rid, 0, now)
         self._preempt.get(replica_id, set()).discard(rid)

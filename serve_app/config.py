@@ -35,6 +35,9 @@ class GatewayConfig(_Strict):
     """Longest a request may wait for a replica slot; past it the answer is 504."""
     stall_timeout_s: float = Field(default=60.0, gt=0)
     """Longest wait for the next token from a replica before the request fails."""
+    start_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest wait for a granted replica's first answer (a delta or its end); past it the replica is
+    taken for dead (killed, or gone from Serve's routing) and the request resumes on another one."""
     default_max_tokens: int = Field(default=512, ge=1)
     """max_tokens of a chat request that gives none (completions default to OpenAI's 16)."""
     drift_refresh_s: float = Field(default=1.0, gt=0)

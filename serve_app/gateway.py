@@ -42,6 +42,7 @@ _STATUS = {
     RejectReason.OVERLOADED: 503,
 }
 _RESTART_GRACE_S = 10.0  # extra time to reach a restarting scheduler before answering 503
+_MAX_FAILOVERS = 2  # a request moved off this many failed replicas gets an error on the next failure
 
 
 class GatewayError(Exception):
@@ -196,13 +197,33 @@ class Gateway:
         generated_ids: list[int] = []
         generated_text: list[str] = []
         response = None
+        failovers = 0
         try:
             while True:
                 handle = self.llm.options(stream=True)  # type: ignore[attr-defined]
                 response = handle.generate.remote(run, prepared.estimate, target_replica=replica_id)
-                preempted = False
+                preempted = failed = started = False
                 while True:
-                    delta = await asyncio.wait_for(response.__anext__(), self.config.stall_timeout_s)
+                    # A granted replica that never answers is unreachable (dead, or no longer routable):
+                    # give up on it after start_timeout_s, not the much longer stall timeout.
+                    limit = self.config.stall_timeout_s if started else self.config.start_timeout_s
+                    try:
+                        delta = await asyncio.wait_for(response.__anext__(), limit)
+                        started = True
+                    except TimeoutError:
+                        if started or failovers >= _MAX_FAILOVERS:
+                            raise
+                        logger.warning("request %s: replica %s did not answer in %gs; resuming elsewhere",
+                                       prepared.request.request_id, replica_id, limit)
+                        failed = True
+                        break
+                    except (RayActorError, RayTaskError, RequestCancelledError, StopAsyncIteration) as exc:
+                        if failovers >= _MAX_FAILOVERS:
+                            raise
+                        logger.warning("request %s: replica %s failed (%s); resuming elsewhere",
+                                       prepared.request.request_id, replica_id, type(exc).__name__)
+                        failed = True
+                        break
                     if delta.error is not None:
                         timings.outcome = "engine_error"
                         err = delta.error
@@ -232,10 +253,12 @@ class Gateway:
                         timings.e2e_s = time.monotonic() - prepared.started
                         break
                     out.put_nowait(delta)
-                if not preempted:
+                if not (preempted or failed):
                     break
-                timings.preemptions += 1
-                replica_id = await self._resume(prepared, replica_id, timings.output_tokens)
+                response.cancel()
+                failovers += failed
+                timings.preemptions += preempted
+                replica_id = await self._resume(prepared, replica_id, timings.output_tokens, failed)
                 run = resumed_request(prepared.request, "".join(generated_text), generated_ids,
                                       timings.output_tokens)
             out.put_nowait(None)
@@ -267,14 +290,16 @@ class Gateway:
                 response.cancel()
             self.release(prepared, replica_id, output_tokens, timings)
 
-    async def _resume(self, prepared: Prepared, replica_id: str, generated: int) -> str:
-        """Queue a preempted request again and wait for its next grant; GatewayError if none comes."""
+    async def _resume(self, prepared: Prepared, replica_id: str, generated: int, failed: bool) -> str:
+        """Queue a preempted (or failed-over) request again and wait for its next grant.
+
+        GatewayError if none comes within the queue deadline."""
         timeout = self.config.queue_timeout_s
         deadline = time.monotonic() + timeout + _RESTART_GRACE_S
         try:
             result: AcquireResult = await call(
                 lambda: self.scheduler.resume.remote(  # type: ignore[attr-defined]
-                    prepared.ticket, replica_id, generated, timeout),
+                    prepared.ticket, replica_id, generated, timeout, failed),
                 deadline, what="scheduler",
             )
         except ActorUnavailable:
