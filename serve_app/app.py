@@ -11,15 +11,26 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from deployments.replica import ActorNames, LLMReplica
+from driftsched.core.errors import ConfigError, UnknownPolicyError
+from policies import make_policy
 from serve_app.config import parse_app_config
 from serve_app.ingress import Ingress
 
 _SLOT_MARGIN = 4  # replicas accept a few more than their slots: the scheduler is the real limit
 
 
+def check_policy(name: str, options: dict[str, Any]) -> None:
+    """Build the configured policy once here, so a bad name or option fails `serve run` at once."""
+    try:
+        make_policy(name, **options)
+    except (UnknownPolicyError, ValueError) as exc:
+        raise ConfigError(f"invalid DriftSched application args:\n  core.scheduler.policy: {exc}") from None
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Validate the args and bind the ingress to the LLM replicas."""
     config = parse_app_config(args)
+    check_policy(config.core.scheduler.policy, config.core.scheduler.policy_options)
     config = config.model_copy(update={"replicas": config.replicas.resolved()})
     replicas, gateway = config.replicas, config.gateway
     actors = ActorNames(

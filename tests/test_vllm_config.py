@@ -59,3 +59,20 @@ def test_app_imports_without_vllm():
             "bad = [m for m in ('vllm', 'torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "needle"),
+    [({"policy": "sjff"}, "unknown policy 'sjff'"),
+     ({"policy": "aging", "policy_options": {"age_step_s": -1}}, "age_step_s must be > 0"),
+     ({"policy": "fifo", "policy_options": {"bogus": 1}}, "bad options")],
+)
+def test_a_bad_policy_fails_the_build_naming_the_field(scheduler, needle):
+    from conftest import app_args
+
+    from driftsched.core.errors import ConfigError
+    from serve_app.app import build_app
+
+    with pytest.raises(ConfigError, match="core.scheduler.policy") as info:
+        build_app(app_args(**{f"core.scheduler.{k}": v for k, v in scheduler.items()}))
+    assert needle in str(info.value)
