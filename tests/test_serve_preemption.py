@@ -50,7 +50,8 @@ def test_a_long_runner_is_preempted_for_a_higher_tier_and_resumes_in_one_stream(
                 "extra_body": {"driftsched_target_tokens": LONG}}
         blockers = [asyncio.create_task(_stream(base_url, "sk-test-bronze", t0, **long)) for _ in range(4)]
         await asyncio.sleep(0.6)  # every slot (2 replicas x 2) is held by a long bronze request
-        short = {"prompt": "capital of France?", "max_tokens": 30, "extra_body": {"driftsched_target_tokens": 20}}
+        short = {"prompt": "capital of France?", "max_tokens": 30,
+                 "extra_body": {"driftsched_target_tokens": 20}}
         gold = await _stream(base_url, "sk-test-gold", t0, **short)
         return gold, await asyncio.gather(*blockers)
 

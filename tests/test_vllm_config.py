@@ -73,6 +73,6 @@ def test_a_bad_policy_fails_the_build_naming_the_field(scheduler, needle):
     from driftsched.core.errors import ConfigError
     from serve_app.app import build_app
 
-    with pytest.raises(ConfigError, match="core.scheduler.policy") as info:
+    with pytest.raises(ConfigError, match=r"core\.scheduler\.policy") as info:
         build_app(app_args(**{f"core.scheduler.{k}": v for k, v in scheduler.items()}))
     assert needle in str(info.value)
