@@ -114,7 +114,8 @@ def main() -> None:
     from serve_app.app import build_app
 
     temp_dir = tempfile.mkdtemp(prefix="dsbench-", dir="/tmp")
-    ray.init(_temp_dir=temp_dir, include_dashboard=False, log_to_driver=False, num_cpus=8)
+    ray.init(_temp_dir=temp_dir, _node_ip_address="127.0.0.1", include_dashboard=False,
+             log_to_driver=False, num_cpus=8)
     serve.start(http_options={"host": "127.0.0.1", "port": 8123})
     try:
         serve.run(build_app(_driftsched_args()), name="driftsched", route_prefix="/")

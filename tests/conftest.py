@@ -73,7 +73,8 @@ def serve_cluster() -> Iterator[ServeCluster]:
     from ray import serve
 
     temp_dir = tempfile.mkdtemp(prefix="dsray-", dir="/tmp")
-    ray.init(_temp_dir=temp_dir, include_dashboard=False, num_cpus=8, log_to_driver=False,
+    ray.init(_temp_dir=temp_dir, _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=8,
+             log_to_driver=False,
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -51,6 +51,7 @@ class LocalServe:
         self._temp_dir = tempfile.mkdtemp(prefix="dsbench-ray-", dir="/tmp")
         ray.init(
             _temp_dir=self._temp_dir,
+            _node_ip_address="127.0.0.1",
             include_dashboard=False,
             num_cpus=self.num_cpus,
             log_to_driver=False,
