@@ -8,6 +8,7 @@ from typing import Any
 from driftsched.core.errors import UnknownPolicyError
 from policies.aging import AgingPolicy
 from policies.base import HeapPolicy, Policy
+from policies.bounded import BoundedSjfPolicy
 from policies.fifo import FifoPolicy
 from policies.priority import PriorityPolicy
 from policies.sjf import SjfPolicy
@@ -19,6 +20,7 @@ POLICIES: dict[str, type[Any]] = {
     "weighted": WeightedFairPolicy,
     "sjf": SjfPolicy,
     "aging": AgingPolicy,
+    "bounded": BoundedSjfPolicy,
 }
 
 
@@ -48,6 +50,7 @@ def make_policy(name: str, **options: Any) -> Policy:
 __all__ = [
     "POLICIES",
     "AgingPolicy",
+    "BoundedSjfPolicy",
     "FifoPolicy",
     "HeapPolicy",
     "Policy",
