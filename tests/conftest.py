@@ -97,6 +97,21 @@ def scheduler_handle(args: dict[str, Any]) -> Any:
     return ray.get_actor(name, namespace=NAMESPACE)
 
 
+def vllm_replicas(model_dir: Any, work: Any, **overrides: Any) -> dict[str, Any]:
+    """The `replicas` section of a real vLLM (CPU) app on the tiny model; `overrides` replace fields."""
+    return {
+        "engine": "vllm", "num_replicas": 2, "model": str(model_dir), "served_model_name": "tiny-llama",
+        "max_num_seqs": 4, "max_num_batched_tokens": 512, "num_cpus": 1, "heartbeat_s": 0.2,
+        "drift_push_s": 0.3,
+        "engine_args": {"dtype": "float32", "enforce_eager": True, "max_model_len": 512,
+                        "kv_cache_memory_bytes": 32 * 2**20},
+        "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_HOST_IP": "127.0.0.1",
+                "HF_HUB_OFFLINE": "1", "TMPDIR": str(work), "VLLM_CACHE_ROOT": str(work / "cache"),
+                "TOKENIZERS_PARALLELISM": "false"},
+        **overrides,
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A tiny random Llama and tokenizer for vLLM tests (`driftsched make-tiny-model`), built once."""

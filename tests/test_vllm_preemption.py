@@ -12,7 +12,7 @@ import time
 import openai
 import pytest
 import ray
-from conftest import app_args, scheduler_handle
+from conftest import app_args, scheduler_handle, vllm_replicas
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.slow
@@ -29,16 +29,7 @@ def vllm_preempt_app(serve_cluster, tiny_model_dir, tmp_path_factory):
         "core.scheduler.max_request_tokens": 512,
         "core.scheduler.preemption": {"enabled": True, "wait_s": 0.2, "min_run_s": 0.05,
                                       "max_per_request": 1, "near_end_tokens": 16},
-        "replicas": {
-            "engine": "vllm", "num_replicas": 1, "model": str(tiny_model_dir), "served_model_name": MODEL,
-            "max_num_seqs": 2, "max_num_batched_tokens": 512, "num_cpus": 1, "heartbeat_s": 0.1,
-            "drift_push_s": 0.3,
-            "engine_args": {"dtype": "float32", "enforce_eager": True, "max_model_len": 512,
-                            "kv_cache_memory_bytes": 32 * 2**20},
-            "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_HOST_IP": "127.0.0.1",
-                    "HF_HUB_OFFLINE": "1", "TMPDIR": str(work), "VLLM_CACHE_ROOT": str(work / "cache"),
-                    "TOKENIZERS_PARALLELISM": "false"},
-        },
+        "replicas": vllm_replicas(tiny_model_dir, work, num_replicas=1, max_num_seqs=2, heartbeat_s=0.1),
         "gateway.stall_timeout_s": 60,
         "gateway.queue_timeout_s": 60,
     })
