@@ -38,6 +38,8 @@ class GatewayConfig(_Strict):
     start_timeout_s: float = Field(default=10.0, gt=0)
     """Longest wait for a granted replica's first answer (a delta or its end); past it the replica is
     taken for dead (killed, or gone from Serve's routing) and the request resumes on another one."""
+    max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
+    """Largest request body accepted; a bigger one is answered 413 before it is parsed."""
     default_max_tokens: int = Field(default=512, ge=1)
     """max_tokens of a chat request that gives none (completions default to OpenAI's 16)."""
     drift_refresh_s: float = Field(default=1.0, gt=0)

@@ -10,6 +10,7 @@ to it and its outcomes to status codes: 400 invalid body, 401 missing/unknown ke
 # resolve string annotations, so `request: Request` would become a required query parameter.
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -42,6 +43,11 @@ def _unauthorized() -> GatewayError:
 
 
 app = FastAPI(title="DriftSched")
+
+
+def _too_large(size: int, limit: int) -> GatewayError:
+    return GatewayError(413, "invalid_request_error", "body_too_large",
+                        f"the request body is {size} bytes; the limit is {limit} (gateway.max_body_bytes)")
 
 
 def _error(err: GatewayError, param: str | None = None) -> JSONResponse:
@@ -117,13 +123,22 @@ class Ingress:
         tenant = self.keys.tenant_for(request.headers.get("authorization"))
         if tenant is None:
             return self._refuse(_unauthorized())
+        limit = self.config.gateway.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return self._refuse(_too_large(int(declared), limit))
+        body_bytes = await request.body()
+        if len(body_bytes) > limit:
+            return self._refuse(_too_large(len(body_bytes), limit))
         try:
-            raw = await request.json()
+            raw = json.loads(body_bytes)
             body = (ChatBody if chat else CompletionBody).model_validate(raw)
+            # Rendering and tokenising a long prompt takes a while: off the event loop, so it does not
+            # stall every other stream of this ingress.
             if isinstance(body, ChatBody):
-                prompt = self.prompts.chat(body.message_dicts())
+                prompt = await asyncio.to_thread(self.prompts.chat, body.message_dicts())
             else:
-                prompt = self.prompts.completion(body.prompt_text())
+                prompt = await asyncio.to_thread(self.prompts.completion, body.prompt_text())
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])

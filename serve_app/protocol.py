@@ -20,6 +20,9 @@ from pydantic_core import PydanticCustomError
 from deployments.engine import Usage
 from driftsched.core.config import CATEGORIES
 
+MAX_STOPS = 16
+MAX_MESSAGES = 4096
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -28,15 +31,24 @@ class _Body(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    """Sampling seed; a signed 64-bit integer."""
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
+    """One stop string or up to MAX_STOPS of them."""
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
     category: str | None = None
     """Declared category; wins over classification. None: classified from the prompt."""
     driftsched_target_tokens: int | None = Field(default=None, ge=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings, got {len(value)}")
+        return value
 
     @field_validator("category")
     @classmethod
@@ -84,7 +96,7 @@ class ChatMessage(BaseModel):
 class ChatBody(_Body):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
     def message_dicts(self) -> list[dict[str, str]]:

@@ -49,6 +49,14 @@ def test_completion_and_chat_non_streamed(client):
     assert len(chat.choices[0].message.content.split()) == chat.usage.completion_tokens
 
 
+def test_an_oversized_body_is_413_before_it_is_parsed(base_url):
+    body = b'{"prompt": "' + b"x" * (9 * 2**20) + b'", "max_tokens": 5}'
+    resp = httpx.post(base_url + "/completions", content=body, timeout=30,
+                      headers={"Authorization": "Bearer sk-test-gold", "content-type": "application/json"})
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "body_too_large"
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_streamed_with_usage(client, chat):
     kwargs = {"model": MODEL, "max_tokens": 40, "stream": True,
@@ -88,6 +96,10 @@ def test_bad_requests_are_400_with_openai_error_body(base_url):
         b'{"messages": [{"role": "user", "content": "' + b"word " * 9000 + b'"}], "max_tokens": 5}',
         b"[" * 5000 + b"]" * 5000,  # nesting the parser gives up on
         b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b', "max_tokens": 5}',
+        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "seed": 18446744073709551616}',
+        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "stop": ['
+        + b",".join(b'"s%d"' % i for i in range(17)) + b"]}",
+        b'{"max_tokens": 5, "messages": [' + b",".join([b'{"role": "user", "content": "x"}'] * 4097) + b"]}",
     ]
     for body in bad:
         resp = httpx.post(url, content=body, headers={**auth, "content-type": "application/json"},
