@@ -89,8 +89,23 @@ class SchedulerActor:
         logger.info("scheduler actor started with policy %s", policy.name)
 
     async def acquire(self, ticket: Ticket, queue_timeout_s: float) -> AcquireResult:
+        """Admit `ticket` and wait for a grant. Idempotent per request id: a retried call (after the
+        first one's reply was lost) joins the wait already under way, or gets the grant already made."""
         self._ensure_maintenance()
         now = self._clock()
+        rid = ticket.request_id
+        granted = self._granted.get(rid)
+        if granted is not None:
+            return AcquireResult("granted", granted)
+        pending = self._waiters.get(rid)
+        if pending is not None and not pending.done():
+            try:
+                replica = await asyncio.wait_for(asyncio.shield(pending), queue_timeout_s + 0.01)
+            except TimeoutError:
+                return AcquireResult("expired", detail="queue deadline passed")
+            if replica is None:
+                return AcquireResult("expired", detail="queue deadline passed")
+            return AcquireResult("granted", replica) if replica else AcquireResult("cancelled")
         ticket.arrival_time, ticket.deadline = now, now + queue_timeout_s  # this actor's clock
         admission = self._core.admit(ticket)
         if not admission.admitted:
