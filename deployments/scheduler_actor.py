@@ -102,10 +102,8 @@ class SchedulerActor:
             try:
                 replica = await asyncio.wait_for(asyncio.shield(pending), queue_timeout_s + 0.01)
             except TimeoutError:
-                return AcquireResult("expired", detail="queue deadline passed")
-            if replica is None:
-                return AcquireResult("expired", detail="queue deadline passed")
-            return AcquireResult("granted", replica) if replica else AcquireResult("cancelled")
+                replica = None
+            return self._outcome(replica, now)
         ticket.arrival_time, ticket.deadline = now, now + queue_timeout_s  # this actor's clock
         admission = self._core.admit(ticket)
         if not admission.admitted:
@@ -158,11 +156,15 @@ class SchedulerActor:
             raise
         finally:
             self._waiters.pop(rid, None)
+        return self._outcome(replica, now)
+
+    def _outcome(self, replica: str | None, since: float) -> AcquireResult:
+        """A waiter's answer: a replica id (granted), "" (cancelled) or None (deadline passed)."""
         if replica is None:
             return AcquireResult("expired", detail="queue deadline passed")
         if replica == "":
             return AcquireResult("cancelled")
-        return AcquireResult("granted", replica, queue_wait_s=self._clock() - now)
+        return AcquireResult("granted", replica, queue_wait_s=self._clock() - since)
 
     async def release(
         self, request_id: str, replica_id: str, output_tokens: int | None,

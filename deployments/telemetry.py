@@ -41,8 +41,6 @@ class RequestTimings:
     engine_ttft_s: float | None = None
     """First-token latency as the engine measured it (from its arrival, excludes DriftSched's queue)."""
     output_tokens: int = 0
-    preemptions: int = 0
-    """Times the request was preempted and resumed on another run."""
     outcome: str = "ok"
     """ok, client_disconnect, replica_error, engine_error, timeout."""
 

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RequestCancelledError
@@ -82,6 +83,14 @@ def reject_error(reason: str | None, detail: str, retry_after_s: float | None) -
     type_ = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
              503: "overloaded_error"}[status]
     return GatewayError(status, type_, code.value, detail, retry_after_s)
+
+
+@dataclass(slots=True)
+class _Produced:
+    """What a request has generated so far, over all its runs (what a resumed run continues from)."""
+
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -185,81 +194,33 @@ class Gateway:
 
     async def _pump(self, prepared: Prepared, replica_id: str, queue_wait_s: float,
                     out: asyncio.Queue[TokenDelta | GatewayError | None]) -> None:
-        """Stream the granted replica's deltas onto `out`, resuming elsewhere after a preemption.
+        """Stream the granted replica's deltas onto `out`, resuming elsewhere when a run is cut short.
 
-        A run that ends "preempted" is resumed: the scheduler queues the request again with the tokens
-        generated so far appended to its prompt, and the stream goes on from the next grant. The client
-        sees one stream and one `usage` (its own prompt, every generated token).
+        A run that ends "preempted", or whose replica is lost, is resumed: the scheduler queues the
+        request again with the tokens generated so far appended to its prompt, and the stream goes on
+        from the next grant. The client sees one stream and one `usage` (its own prompt, every
+        generated token).
         """
         timings = RequestTimings(prepared.tenant, queue_wait_s=queue_wait_s, outcome="client_disconnect")
         output_tokens: int | None = None
-        run = prepared.request
-        generated_ids: list[int] = []
-        generated_text: list[str] = []
+        run, produced, failovers = prepared.request, _Produced(), 0
         response = None
-        failovers = 0
         try:
             while True:
                 handle = self.llm.options(stream=True)  # type: ignore[attr-defined]
                 response = handle.generate.remote(run, prepared.estimate, target_replica=replica_id)
-                preempted = failed = started = False
-                while True:
-                    # A granted replica that never answers is unreachable (dead, or no longer routable):
-                    # give up on it after start_timeout_s, not the much longer stall timeout.
-                    limit = self.config.stall_timeout_s if started else self.config.start_timeout_s
-                    try:
-                        delta = await asyncio.wait_for(response.__anext__(), limit)
-                        started = True
-                    except TimeoutError:
-                        if started or failovers >= _MAX_FAILOVERS:
-                            raise
-                        logger.warning("request %s: replica %s did not answer in %gs; resuming elsewhere",
-                                       prepared.request.request_id, replica_id, limit)
-                        failed = True
-                        break
-                    except (RayActorError, RayTaskError, RequestCancelledError, StopAsyncIteration) as exc:
-                        if failovers >= _MAX_FAILOVERS:
-                            raise
-                        logger.warning("request %s: replica %s failed (%s); resuming elsewhere",
-                                       prepared.request.request_id, replica_id, type(exc).__name__)
-                        failed = True
-                        break
-                    if delta.error is not None:
-                        timings.outcome = "engine_error"
-                        err = delta.error
-                        type_ = "invalid_request_error" if err.status == 400 else "api_error"
-                        out.put_nowait(GatewayError(err.status, type_, err.code, err.message))
-                        return  # released as not completed: an engine failure teaches drift nothing
-                    preempted = delta.finish_reason == "preempted"
-                    if delta.num_tokens or delta.text:
-                        if timings.ttft_s is None:
-                            timings.ttft_s = time.monotonic() - prepared.started
-                        timings.output_tokens += delta.num_tokens
-                        generated_text.append(delta.text)
-                        generated_ids.extend(delta.token_ids or ())
-                    if preempted:
-                        if delta.num_tokens or delta.text:
-                            out.put_nowait(replace(delta, finish_reason=None))
-                        break
-                    if delta.finish_reason is not None:
-                        if delta.usage is not None:  # the client's own prompt, every generated token
-                            delta = replace(delta, usage=Usage(prepared.request.prompt_tokens,
-                                                               timings.output_tokens))
-                        if delta.timing is not None:
-                            timings.engine_queue_s = delta.timing.queued_s
-                            timings.engine_ttft_s = delta.timing.first_token_s
-                        out.put_nowait(delta)
-                        output_tokens, timings.outcome = timings.output_tokens, "ok"
-                        timings.e2e_s = time.monotonic() - prepared.started
-                        break
-                    out.put_nowait(delta)
-                if not (preempted or failed):
+                end = await self._forward_run(prepared, replica_id, response, produced, timings, out,
+                                              may_fail_over=failovers < _MAX_FAILOVERS)
+                if end == "error":
+                    return  # released as not completed: an engine failure teaches drift nothing
+                if end == "done":
+                    output_tokens = timings.output_tokens
                     break
                 response.cancel()
+                failed = end == "failed"
                 failovers += failed
-                timings.preemptions += preempted
                 replica_id = await self._resume(prepared, replica_id, timings.output_tokens, failed)
-                run = resumed_request(prepared.request, "".join(generated_text), generated_ids,
+                run = resumed_request(prepared.request, "".join(produced.text), produced.token_ids,
                                       timings.output_tokens)
             out.put_nowait(None)
         except GatewayError as err:  # could not resume within the queue deadline
@@ -289,6 +250,56 @@ class Gateway:
             if output_tokens is None and response is not None:
                 response.cancel()
             self.release(prepared, replica_id, output_tokens, timings)
+
+    async def _forward_run(self, prepared: Prepared, replica_id: str, response: Any,
+                           produced: _Produced, timings: RequestTimings,
+                           out: asyncio.Queue[TokenDelta | GatewayError | None],
+                           may_fail_over: bool) -> str:
+        """Forward one run's deltas onto `out`; returns how it ended: "done", "error" (an engine
+        failure, already on `out`), "preempted", or "failed" (its replica was lost; only when
+        `may_fail_over`, else the error propagates)."""
+        started = False
+        while True:
+            # A granted replica that never answers is unreachable (dead, or no longer routable): give
+            # up on it after start_timeout_s, not the much longer stall timeout.
+            limit = self.config.stall_timeout_s if started else self.config.start_timeout_s
+            try:
+                delta = await asyncio.wait_for(response.__anext__(), limit)
+            except (TimeoutError, RayActorError, RayTaskError, RequestCancelledError,
+                    StopAsyncIteration) as exc:
+                if not may_fail_over or (started and isinstance(exc, TimeoutError)):
+                    raise  # a stall mid-stream is the replica's answer, not its loss
+                logger.warning("request %s: replica %s lost (%s); resuming elsewhere",
+                               prepared.request.request_id, replica_id, type(exc).__name__)
+                return "failed"
+            started = True
+            if delta.error is not None:
+                timings.outcome = "engine_error"
+                err = delta.error
+                type_ = "invalid_request_error" if err.status == 400 else "api_error"
+                out.put_nowait(GatewayError(err.status, type_, err.code, err.message))
+                return "error"
+            if delta.num_tokens or delta.text:
+                if timings.ttft_s is None:
+                    timings.ttft_s = time.monotonic() - prepared.started
+                timings.output_tokens += delta.num_tokens
+                produced.text.append(delta.text)
+                produced.token_ids.extend(delta.token_ids or ())
+            if delta.finish_reason == "preempted":
+                if delta.num_tokens or delta.text:
+                    out.put_nowait(replace(delta, finish_reason=None))
+                return "preempted"
+            if delta.finish_reason is not None:
+                if delta.usage is not None:  # the client's own prompt, every generated token
+                    delta = replace(delta, usage=Usage(prepared.request.prompt_tokens, timings.output_tokens))
+                if delta.timing is not None:
+                    timings.engine_queue_s = delta.timing.queued_s
+                    timings.engine_ttft_s = delta.timing.first_token_s
+                out.put_nowait(delta)
+                timings.outcome = "ok"
+                timings.e2e_s = time.monotonic() - prepared.started
+                return "done"
+            out.put_nowait(delta)
 
     async def _resume(self, prepared: Prepared, replica_id: str, generated: int, failed: bool) -> str:
         """Queue a preempted (or failed-over) request again and wait for its next grant.

@@ -93,7 +93,6 @@ def test_no_preemption_while_the_replica_keeps_freeing_capacity():
     scheduler, clock, dispatcher, _ = _setup(PreemptionConfig(enabled=True, wait_s=2.0))
     scheduler.admit(make_ticket(2, estimate=10.0, prompt_tokens=10, arrival=0.0))
     clock.now = 5.0
-    dispatcher.placement.release("a", "gone", now=4.0)  # unknown id: not a turnover
     dispatcher.placement.report("a", Capacity(1, 1, 10_000, None, 10_000), 4.0)
     state = next(iter(dispatcher.placement.replicas()))
     state.last_freed = 4.0  # a request left a second ago: capacity is turning over
