@@ -12,6 +12,7 @@ token ids, so the engine runs exactly the prompt the scheduler estimated.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from driftsched.core.placement import Capacity
 __all__ = [
     "Capacity",
     "Engine",
+    "EngineErrorCode",
     "EngineFailure",
     "EngineTiming",
     "GenerationRequest",
@@ -84,12 +86,20 @@ class EngineTiming:
     preemptions: int = 0
 
 
+class EngineErrorCode(enum.StrEnum):
+    """Why an engine could not serve a request (the ingress maps each to an HTTP answer)."""
+
+    INVALID_REQUEST = "invalid_request"  # the input cannot run, e.g. longer than the context
+    ENGINE_DEAD = "engine_dead"  # the engine stopped; another replica may serve a retry
+    ENGINE_ABORTED = "engine_aborted"  # the engine ended the request for its own reasons
+    ENGINE_ERROR = "engine_error"  # anything else
+
+
 @dataclass(slots=True, frozen=True)
 class EngineFailure:
-    """Why an engine could not serve a request, as an HTTP status and an error code."""
+    """Why an engine could not serve a request."""
 
-    status: int
-    code: str
+    code: EngineErrorCode
     message: str
 
 

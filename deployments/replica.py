@@ -5,7 +5,9 @@ re-registering after the actor restarts) and preempts the requests the scheduler
 (their streams end with a "preempted" delta; the gateway resumes them elsewhere), serves granted
 requests as a token stream, and feeds each
 finished request's observed length into a local `DriftTracker` batch that it merges into the shared
-drift actor about once a second (one actor call per batch, not per request).
+drift actor about once a second (one actor call per batch, not per request). Batches are numbered
+per replica process and sent one at a time: a batch whose push failed is re-sent under the same
+number until the actor acknowledges it (applied now or before), so none is counted twice.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +82,11 @@ class LLMReplica:
         self._drift = actors.drift()
         self._batch = DriftTracker(self._drift_config)
         self._batch_size = 0
+        # Names this process's batches for the drift actor's de-duplication (a restarted replica
+        # starts numbering again, under a new sender).
+        self._drift_sender = f"{self._replica_id}:{uuid.uuid4().hex[:8]}"
+        self._drift_seq = 0
+        self._unacked: tuple[int, dict[str, Any]] | None = None
         self.preempted = 0
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._push_drift())]
@@ -134,15 +142,27 @@ class LLMReplica:
     async def _push_drift(self) -> None:
         while True:
             await asyncio.sleep(self._config.drift_push_s)
-            if self._batch_size == 0:
-                continue
-            batch, self._batch, self._batch_size = self._batch, DriftTracker(self._drift_config), 0
             try:
-                await asyncio.wait_for(self._drift.merge.remote(batch.snapshot()), timeout=10.0)
-            except Exception as exc:  # keep the batch and send it with the next one
-                logger.warning("drift push failed (%s); keeping the batch", type(exc).__name__)
-                batch.merge(self._batch)
-                self._batch, self._batch_size = batch, self._batch_size + 1
+                await self._push_batch()
+            except Exception as exc:  # the batch stays unacknowledged and is re-sent as it is
+                logger.warning("drift push failed (%s); will re-send batch %d", type(exc).__name__,
+                               self._drift_seq)
+
+    async def _push_batch(self) -> None:
+        """Send the unacknowledged batch, or seal the current one under the next number and send it."""
+        if self._unacked is None:
+            if self._batch_size == 0:
+                return
+            self._drift_seq += 1
+            self._unacked = (self._drift_seq, self._batch.snapshot())
+            self._batch, self._batch_size = DriftTracker(self._drift_config), 0
+        seq, snapshot = self._unacked
+        applied = await asyncio.wait_for(
+            self._drift.merge.remote(self._drift_sender, seq, snapshot), timeout=10.0
+        )
+        if not applied:
+            logger.info("drift batch %d had already been applied; not counted twice", seq)
+        self._unacked = None
 
     async def __del__(self) -> None:
         for task in self._tasks:

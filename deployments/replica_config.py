@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments.engine import Engine
-from driftsched.core.config import DEFAULT_PRIORS
+from driftsched.core.config import CATEGORIES, DEFAULT_PRIORS
 from driftsched.sim import perf_model
 
 # The simulated "true" output lengths deliberately differ from the estimator's priors for some
@@ -22,16 +22,16 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 class ReplicaConfig(BaseModel):
     """LLM replicas: how many, which engine, the vLLM engine arguments and the simulated engine's knobs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     engine: Literal["sim", "vllm"] = "sim"
     """Engine backend: "sim" (simulated L4, runs anywhere) or "vllm" (vLLM's async engine)."""
     num_replicas: int = Field(default=2, ge=1, le=64)
     """Replicas, one per GPU."""
-    model: str = "llama-3.1-8b-fp8"
+    model: str = Field(default="llama-3.1-8b-fp8", min_length=1)
     """Model served. Simulated engine: one of the performance model's shapes. vLLM: a Hugging Face id
     or a directory; a value starting with "." is a path relative to the project root."""
-    served_model_name: str = "driftsched-sim"
+    served_model_name: str = Field(default="driftsched-sim", min_length=1)
     """Name reported by /v1/models and accepted in the `model` field."""
     max_num_seqs: int = Field(default=32, ge=1, le=1024)
     """Engine slots: sequences running at once on one replica (vLLM's max_num_seqs)."""
@@ -76,7 +76,25 @@ class ReplicaConfig(BaseModel):
                        & set(self.engine_args))
         if clash:
             raise ValueError(f"engine_args must not set {clash}; use the replicas fields of those names")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
+                f"({self.max_num_seqs}): one step must hold a token of every running sequence; raise "
+                "max_num_batched_tokens or lower max_num_seqs"
+            )
         return self
+
+    @field_validator("output_means")
+    @classmethod
+    def _means(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(CATEGORIES))
+        bad = {k: v for k, v in value.items() if not v > 0}
+        if unknown or bad:
+            raise ValueError(
+                f"need a mean > 0 tokens per category among {', '.join(CATEGORIES)}; got unknown "
+                f"categories {unknown}, means not > 0 {bad}"
+            )
+        return value
 
     def resolved(self) -> ReplicaConfig:
         """This config with a relative model path ("./..." or "../...") made absolute (project root)."""

@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from deployments.telemetry import RequestBook, RequestTimings
+from deployments.usage import TenantUsage, tenant_usage
 from driftsched.core.clock import monotonic_clock
 from driftsched.core.config import parse_core_config
 from driftsched.core.dispatch import Dispatcher
 from driftsched.core.errors import UnknownRequestError
 from driftsched.core.placement import Capacity, Placement
-from driftsched.core.request import Ticket
+from driftsched.core.request import RejectReason, Ticket
 from driftsched.core.scheduler import Scheduler
 from driftsched.core.stats import SchedulerStats
 from policies import make_policy
@@ -46,16 +48,29 @@ logger = logging.getLogger(__name__)
 _MAINTENANCE_S = 0.2
 
 
+class AcquireStatus(enum.StrEnum):
+    """How an ``acquire`` (or ``resume``) ended."""
+
+    GRANTED = "granted"  # a replica slot: `replica_id`
+    REJECTED = "rejected"  # refused by admission: `reason`, `detail`, `retry_after_s`
+    EXPIRED = "expired"  # the queue deadline passed first
+    CANCELLED = "cancelled"  # withdrawn (the client went away)
+
+
 @dataclass(slots=True, frozen=True)
 class AcquireResult:
-    """Outcome of ``acquire``: status is granted, rejected, expired or cancelled."""
+    """Outcome of ``acquire``/``resume``; also what a parked waiter's future is answered with."""
 
-    status: str
+    status: AcquireStatus
     replica_id: str | None = None
-    reason: str | None = None
+    reason: RejectReason | None = None
     detail: str = ""
     retry_after_s: float | None = None
     queue_wait_s: float = 0.0
+
+
+_EXPIRED = AcquireResult(AcquireStatus.EXPIRED, detail="queue deadline passed")
+_CANCELLED = AcquireResult(AcquireStatus.CANCELLED)
 
 
 @dataclass(slots=True)
@@ -83,7 +98,7 @@ class SchedulerActor:
         self._dispatcher = Dispatcher(self._core, self._ledger, config.scheduler.preemption)
         self._preempt: dict[str, set[str]] = {}  # replica id -> requests it must stop
         self._book = RequestBook()
-        self._waiters: dict[str, asyncio.Future[str | None]] = {}
+        self._waiters: dict[str, asyncio.Future[AcquireResult]] = {}
         self._granted: dict[str, str] = {}
         self._maintenance: asyncio.Task[None] | None = None
         logger.info("scheduler actor started with policy %s", policy.name)
@@ -96,19 +111,19 @@ class SchedulerActor:
         rid = ticket.request_id
         granted = self._granted.get(rid)
         if granted is not None:
-            return AcquireResult("granted", granted)
+            return AcquireResult(AcquireStatus.GRANTED, granted)
         pending = self._waiters.get(rid)
         if pending is not None and not pending.done():
             try:
-                replica = await asyncio.wait_for(asyncio.shield(pending), queue_timeout_s + 0.01)
+                answer = await asyncio.wait_for(asyncio.shield(pending), queue_timeout_s + 0.01)
             except TimeoutError:
-                replica = None
-            return self._outcome(replica, now)
+                answer = _EXPIRED
+            return self._outcome(answer, now)
         ticket.arrival_time, ticket.deadline = now, now + queue_timeout_s  # this actor's clock
         admission = self._core.admit(ticket)
         if not admission.admitted:
-            reason = admission.reason.value if admission.reason is not None else None
-            return AcquireResult("rejected", None, reason, admission.detail, admission.retry_after_s)
+            return AcquireResult(AcquireStatus.REJECTED, None, admission.reason, admission.detail,
+                                 admission.retry_after_s)
         return await self._wait_for_grant(ticket.request_id, queue_timeout_s, now)
 
     async def resume(
@@ -136,35 +151,33 @@ class SchedulerActor:
         try:
             self._core.resume(ticket, generated, now + queue_timeout_s)
         except (UnknownRequestError, ValueError) as exc:
-            return AcquireResult("rejected", None, "invalid_request", str(exc))
+            return AcquireResult(AcquireStatus.REJECTED, None, RejectReason.INVALID, str(exc))
         return await self._wait_for_grant(rid, queue_timeout_s, now)
 
     async def _wait_for_grant(self, rid: str, queue_timeout_s: float, now: float) -> AcquireResult:
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[AcquireResult] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = future
         self._pump()
         try:
-            replica = await asyncio.wait_for(asyncio.shield(future), queue_timeout_s + 0.01)
+            answer = await asyncio.wait_for(asyncio.shield(future), queue_timeout_s + 0.01)
         except TimeoutError:
             self._core.expire_due()
             if not future.done():  # not due by the core's clock yet: withdraw it anyway
                 self._core.cancel(rid)
-                future.set_result(None)
-            replica = future.result()
+                future.set_result(_EXPIRED)
+            answer = future.result()
         except asyncio.CancelledError:
             self._withdraw(rid)
             raise
         finally:
             self._waiters.pop(rid, None)
-        return self._outcome(replica, now)
+        return self._outcome(answer, now)
 
-    def _outcome(self, replica: str | None, since: float) -> AcquireResult:
-        """A waiter's answer: a replica id (granted), "" (cancelled) or None (deadline passed)."""
-        if replica is None:
-            return AcquireResult("expired", detail="queue deadline passed")
-        if replica == "":
-            return AcquireResult("cancelled")
-        return AcquireResult("granted", replica, queue_wait_s=self._clock() - since)
+    def _outcome(self, answer: AcquireResult, since: float) -> AcquireResult:
+        """A waiter's answer as its caller gets it: a grant carries the wait since `since`."""
+        if answer.status is AcquireStatus.GRANTED:
+            return replace(answer, queue_wait_s=self._clock() - since)
+        return answer
 
     async def release(
         self, request_id: str, replica_id: str, output_tokens: int | None,
@@ -208,6 +221,38 @@ class SchedulerActor:
     async def ping(self) -> str:
         return self._core.policy.name
 
+    # -- GET /v1/usage ---------------------------------------------------------------------------
+
+    async def usage(self, tenant: str) -> TenantUsage | None:
+        """`tenant`'s own counters, tokens, queue, latency percentiles and quota left, in one call
+        (None for an unknown tenant). The caller authenticated `tenant`: nothing of another is read."""
+        return tenant_usage(self._core, self._book, tenant)
+
+    # -- soak checks (read-only) -----------------------------------------------------------------
+
+    async def table_sizes(self) -> dict[str, int]:
+        """Entries in every table this actor keeps per request or per tenant; benchmarks/bench_soak.py
+        checks they stay flat under sustained load. The lazily pruned heaps (deadlines, the policy's
+        heap, the dispatcher's running heap) are read directly: they are where a leak would hide."""
+        core, replicas = self._core, list(self._ledger.replicas())
+        return {
+            "waiters": len(self._waiters),
+            "granted": len(self._granted),
+            "preempt": sum(len(ids) for ids in self._preempt.values()),
+            "ledger_granted": sum(len(r.granted) for r in replicas),
+            "ledger_pending": sum(len(r.pending) for r in replicas),
+            "ledger_active": sum(len(r.active) for r in replicas),
+            "ledger_progress": sum(len(r.progress) for r in replicas),
+            "core_queued": core.num_queued,
+            "core_in_flight": core.num_in_flight,
+            "core_deadlines": len(core._deadlines),
+            "policy_queued": len(core.policy),
+            "policy_heap": len(getattr(core.policy, "_heap", ())),
+            "dispatcher_running": len(self._dispatcher._running),
+            "book_histograms": len(self._book.histograms),
+            "book_outcomes": len(self._book.outcomes),
+        }
+
     # -- internals -------------------------------------------------------------------------------
 
     def _withdraw(self, request_id: str) -> None:
@@ -215,7 +260,7 @@ class SchedulerActor:
         if self._core.cancel(request_id) is not None:
             future = self._waiters.get(request_id)
             if future is not None and not future.done():
-                future.set_result("")
+                future.set_result(_CANCELLED)
             return
         replica = self._granted.pop(request_id, None)
         if replica is not None:
@@ -226,7 +271,7 @@ class SchedulerActor:
         """Grant what the core dispatcher grants; answer callers whose deadline passed."""
         step = self._dispatcher.step()
         for ticket in step.expired:
-            self._answer(ticket.request_id, None)
+            self._answer(ticket.request_id, _EXPIRED)
         for ticket, replica in step.preempted:  # told to the replica in its next heartbeat's answer
             self._preempt.setdefault(replica, set()).add(ticket.request_id)
         for ticket, replica in step.grants:
@@ -237,9 +282,9 @@ class SchedulerActor:
                 self._core.abort(rid)
                 continue
             self._granted[rid] = replica
-            future.set_result(replica)
+            future.set_result(AcquireResult(AcquireStatus.GRANTED, replica))
 
-    def _answer(self, request_id: str, value: str | None) -> None:
+    def _answer(self, request_id: str, value: AcquireResult) -> None:
         future = self._waiters.get(request_id)
         if future is not None and not future.done():
             future.set_result(value)

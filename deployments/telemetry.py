@@ -27,6 +27,25 @@ class Histogram:
         self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, value)] += 1
         self.total += value
 
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile estimated from the buckets (None when empty).
+
+        As Prometheus's `histogram_quantile`: linear within the bucket holding the rank, from 0 for the
+        first bucket; a rank in the +Inf bucket answers the highest finite bound.
+        """
+        n = sum(self.counts)
+        if n == 0:
+            return None
+        rank, seen = q * n, 0
+        for i, count in enumerate(self.counts):
+            if count and seen + count >= rank:
+                if i == len(LATENCY_BUCKETS_S):
+                    return LATENCY_BUCKETS_S[-1]
+                lower = LATENCY_BUCKETS_S[i - 1] if i else 0.0
+                return lower + (LATENCY_BUCKETS_S[i] - lower) * (rank - seen) / count
+            seen += count
+        return LATENCY_BUCKETS_S[-1]
+
 
 @dataclass(slots=True)
 class RequestTimings:
@@ -41,16 +60,20 @@ class RequestTimings:
     engine_ttft_s: float | None = None
     """First-token latency as the engine measured it (from its arrival, excludes DriftSched's queue)."""
     output_tokens: int = 0
+    prompt_tokens: int = 0
+    """The client's prompt tokens (of a granted request; resumed runs' re-sent tokens not counted)."""
     outcome: str = "ok"
     """ok, client_disconnect, replica_error, engine_error, timeout."""
 
 
 class RequestBook:
-    """Histograms per (kind, tenant), tokens generated per tenant, outcomes per (tenant, outcome)."""
+    """Histograms per (kind, tenant), tokens generated and prompt tokens per tenant, outcomes per
+    (tenant, outcome)."""
 
     def __init__(self) -> None:
         self.histograms: dict[tuple[str, str], Histogram] = {}
         self.tokens: dict[str, int] = {}
+        self.prompt_tokens: dict[str, int] = {}
         self.outcomes: dict[tuple[str, str], int] = {}
 
     def record(self, timings: RequestTimings) -> None:
@@ -67,5 +90,6 @@ class RequestBook:
                     hist = self.histograms[(kind, tenant)] = Histogram()
                 hist.observe(value)
         self.tokens[tenant] = self.tokens.get(tenant, 0) + timings.output_tokens
+        self.prompt_tokens[tenant] = self.prompt_tokens.get(tenant, 0) + timings.prompt_tokens
         key = (tenant, timings.outcome)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1

@@ -14,7 +14,7 @@ vLLM is imported only here, and only when `start` runs, so the rest of DriftSche
   is above `kv_high_watermark`, the replica offers no free slots, so the backlog stays in the
   scheduler where the policy orders it instead of in vLLM's FCFS queue.
 * Errors become `EngineFailure` values on the final delta: invalid input (e.g. prompt longer than the
-  model's context) is 400, a dead engine 503, anything else 502.
+  model's context), a dead engine, an aborted request, anything else (`EngineErrorCode`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 from deployments.engine import (
     Capacity,
+    EngineErrorCode,
     EngineFailure,
     EngineTiming,
     GenerationRequest,
@@ -155,15 +156,15 @@ class VllmEngine:
                 yield delta
         except (VLLMClientError, ValueError) as exc:
             finished = True
-            yield _failure(400, "invalid_request", str(exc))
+            yield _failure(EngineErrorCode.INVALID_REQUEST, str(exc))
         except EngineDeadError:
             finished = True
             logger.error("vLLM engine died while serving %s", rid)
-            yield _failure(503, "engine_dead", "the inference engine stopped; retry")
+            yield _failure(EngineErrorCode.ENGINE_DEAD, "the inference engine stopped; retry")
         except Exception as exc:  # any other engine fault is the replica's, not the client's
             finished = True
             logger.exception("vLLM failed on %s", rid)
-            yield _failure(502, "engine_error", f"inference engine error ({type(exc).__name__})")
+            yield _failure(EngineErrorCode.ENGINE_ERROR, f"inference engine error ({type(exc).__name__})")
         finally:
             self._active.pop(rid, None)
             self._preempted.discard(rid)
@@ -214,7 +215,7 @@ class VllmEngine:
                 yield TokenDelta(completion.text, len(ids), "preempted", token_ids=ids)
                 return
             if reason not in _FINISH:
-                yield _failure(503, "engine_aborted", f"the engine ended the request ({reason})")
+                yield _failure(EngineErrorCode.ENGINE_ABORTED, f"the engine ended the request ({reason})")
                 return
             metrics = out.metrics
             if metrics is not None and metrics.num_generation_tokens:
@@ -233,5 +234,5 @@ class VllmEngine:
                             preemptions=metrics.num_preemptions)
 
 
-def _failure(status: int, code: str, message: str) -> TokenDelta:
-    return TokenDelta("", 0, "error", error=EngineFailure(status, code, message))
+def _failure(code: EngineErrorCode, message: str) -> TokenDelta:
+    return TokenDelta("", 0, "error", error=EngineFailure(code, message))

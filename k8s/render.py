@@ -13,6 +13,10 @@ What the Kubernetes deployment adds to config.l4.yaml, and nothing else:
   `autoscaling_config` takes precedence over the `num_replicas` the app builder passes in code, so
   `args.replicas.num_replicas` stays the *upper* bound that the app's sizing checks use.
 
+It also writes `k8s/base/state.yaml`, a ReadWriteMany PersistentVolumeClaim (GKE Filestore) mounted
+at `STATE_MOUNT` in every Ray pod: the drift actor may be restarted on any node, so its snapshot
+(`gateway.drift_snapshot_path`, which must lie under `STATE_MOUNT`) has to be on storage they share.
+
 The cluster it describes (one RayService):
 
 * head: no CPUs or GPUs for Ray (`num-cpus: 0`), so no Serve replica or task lands there; it runs
@@ -39,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "config.l4.yaml"
 BASE_MANIFEST = ROOT / "k8s" / "base" / "rayservice.yaml"
 DEV_PATCH = ROOT / "k8s" / "overlays" / "dev" / "rayservice-patch.yaml"
+STATE_MANIFEST = ROOT / "k8s" / "base" / "state.yaml"
 
 NAME = "driftsched"
 RAY_VERSION = "2.60.0"  # tests/test_k8s.py checks it against pyproject.toml and the Dockerfile
@@ -47,9 +52,17 @@ LLM_DEPLOYMENT = "LLMReplica"
 
 # Secrets the cluster reads; created by hand (see the README), never committed.
 API_KEYS_SECRET = ("driftsched-api-keys", "keys.json")
+METRICS_TOKEN_SECRET = ("driftsched-metrics-token", "token")  # also in k8s/monitoring/podmonitors.yaml
 HF_TOKEN_SECRET = ("driftsched-hf-token", "token")
 REDIS_SECRET = ("driftsched-redis", "password")
 REDIS_ADDRESS = "driftsched-redis:6379"  # k8s/base/redis.yaml; or a Memorystore address
+
+# Shared state (the drift snapshot): one Filestore share, the same path in every Ray pod.
+STATE_CLAIM = "driftsched-state"
+STATE_MOUNT = "/var/lib/driftsched"
+STATE_STORAGE_CLASS = "standard-rwx"  # GKE's Filestore CSI driver, basic HDD tier
+STATE_SIZE = "1Ti"  # the basic HDD tier's minimum on most GKE versions
+RAY_UID_GID = "1000:100"  # the `ray` user and `users` group of the rayproject/ray image
 
 GKE_L4_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -148,10 +161,13 @@ def _secret_env(name: str, secret: tuple[str, str], optional: bool = False) -> d
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
+STATE_VOLUME_MOUNT = {"name": "state", "mountPath": STATE_MOUNT}
+
+
 def _container(
     name: str, args: dict[str, Any], resources: dict[str, Any], ports: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """A Ray container: the project image, the tenant keys and the HF token from Secrets."""
+    """A Ray container: the project image; the tenant keys, metrics token and HF token from Secrets."""
     return {
         "name": name,
         "image": IMAGE,
@@ -159,6 +175,8 @@ def _container(
         "env": [
             # The ingress reads tenant keys from this variable (config: auth.keys_env).
             _secret_env(args["auth"]["keys_env"], API_KEYS_SECRET),
+            # GET /metrics answers only this token (auth.metrics_token_env); Prometheus sends it.
+            _secret_env(args["auth"]["metrics_token_env"], METRICS_TOKEN_SECRET),
             # Gated model weights; optional so that an ungated model needs no Secret.
             _secret_env("HF_TOKEN", HF_TOKEN_SECRET, optional=True),
         ],
@@ -166,7 +184,7 @@ def _container(
         "resources": resources,
         # Ray stops cleanly before the pod goes away (Serve drains, replicas deregister).
         "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, dict(STATE_VOLUME_MOUNT)],
     }
 
 
@@ -181,8 +199,22 @@ def _pod(component: str, container: dict[str, Any], shm: str, **spec: Any) -> di
     return {
         "metadata": {"labels": {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": component}},
         "spec": {
+            # A new Filestore share's root belongs to root: let the `ray` user write to it.
+            "initContainers": [
+                {
+                    "name": "state-permissions",
+                    "image": IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["chown", RAY_UID_GID, STATE_MOUNT],
+                    "securityContext": {"runAsUser": 0},
+                    "volumeMounts": [dict(STATE_VOLUME_MOUNT)],
+                }
+            ],
             "containers": [container],
-            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}],
+            "volumes": [
+                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
+                {"name": "state", "persistentVolumeClaim": {"claimName": STATE_CLAIM}},
+            ],
             **spec,
         },
     }
@@ -205,6 +237,12 @@ HEAD_PORTS = [
 def rayservice(serve_config: dict[str, Any]) -> dict[str, Any]:
     """The RayService for a Serve config, sized from it."""
     args = app_args(serve_config)
+    snapshot = str(args.get("gateway", {}).get("drift_snapshot_path") or "")
+    if not snapshot.startswith(STATE_MOUNT + "/"):
+        raise ValueError(
+            f"gateway.drift_snapshot_path is {snapshot or None!r}; set it to a file under {STATE_MOUNT}/ "
+            "(the shared volume every Ray pod mounts), or a restarted drift actor loses its statistics"
+        )
     llm = llm_deployment(serve_config)
     actor = llm.get("ray_actor_options", {})
     if actor.get("accelerator_type") != "L4":
@@ -287,6 +325,20 @@ def dev_patch(dev_config: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def state_claim() -> dict[str, Any]:
+    """The shared volume's claim: ReadWriteMany, so head and workers on any node mount it at once."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": STATE_CLAIM, "labels": {"app.kubernetes.io/name": NAME}},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": STATE_STORAGE_CLASS,
+            "resources": {"requests": {"storage": STATE_SIZE}},
+        },
+    }
+
+
 # ---------------------------------------------------------------- Files
 
 
@@ -314,6 +366,7 @@ def render(source: Path = SOURCE) -> dict[Path, str]:
     return {
         BASE_MANIFEST: header + dump(rayservice(prod)),
         DEV_PATCH: header + dump(dev_patch(dev_serve_config(prod))),
+        STATE_MANIFEST: header + dump(state_claim()),
     }
 
 

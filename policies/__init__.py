@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 from typing import Any
 
-from driftsched.core.errors import UnknownPolicyError
+from pydantic import ConfigDict, ValidationError, create_model
+
+from driftsched.core.errors import PolicyOptionsError, UnknownPolicyError
 from policies.aging import AgingPolicy
 from policies.base import HeapPolicy, Policy
 from policies.bounded import BoundedSjfPolicy
@@ -24,8 +28,8 @@ POLICIES: dict[str, type[Any]] = {
 }
 
 
-def make_policy(name: str, **options: Any) -> Policy:
-    """Build a policy by registry name or "package.module:ClassName"."""
+def policy_class(name: str) -> type[Any]:
+    """The policy class registered as `name`, or imported from "package.module:ClassName"."""
     cls = POLICIES.get(name)
     if cls is None and ":" in name:
         module_name, _, class_name = name.partition(":")
@@ -37,10 +41,45 @@ def make_policy(name: str, **options: Any) -> Policy:
         raise UnknownPolicyError(
             f"unknown policy {name!r}; choose one of {sorted(POLICIES)} or give 'module:Class'"
         )
+    return cls
+
+
+def check_options(cls: type[Any], options: dict[str, Any]) -> None:
+    """Check `options` against the annotated parameters of ``cls.__init__``, before calling it.
+
+    Strict: no coercion ("10" is not a number, true is not 10), no infinities or NaN, no names the
+    constructor does not take. Ranges stay in the constructors, which state the fix.
+    """
+    fields: dict[str, Any] = {}
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except NameError:  # an out-of-tree annotation that does not resolve here: check the names only
+        hints = {}
+    for param in inspect.signature(cls).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            return  # takes anything: the constructor is the only judge
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (hints.get(param.name, Any), default)
+    config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
+    model = create_model(f"{cls.__name__}Options", __config__=config, **fields)
+    try:
+        model.model_validate(options)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        valid = ", ".join(fields) or "none"
+        raise PolicyOptionsError(
+            f"bad options for policy {cls.__name__}: {problems} (its options: {valid})"
+        ) from None
+
+
+def make_policy(name: str, **options: Any) -> Policy:
+    """Build a policy by registry name or "package.module:ClassName"."""
+    cls = policy_class(name)
+    check_options(cls, options)
     try:
         policy = cls(**options)
     except TypeError as exc:
-        raise UnknownPolicyError(f"bad options {options!r} for policy {name!r}: {exc}") from None
+        raise PolicyOptionsError(f"bad options {options!r} for policy {name!r}: {exc}") from None
     if not isinstance(policy, Policy):
         raise UnknownPolicyError(f"{name!r} does not implement the Policy interface")
     policy_typed: Policy = policy
@@ -57,5 +96,7 @@ __all__ = [
     "PriorityPolicy",
     "SjfPolicy",
     "WeightedFairPolicy",
+    "check_options",
     "make_policy",
+    "policy_class",
 ]

@@ -12,7 +12,7 @@ from ray.serve.config import RequestRouterConfig
 
 from deployments.replica import ActorNames, LLMReplica
 from driftsched.core.errors import ConfigError, UnknownPolicyError
-from policies import make_policy
+from policies import make_policy, policy_class
 from serve_app.config import parse_app_config
 from serve_app.ingress import Ingress
 
@@ -21,10 +21,15 @@ _SLOT_MARGIN = 4  # replicas accept a few more than their slots: the scheduler i
 
 def check_policy(name: str, options: dict[str, Any]) -> None:
     """Build the configured policy once here, so a bad name or option fails `serve run` at once."""
+    head = "invalid DriftSched application args:\n  core.scheduler"
+    try:
+        policy_class(name)
+    except UnknownPolicyError as exc:
+        raise ConfigError(f"{head}.policy: {exc}") from None
     try:
         make_policy(name, **options)
-    except (UnknownPolicyError, ValueError) as exc:
-        raise ConfigError(f"invalid DriftSched application args:\n  core.scheduler.policy: {exc}") from None
+    except ValueError as exc:  # an unknown option, a value of the wrong type or out of range
+        raise ConfigError(f"{head}.policy_options (policy {name!r}): {exc}") from None
 
 
 def build_app(args: dict[str, Any]) -> Application:

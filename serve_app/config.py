@@ -8,17 +8,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deployments.replica_config import ReplicaConfig
+from deployments.replica_config import ReplicaConfig, perf_model_for
 from driftsched.core.config import CoreConfig
 from driftsched.core.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AuthConfig(_Strict):
-    """Where tenants' API keys come from. Keys are compared in constant time and never logged."""
+    """Where tenants' API keys and the /metrics scrape token come from. Secrets are compared in
+    constant time and never logged."""
 
     demo_keys: dict[str, str] = Field(default_factory=dict)
     """Key -> tenant, inline. For local demos only: anything in config.yaml is public."""
@@ -26,6 +27,13 @@ class AuthConfig(_Strict):
     """Environment variable (read by each ingress replica) holding JSON {"<key>": "<tenant>"}."""
     keys_file: str | None = None
     """File (read by each ingress replica) holding the same JSON mapping."""
+    metrics_token_env: str | None = "DRIFTSCHED_METRICS_TOKEN"
+    """Environment variable (read by each ingress replica) holding the bearer token that opens
+    GET /metrics. With no token from any source, /metrics is disabled (404)."""
+    metrics_token_file: str | None = None
+    """File (read by each ingress replica) holding a metrics token (surrounding whitespace ignored)."""
+    demo_metrics_token: str | None = Field(default=None, min_length=16)
+    """A metrics token inline. For local demos only, like `demo_keys`: anything in config.yaml is public."""
 
 
 class GatewayConfig(_Strict):
@@ -45,7 +53,8 @@ class GatewayConfig(_Strict):
     drift_refresh_s: float = Field(default=1.0, gt=0)
     """How often each ingress refreshes its local copy of the drift statistics."""
     drift_snapshot_path: str | None = None
-    """File where the drift actor persists its statistics; none keeps them in memory only."""
+    """File where the drift actor persists its statistics; none keeps them in memory only. On a
+    multi-node cluster it must be on storage every node mounts at this path (k8s: the shared volume)."""
     replica_timeout_s: float = Field(default=5.0, gt=0)
     """A replica silent this long is dropped by the scheduler with its grants."""
     ingress_replicas: int = Field(default=1, ge=1)
@@ -82,10 +91,33 @@ class AppConfig(_Strict):
         capacity = self.gateway.ingress_max_ongoing_requests * self.gateway.ingress_replicas
         if capacity <= waiting:
             raise ValueError(
-                f"ingress_max_ongoing_requests x ingress_replicas = {capacity} must exceed the requests "
-                f"that can be queued or running ({waiting}); raise ingress_max_ongoing_requests"
+                f"gateway.ingress_max_ongoing_requests x ingress_replicas = {capacity} must exceed the "
+                f"requests that can be queued or running ({waiting}); raise ingress_max_ongoing_requests"
             )
+        self._check_cross_sections()
         return self
+
+    def _check_cross_sections(self) -> None:
+        """Settings of one section that only make sense against another's."""
+        heartbeat, timeout = self.replicas.heartbeat_s, self.gateway.replica_timeout_s
+        if timeout <= 2 * heartbeat:
+            raise ValueError(
+                f"gateway.replica_timeout_s ({timeout:g}) must exceed twice replicas.heartbeat_s "
+                f"({heartbeat:g}), or live replicas are dropped between heartbeats; raise "
+                "gateway.replica_timeout_s or lower replicas.heartbeat_s"
+            )
+        limit = self.core.scheduler.max_request_tokens
+        if self.replicas.engine == "vllm":
+            context = self.replicas.engine_args.get("max_model_len")
+            where = "replicas.engine_args.max_model_len"
+        else:
+            context = perf_model_for(self.replicas).kv_capacity_tokens
+            where = f"the KV capacity of one simulated {self.replicas.model} replica"
+        if isinstance(context, int) and limit > context:
+            raise ValueError(
+                f"core.scheduler.max_request_tokens ({limit}) exceeds {where} ({context}): admitted "
+                "requests could never run; lower core.scheduler.max_request_tokens"
+            )
 
     def fingerprint(self) -> str:
         """Short hash of everything but the keys: names this configuration's actors."""
@@ -98,7 +130,17 @@ def parse_app_config(args: dict[str, Any]) -> AppConfig:
     try:
         return AppConfig.model_validate(args)
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        ]
+        lines = [_problem(err) for err in exc.errors()]
         raise ConfigError("invalid DriftSched application args:\n" + "\n".join(lines)) from None
+
+
+def _problem(err: Any) -> str:
+    """One line: the field's path, what is wrong, and the value given (never under `auth`: secrets)."""
+    path = ".".join(str(p) for p in err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    if not path:  # a check across sections: its message names the fields
+        return f"  {message}"
+    value = err.get("input")
+    scalar = value is None or isinstance(value, str | int | float)
+    shown = f" (got {value!r:.80})" if scalar and not path.startswith("auth") else ""
+    return f"  {path}: {message}{shown}"

@@ -25,35 +25,25 @@ from ray.serve.exceptions import RequestCancelledError
 from deployments.actors import ActorUnavailable, call
 from deployments.engine import GenerationRequest, TokenDelta, Usage
 from deployments.replica import EstimateKey
-from deployments.scheduler_actor import AcquireResult
+from deployments.scheduler_actor import AcquireResult, AcquireStatus
 from deployments.telemetry import RequestTimings
 from driftsched.core.intake import Intake
-from driftsched.core.request import RejectReason, Request
+from driftsched.core.request import Request
 from serve_app.config import GatewayConfig
+from serve_app.errors import (
+    ErrorCode,
+    GatewayError,
+    acquire_error,
+    engine_error,
+    reject_error,
+    scheduler_unavailable,
+)
 from serve_app.prompts import RenderedPrompt
 
 logger = logging.getLogger(__name__)
 
-_STATUS = {
-    RejectReason.INVALID: 400,
-    RejectReason.UNKNOWN_TENANT: 401,
-    RejectReason.REQUEST_QUOTA: 429,
-    RejectReason.TOKEN_QUOTA: 429,
-    RejectReason.TENANT_QUEUE_FULL: 429,
-    RejectReason.OVERLOADED: 503,
-}
 _RESTART_GRACE_S = 10.0  # extra time to reach a restarting scheduler before answering 503
 _MAX_FAILOVERS = 2  # a request moved off this many failed replicas gets an error on the next failure
-
-
-class GatewayError(Exception):
-    """A request failed with an HTTP status and an OpenAI-style error type/code."""
-
-    def __init__(self, status: int, type_: str, code: str, message: str,
-                 retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.status, self.type, self.code, self.message = status, type_, code, message
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,14 +65,6 @@ class Prepared:
     ticket: object
     tenant: str
     started: float
-
-
-def reject_error(reason: str | None, detail: str, retry_after_s: float | None) -> GatewayError:
-    code = RejectReason(reason) if reason else RejectReason.OVERLOADED
-    status = _STATUS[code]
-    type_ = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
-             503: "overloaded_error"}[status]
-    return GatewayError(status, type_, code.value, detail, retry_after_s)
 
 
 @dataclass(slots=True)
@@ -161,20 +143,15 @@ class Gateway:
                 deadline, what="scheduler",
             )
         except ActorUnavailable:
-            raise GatewayError(503, "overloaded_error", "scheduler_unavailable",
-                               "the scheduler is restarting; retry shortly", 1.0) from None
+            raise scheduler_unavailable() from None
         except asyncio.CancelledError:  # client went away while queued
             self.scheduler.cancel.remote(rid)  # type: ignore[attr-defined]
             raise
-        if result.status == "granted" and result.replica_id is not None:
+        if result.status is AcquireStatus.GRANTED and result.replica_id is not None:
             return result.replica_id, result.queue_wait_s
-        if result.status == "rejected":
-            raise reject_error(result.reason, result.detail, result.retry_after_s)
-        if result.status == "expired":
+        if result.status is AcquireStatus.EXPIRED:
             self.release(prepared, "", None, RequestTimings(prepared.tenant, outcome="timeout"))
-            raise GatewayError(504, "timeout_error", "queue_timeout",
-                               f"no replica slot within {timeout:g}s; retry later")
-        raise GatewayError(499, "cancelled", "cancelled", "request cancelled")
+        raise acquire_error(result, timeout)
 
     def release(self, prepared: Prepared, replica_id: str, output_tokens: int | None,
                 timings: RequestTimings) -> None:
@@ -201,7 +178,8 @@ class Gateway:
         from the next grant. The client sees one stream and one `usage` (its own prompt, every
         generated token).
         """
-        timings = RequestTimings(prepared.tenant, queue_wait_s=queue_wait_s, outcome="client_disconnect")
+        timings = RequestTimings(prepared.tenant, queue_wait_s=queue_wait_s, outcome="client_disconnect",
+                                 prompt_tokens=prepared.request.prompt_tokens)
         output_tokens: int | None = None
         run, produced, failovers = prepared.request, _Produced(), 0
         response = None
@@ -224,28 +202,27 @@ class Gateway:
                                       timings.output_tokens)
             out.put_nowait(None)
         except GatewayError as err:  # could not resume within the queue deadline
-            timings.outcome = "timeout" if err.status == 504 else "resume_failed"
+            timings.outcome = "timeout" if err.code is ErrorCode.QUEUE_TIMEOUT else "resume_failed"
             out.put_nowait(err)
         except StopAsyncIteration:
             timings.outcome = "replica_error"
-            out.put_nowait(GatewayError(502, "api_error", "replica_error", "the replica ended early"))
+            out.put_nowait(GatewayError(ErrorCode.REPLICA_ERROR, "the replica ended early"))
         except TimeoutError:
             timings.outcome = "timeout"
-            out.put_nowait(GatewayError(504, "timeout_error", "replica_stalled",
+            out.put_nowait(GatewayError(ErrorCode.REPLICA_STALLED,
                                         f"no token for {self.config.stall_timeout_s:g}s"))
         except (RayActorError, RayTaskError, RequestCancelledError) as exc:
             timings.outcome = "replica_error"
             logger.warning("request %s failed on replica %s: %s", prepared.request.request_id,
                            replica_id, type(exc).__name__)
-            out.put_nowait(GatewayError(502, "api_error", "replica_failed",
+            out.put_nowait(GatewayError(ErrorCode.REPLICA_FAILED,
                                         "the replica serving this request failed; retry"))
         except asyncio.CancelledError:  # the client went away: nobody reads `out` any more
             raise
         except Exception:  # never end the pump without a terminal item: the client would wait for ever
             timings.outcome = "replica_error"
             logger.exception("request %s failed on replica %s", prepared.request.request_id, replica_id)
-            out.put_nowait(GatewayError(502, "api_error", "internal_error",
-                                        "the request failed inside the gateway; retry"))
+            out.put_nowait(GatewayError(ErrorCode.INTERNAL, "the request failed inside the gateway; retry"))
         finally:
             if output_tokens is None and response is not None:
                 response.cancel()
@@ -275,9 +252,7 @@ class Gateway:
             started = True
             if delta.error is not None:
                 timings.outcome = "engine_error"
-                err = delta.error
-                type_ = "invalid_request_error" if err.status == 400 else "api_error"
-                out.put_nowait(GatewayError(err.status, type_, err.code, err.message))
+                out.put_nowait(engine_error(delta.error.code, delta.error.message))
                 return "error"
             if delta.num_tokens or delta.text:
                 if timings.ttft_s is None:
@@ -314,14 +289,14 @@ class Gateway:
                 deadline, what="scheduler",
             )
         except ActorUnavailable:
-            raise GatewayError(503, "overloaded_error", "scheduler_unavailable",
-                               "the scheduler is restarting; retry shortly", 1.0) from None
-        if result.status == "granted" and result.replica_id is not None:
+            raise scheduler_unavailable() from None
+        if result.status is AcquireStatus.GRANTED and result.replica_id is not None:
             return result.replica_id
-        if result.status == "expired":
-            raise GatewayError(504, "timeout_error", "queue_timeout",
+        if result.status is AcquireStatus.EXPIRED:
+            raise GatewayError(ErrorCode.QUEUE_TIMEOUT,
                                f"the preempted request found no replica slot within {timeout:g}s")
-        raise GatewayError(502, "api_error", "resume_failed", result.detail or "could not resume")
+        # a rejected or withdrawn resume is this service's failure, not the client's
+        raise GatewayError(ErrorCode.RESUME_FAILED, result.detail or "could not resume")
 
 
 def resumed_request(original: GenerationRequest, text: str, token_ids: list[int],

@@ -1,9 +1,11 @@
 """The HTTP ingress deployment: OpenAI-style endpoints, auth, errors, streaming, metrics.
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (streamed as SSE or not), GET /v1/models,
-GET /healthz, GET /metrics. The per-request path lives in `serve_app.gateway`; this module maps HTTP
-to it and its outcomes to status codes: 400 invalid body, 401 missing/unknown key, 429 over quota,
-503 overloaded or scheduler unavailable, 504 queue deadline passed, 502 replica failure.
+GET /v1/usage (the calling tenant's own figures), GET /healthz (ok or degraded, no tenant data), and
+GET /metrics (every tenant's figures: the scrape token only, see `serve_app.auth`). The per-request
+path lives in `serve_app.gateway`; this module maps HTTP to it and its outcomes to status codes:
+400 invalid body, 401 missing/unknown key, 429 over quota, 503 overloaded or scheduler unavailable,
+504 queue deadline passed, 502 replica failure.
 """
 
 # Deliberately no `from __future__ import annotations` here: Serve's class-based FastAPI view cannot
@@ -19,18 +21,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
+from starlette.exceptions import HTTPException
 
 from deployments.actors import ActorUnavailable, call
 from deployments.replica import ActorNames
 from driftsched.core.drift import DriftTracker
 from driftsched.core.intake import Intake
 from serve_app.config import AppConfig
-from serve_app.gateway import Gateway, GatewayError, Lease, Sampling
+from serve_app.errors import ErrorCode, GatewayError, scheduler_unavailable
+from serve_app.gateway import Gateway, Lease, Sampling
 from serve_app.metrics import render
 from serve_app.prompts import make_prompts
 from serve_app.protocol import SSE_DONE, ChatBody, CompletionBody, ResponseShaper, error_body, sse
@@ -39,14 +44,28 @@ logger = logging.getLogger(__name__)
 
 
 def _unauthorized() -> GatewayError:
-    return GatewayError(401, "authentication_error", "invalid_api_key", "missing or unknown API key")
+    return GatewayError(ErrorCode.INVALID_API_KEY, "missing or unknown API key")
 
 
 app = FastAPI(title="DriftSched")
 
 
+_ROUTING_ERRORS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
+
+
+@app.exception_handler(HTTPException)
+async def _routing_error(request: Request, exc: HTTPException) -> Response:
+    """The framework's own refusals (unknown path, wrong method) carry the OpenAI error body too."""
+    code = _ROUTING_ERRORS.get(exc.status_code)
+    if code is None:  # routing raises no other status; leave anything else as the framework answers it
+        return await http_exception_handler(request, exc)
+    response = _error(GatewayError(code, str(exc.detail)))
+    response.headers.update(exc.headers or {})  # 405 names the allowed methods
+    return response
+
+
 def _too_large(size: int, limit: int) -> GatewayError:
-    return GatewayError(413, "invalid_request_error", "body_too_large",
+    return GatewayError(ErrorCode.BODY_TOO_LARGE,
                         f"the request body is {size} bytes; the limit is {limit} (gateway.max_body_bytes)")
 
 
@@ -64,11 +83,12 @@ class Ingress:
     """FastAPI ingress (see module docstring)."""
 
     async def __init__(self, config: dict[str, Any], actors: ActorNames, llm: Any) -> None:
-        from serve_app.auth import KeyStore
+        from serve_app.auth import KeyStore, ScrapeToken
 
         self.config = AppConfig.model_validate(config)
         core = self.config.core
         self.keys = KeyStore.load(self.config.auth, {t.name for t in core.tenants})
+        self.scrape_token = ScrapeToken.load(self.config.auth, self.keys)
         self.intake = Intake(core)
         self.scheduler, self.drift = actors.scheduler(), actors.drift()
         self.gateway = Gateway(self.intake, self.config.gateway, self.scheduler, llm,
@@ -104,14 +124,48 @@ class Ingress:
             return JSONResponse({"status": "degraded", "scheduler": "unavailable"}, 503)
         return JSONResponse({"status": "ok", "policy": policy})
 
+    @app.get("/v1/usage")
+    async def usage(self, request: Request) -> Response:
+        """The calling tenant's own usage (deployments/usage.py), from one scheduler call."""
+        tenant = self.keys.tenant_for(request.headers.get("authorization"))
+        if tenant is None:
+            return self._refuse(_unauthorized())
+        try:
+            usage = await call(lambda: self.scheduler.usage.remote(tenant), time.monotonic() + 3.0,
+                               what="scheduler")
+        except ActorUnavailable:
+            return _error(scheduler_unavailable())
+        if usage is None:  # a key names a tenant the scheduler does not know: a deployment mismatch
+            return _error(GatewayError(ErrorCode.UNKNOWN_TENANT, f"no usage is kept for tenant {tenant!r}"))
+        return JSONResponse(usage.to_json())
+
     @app.get("/metrics")
-    async def metrics(self) -> Response:
+    async def metrics(self, request: Request) -> Response:
+        """Every tenant's figures: only for the scrape token (auth.metrics_token_*), never a tenant key."""
+        refused = self._metrics_refusal(request.headers.get("authorization"))
+        if refused is not None:
+            return self._refuse(refused)
         try:
             view = await call(lambda: self.scheduler.view.remote(), time.monotonic() + 3.0)
         except ActorUnavailable:
             view = None
         drift = self.intake.estimator.tracker.stats(time.time())
         return Response(render(view, drift, self.rejected), media_type=CONTENT_TYPE_LATEST)
+
+    def _metrics_refusal(self, authorization: str | None) -> GatewayError | None:
+        if not self.scrape_token.enabled:
+            env = self.config.auth.metrics_token_env
+            return GatewayError(ErrorCode.METRICS_DISABLED,
+                                "GET /metrics is disabled: no metrics token is configured; set the "
+                                f"variable named by auth.metrics_token_env ({env}), "
+                                "auth.metrics_token_file or auth.demo_metrics_token")
+        if not authorization:
+            return GatewayError(ErrorCode.MISSING_METRICS_TOKEN,
+                                "GET /metrics needs Authorization: Bearer <metrics token>")
+        if not self.scrape_token.allows(authorization):
+            return GatewayError(ErrorCode.INVALID_METRICS_TOKEN,
+                                "this credential may not read /metrics; use the metrics token")
+        return None
 
     # -- the request path ------------------------------------------------------------------------
 
@@ -142,15 +196,14 @@ class Ingress:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            return self._refuse(GatewayError(400, "invalid_request_error", "invalid_body",
-                                             f"{where}: {first['msg']}"), param=where or None)
+            return self._refuse(GatewayError(ErrorCode.INVALID_BODY, f"{where}: {first['msg']}"),
+                                param=where or None)
         except ValueError as exc:  # bad JSON, or a body shape we do not serve
-            return self._refuse(GatewayError(400, "invalid_request_error", "invalid_body", str(exc)))
+            return self._refuse(GatewayError(ErrorCode.INVALID_BODY, str(exc)))
         except RecursionError:  # e.g. thousands of nested arrays: the parser gives up, the body is bad
-            return self._refuse(GatewayError(400, "invalid_request_error", "invalid_body",
-                                             "the JSON body is nested too deeply"))
+            return self._refuse(GatewayError(ErrorCode.INVALID_BODY, "the JSON body is nested too deeply"))
         if body.model is not None and body.model != self.model_name:
-            return self._refuse(GatewayError(404, "invalid_request_error", "model_not_found",
+            return self._refuse(GatewayError(ErrorCode.MODEL_NOT_FOUND,
                                              f"model {body.model!r} does not exist"))
         max_tokens = body.max_tokens or getattr(body, "max_completion_tokens", None)
         default = self.config.gateway.default_max_tokens if chat else 16
@@ -193,7 +246,7 @@ class Ingress:
         except asyncio.CancelledError:
             lease.cancel()
             raise
-        return _error(GatewayError(502, "api_error", "replica_error", "the replica ended early"))
+        return _error(GatewayError(ErrorCode.REPLICA_ERROR, "the replica ended early"))
 
     async def _sse(self, shaper: ResponseShaper, lease: Lease, first: Any, include_usage: bool
                    ) -> AsyncIterator[str]:
@@ -223,7 +276,9 @@ class Ingress:
             await asyncio.sleep(self.config.gateway.drift_refresh_s)
             try:
                 boot, merges, snap = await asyncio.wait_for(self.drift.snapshot.remote(), 5.0)
-                if seen is not None and boot != seen[0] and not snap["errors"] and self._drift_copy:
+                if seen is not None and boot != seen[0] and self._drift_copy:
+                    # A new instance: offer the pre-restart copy even if batches reached it first;
+                    # the actor lays the first copy under them (or ignores it: see DriftActor).
                     await asyncio.wait_for(self.drift.seed.remote(self._drift_copy), 5.0)
                     seen = None
                     continue

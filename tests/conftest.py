@@ -13,10 +13,14 @@ from typing import Any
 import pytest
 
 DEMO_KEYS = {"sk-test-gold": "gold", "sk-test-bronze": "bronze", "sk-test-tiny": "tiny"}
+METRICS_TOKEN = "test-metrics-scrape-token"
+METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+"""What a scrape of GET /metrics sends: it answers only the metrics token, never a tenant key."""
 
 BASE_ARGS: dict[str, Any] = {
     "benchmark_mode": True,
-    "auth": {"demo_keys": DEMO_KEYS, "keys_env": None},
+    "auth": {"demo_keys": DEMO_KEYS, "keys_env": None, "demo_metrics_token": METRICS_TOKEN,
+             "metrics_token_env": None},
     "core": {
         "tenants": [
             {"name": "gold", "tier": 0, "weight": 4.0},

@@ -128,6 +128,7 @@ def test_app_args_parse_with_the_app_config(overlay: Path) -> None:
     app_config = parse_app_config(render.app_args(config))
     assert app_config.replicas.engine == "vllm"
     assert app_config.auth.demo_keys == {}, "real deployments take keys from the Secret only"
+    assert app_config.auth.demo_metrics_token is None, "the scrape token comes from the Secret only"
     assert LLMReplica.name == render.LLM_DEPLOYMENT
 
 
@@ -188,12 +189,15 @@ def test_cluster_matches_the_serve_config(overlay: Path) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_secrets_reach_every_ray_container(overlay: Path) -> None:
     service = _rayservice(overlay)
-    keys_env = render.app_args(yaml.safe_load(service["spec"]["serveConfigV2"]))["auth"]["keys_env"]
+    auth = render.app_args(yaml.safe_load(service["spec"]["serveConfigV2"]))["auth"]
+    keys_env, token_env = auth["keys_env"], auth["metrics_token_env"]
     cluster = service["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     for pod in pods:
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
         assert env[keys_env]["valueFrom"]["secretKeyRef"]["name"] == "driftsched-api-keys"
+        token_ref = env[token_env]["valueFrom"]["secretKeyRef"]
+        assert (token_ref["name"], token_ref["key"]) == render.METRICS_TOKEN_SECRET
         assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "driftsched-hf-token"
         assert not pod["spec"]["containers"][0]["image"].endswith(":latest")
     redis = cluster["gcsFaultToleranceOptions"]
@@ -214,6 +218,14 @@ def test_prod_scrapes_app_and_ray_metrics_and_exposes_tenant_traffic() -> None:
         for e in m["spec"]["podMetricsEndpoints"]
     }
     assert endpoints == {("serve", "/metrics"), ("metrics", "/metrics")}
+    # The app's /metrics is on the tenant port and answers only the scrape token, from the same Secret
+    # the ingress pods read it from.
+    (app_endpoint,) = [e for m in monitors.values() for e in m["spec"]["podMetricsEndpoints"]
+                       if e["port"] == "serve"]
+    authorization = app_endpoint["authorization"]
+    assert authorization["type"] == "Bearer"
+    credentials = authorization["credentials"]
+    assert (credentials["name"], credentials["key"]) == render.METRICS_TOKEN_SECRET
     service = _rayservice(K8S / "overlays" / "prod")
     head_ports = {
         p["name"]: p["containerPort"]
@@ -226,6 +238,31 @@ def test_prod_scrapes_app_and_ray_metrics_and_exposes_tenant_traffic() -> None:
     (lb,) = [r for r in resources if r["kind"] == "Service" and r["spec"].get("type") == "LoadBalancer"]
     assert lb["spec"]["ports"][0]["targetPort"] == http_port
     assert _group(service, "cpu")["maxReplicas"] == 3  # the index-based prod patch hit the CPU group
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_drift_snapshot_is_on_a_volume_every_ray_pod_shares(overlay: Path) -> None:
+    resources = kustomize.build(overlay)
+    claims = {r["metadata"]["name"]: r for r in resources if r["kind"] == "PersistentVolumeClaim"}
+    assert claims[render.STATE_CLAIM]["spec"]["accessModes"] == ["ReadWriteMany"]
+    service = _rayservice(overlay)
+    snapshot = render.app_args(yaml.safe_load(service["spec"]["serveConfigV2"]))["gateway"][
+        "drift_snapshot_path"
+    ]
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        (volume,) = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["claimName"] == render.STATE_CLAIM
+        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+        assert Path(snapshot).is_relative_to(mount["mountPath"]), "the same file from every node"
+
+
+def test_render_refuses_a_node_local_drift_snapshot() -> None:
+    config = render.kubernetes_serve_config(render.load_serve_config())
+    render.app_args(config)["gateway"]["drift_snapshot_path"] = "/tmp/driftsched/drift_snapshot.json"
+    with pytest.raises(ValueError, match="drift_snapshot_path"):
+        render.rayservice(config)
 
 
 # ---------------------------------------------------------------- image

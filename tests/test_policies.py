@@ -9,7 +9,7 @@ from factories import make_ticket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftsched.core.errors import UnknownPolicyError
+from driftsched.core.errors import PolicyOptionsError, UnknownPolicyError
 from policies import POLICIES, Policy, make_policy
 
 ALL = sorted(POLICIES)
@@ -207,7 +207,7 @@ def test_registry_errors_name_the_choices():
         make_policy("lottery")
     with pytest.raises(UnknownPolicyError, match="cannot import"):
         make_policy("no.such.module:Policy")
-    with pytest.raises(UnknownPolicyError, match="bad options"):
+    with pytest.raises(PolicyOptionsError, match="bad options"):
         make_policy("fifo", age_step_s=3)
 
 

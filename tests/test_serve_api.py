@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 import ray
-from conftest import app_args, scheduler_handle
+from conftest import METRICS_HEADERS, app_args, scheduler_handle
 
 from driftsched.core.config import CATEGORIES
 
@@ -208,7 +208,7 @@ def test_client_disconnect_frees_capacity(base_url):
 def test_metrics_exposes_driftsched_families(client, base_url):
     client.completions.create(model=MODEL, prompt="metrics please", max_tokens=8)
     time.sleep(1.0)  # one drift push and one ingress refresh
-    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", headers=METRICS_HEADERS, timeout=10).text
     for name in (
         "driftsched_queue_depth_requests{tenant=\"gold\"}",
         "driftsched_requests_admitted_total{tenant=\"gold\"}",

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 import ray
-from conftest import app_args, scheduler_handle, vllm_replicas
+from conftest import METRICS_HEADERS, app_args, scheduler_handle, vllm_replicas
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ def test_cancel_aborts_inside_vllm(vllm_app):
         time.sleep(0.2)
     state = _replicas(args)[replica]
     assert state["in_use"] == 0 and state["engine_running"] == 0 and state["engine_waiting"] == 0
-    metrics = httpx.get(f"{base_url.removesuffix('/v1')}/metrics", timeout=10).text
+    metrics = httpx.get(f"{base_url.removesuffix('/v1')}/metrics", headers=METRICS_HEADERS, timeout=10).text
     assert 'driftsched_request_outcomes_total{outcome="client_disconnect",tenant="gold"}' in metrics
 
 
@@ -172,7 +172,8 @@ def test_two_replicas_serve_and_drift_reaches_shared_stats(vllm_app, client):
     deadline = time.monotonic() + 15
     metrics = ""
     while time.monotonic() < deadline:
-        metrics = httpx.get(f"{base_url.removesuffix('/v1')}/metrics", timeout=10).text
+        metrics = httpx.get(f"{base_url.removesuffix('/v1')}/metrics", headers=METRICS_HEADERS,
+                            timeout=10).text
         counts = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                   if line.startswith('driftsched_estimate_observations{') and 'tenant="gold"' in line]
         if sum(counts) >= 2 * SLOTS:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import yaml
 
 from driftsched.bench import fidelity
 from driftsched.bench.loadgen import LoadOptions, Target, run_load, to_records
-from driftsched.bench.service import service_estimator
+from driftsched.bench.service import scrape_metrics, service_estimator
 from driftsched.core.config import CoreConfig
 from driftsched.sim import perf_model
 from driftsched.sim.command import DEFAULT_POLICIES, add_workload_arguments, build_workload
@@ -28,6 +29,7 @@ from driftsched.sim.simulator import core_config_for
 
 # The local demo config (config.yaml): its tenants' public keys, and where the paper tenants go by tier.
 DEMO_KEYS = {"interactive": "sk-demo-interactive", "batch": "sk-demo-batch", "free": "sk-demo-free"}
+DEMO_METRICS_TOKEN = "demo-metrics-token-public"  # config.yaml's auth.demo_metrics_token
 DEMO_TENANT_MAP = {
     "support-bot": "interactive",
     "code-assist": "batch",
@@ -35,6 +37,8 @@ DEMO_TENANT_MAP = {
     "content-studio": "free",
 }
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
+
+logger = logging.getLogger(__name__)
 
 
 def _add_pacing(parser: argparse.ArgumentParser, time_scale: float, timeout: float) -> None:
@@ -98,6 +102,12 @@ def add_loadgen_arguments(parser: argparse.ArgumentParser) -> None:
         "(default for the paper tenants on the demo config: support-bot=interactive, "
         "code-assist=batch, docs-pipeline=batch, content-studio=free); "
         "unmapped tenants keep their name",
+    )
+    parser.add_argument(
+        "--metrics-token",
+        default=os.environ.get("DRIFTSCHED_METRICS_TOKEN", DEMO_METRICS_TOKEN),
+        help="bearer token for the service's /metrics, read for its estimator errors "
+        "(default: $DRIFTSCHED_METRICS_TOKEN, else config.yaml's demo token)",
     )
     parser.add_argument("--served-model", default=None, help="`model` field to send (default: none)")
     parser.add_argument(
@@ -177,8 +187,9 @@ def run_loadgen(args: argparse.Namespace) -> int:
         policy = "live"
     result = asyncio.run(run_load(workload.items, target, options))
     try:  # the service's own figures, over everything it has served so far
-        estimator: dict[str, Any] | None = service_estimator(httpx.get(root + "/metrics", timeout=10.0).text)
-    except (httpx.HTTPError, ValueError):
+        estimator: dict[str, Any] | None = service_estimator(scrape_metrics(root, args.metrics_token))
+    except (httpx.HTTPError, ValueError) as exc:
+        logger.warning("no estimator figures from %s/metrics (%s); check --metrics-token", root, exc)
         estimator = None
     est = {k: estimator[k] for k in ("uncorrected", "corrected")} if estimator else None
     records = to_records(policy, workload.items, result, options.time_scale, est)

@@ -142,7 +142,7 @@ def run_policies(plan: LivePlan, policies: Sequence[str]) -> list[RunRecords]:
                 keys = {t: bench_key(t) for t in (s.name for s in plan.workload.tenants)}
                 result = asyncio.run(run_load(items, Target(base_url, keys), plan.options))
                 completed = sum(r.status == "completed" for r in result.records)
-                est = scrape_estimator(serve.root, completed, frozenset({WARMUP_TENANT}))
+                est = scrape_estimator(serve.root, serve.metrics_token, completed, frozenset({WARMUP_TENANT}))
             finally:
                 serve.remove()
             estimator = {"uncorrected": est["uncorrected"], "corrected": est["corrected"]}

@@ -3,14 +3,18 @@
 `LocalServe` starts its own Ray instance (own temp dir, auth off, no dashboard) so it never joins a
 cluster someone else is running, deploys the DriftSched app with given args, waits until the scheduler
 answers and every replica has registered its slots, and removes the app and its named actors again.
+It deploys with a metrics token of its own (unless the args carry one), since /metrics answers only
+that token (`scrape_metrics`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -42,6 +46,8 @@ class LocalServe:
         self.root = f"http://127.0.0.1:{self.port}"
         self._temp_dir: str | None = None
         self._fingerprint: str | None = None
+        self.metrics_token = secrets.token_urlsafe(24)
+        """What `deploy` scrapes /metrics with: the args' auth.demo_metrics_token, or this one."""
 
     def __enter__(self) -> LocalServe:
         os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -80,6 +86,12 @@ class LocalServe:
         from serve_app.app import build_app
         from serve_app.config import parse_app_config
 
+        args = copy.deepcopy(args)
+        auth = args.setdefault("auth", {})
+        if auth.get("demo_metrics_token"):
+            self.metrics_token = auth["demo_metrics_token"]
+        else:
+            auth["demo_metrics_token"] = self.metrics_token
         config = parse_app_config(args)
         self._fingerprint = config.fingerprint()
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
@@ -90,7 +102,7 @@ class LocalServe:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             try:
-                text = httpx.get(self.root + "/metrics", timeout=5.0).text
+                text = scrape_metrics(self.root, self.metrics_token, timeout_s=5.0)
                 if sum(1 for _ in _samples(text, "driftsched_replica_slots")) >= replicas:
                     return
             except httpx.HTTPError:
@@ -109,6 +121,13 @@ class LocalServe:
         for role in ("scheduler", "drift"):
             with contextlib.suppress(ValueError):  # never created, or already gone
                 ray.kill(ray.get_actor(f"{APP_NAME}.{role}.{self._fingerprint}", namespace=NAMESPACE))
+
+
+def scrape_metrics(root: str, token: str, timeout_s: float = 10.0) -> str:
+    """GET `root`/metrics with the scrape token; raises httpx.HTTPStatusError when refused (401/403/404)."""
+    resp = httpx.get(root + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
+    resp.raise_for_status()
+    return resp.text
 
 
 def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
@@ -153,7 +172,8 @@ def service_estimator(text: str, skip_tenants: frozenset[str] = frozenset()) -> 
 
 
 def scrape_estimator(
-    root: str, expect_observations: int, skip_tenants: frozenset[str] = frozenset(), wait_s: float = 15.0
+    root: str, token: str, expect_observations: int, skip_tenants: frozenset[str] = frozenset(),
+    wait_s: float = 15.0,
 ) -> dict[str, Any]:
     """`service_estimator` once the service has folded in `expect_observations` (or `wait_s` passed).
 
@@ -162,7 +182,7 @@ def scrape_estimator(
     """
     deadline = time.monotonic() + wait_s
     while True:
-        est = service_estimator(httpx.get(root + "/metrics", timeout=10.0).text, skip_tenants)
+        est = service_estimator(scrape_metrics(root, token), skip_tenants)
         if est["observations"] >= expect_observations or time.monotonic() > deadline:
             return est
         time.sleep(0.5)

@@ -36,6 +36,11 @@ class TokenBucket:
     def take(self, amount: float) -> None:
         self.level -= amount
 
+    def left(self, now: float) -> float:
+        """Units that could be taken now (negative while a request larger than the bucket is repaid)."""
+        self._refill(now)
+        return self.level
+
     def give_back(self, amount: float) -> None:
         """Refund (or, if negative, charge more) after the fact."""
         self.level = min(self.capacity, self.level + amount)
@@ -56,6 +61,11 @@ class TenantQuota:
 
     def token_wait_s(self, cost: float, now: float) -> float:
         return self.tokens.wait_s(cost, now) if self.tokens is not None else 0.0
+
+    def left(self, now: float) -> tuple[float | None, float | None]:
+        """(requests, tokens) that could be taken now; None for an unlimited one."""
+        return (self.requests.left(now) if self.requests is not None else None,
+                self.tokens.left(now) if self.tokens is not None else None)
 
     def charge(self, cost: float) -> None:
         if self.requests is not None:

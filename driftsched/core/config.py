@@ -26,7 +26,16 @@ DEFAULT_PRIORS: dict[str, float] = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No setting has a meaning at infinity or NaN; refusing them here keeps NaN out of every bound check.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _known_categories(value: dict[str, float]) -> dict[str, float]:
+    """Refuse keys that are not categories: a misspelt one would be ignored without a word."""
+    unknown = sorted(set(value) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown categories {unknown}; use {', '.join(CATEGORIES)}")
+    return value
 
 
 class TenantConfig(_Strict):
@@ -74,9 +83,9 @@ class TenantConfig(_Strict):
 class ClassifierConfig(_Strict):
     """Thresholds of the rule-based classifier (see `driftsched.core.classify`)."""
 
-    short_max_tokens: int = 64
+    short_max_tokens: int = Field(default=64, ge=0)
     """A request with max_tokens at or below this and no other cue is `qa`."""
-    long_prompt_tokens: int = 1500
+    long_prompt_tokens: int = Field(default=1500, ge=1)
     """A prompt at least this long with no other cue is `summarize`."""
     short_below: float = 128
     """Corrected estimates below this are size class `short`."""
@@ -152,11 +161,12 @@ class EstimatorConfig(_Strict):
 
     priors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRIORS))
     """Prior mean output tokens per category, before any feedback."""
-    default_prior: float = 256.0
+    default_prior: float = Field(default=256.0, gt=0)
     """Prior for a category missing from `priors`."""
     prompt_exponents: dict[str, float] = Field(default_factory=lambda: {"summarize": 0.3})
     """Output grows as (prompt_tokens / reference_prompt_tokens) ** exponent for these categories."""
-    reference_prompt_tokens: float = 512.0
+    reference_prompt_tokens: float = Field(default=512.0, gt=0)
+    """Prompt length at which `prompt_exponents` leave the prior unchanged."""
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @field_validator("priors")
@@ -165,7 +175,12 @@ class EstimatorConfig(_Strict):
         bad = {k: v for k, v in value.items() if not v > 0}
         if bad:
             raise ValueError(f"priors must be > 0 tokens, got {bad}; set a positive mean length")
-        return value
+        return _known_categories(value)
+
+    @field_validator("prompt_exponents")
+    @classmethod
+    def _exponent_categories(cls, value: dict[str, float]) -> dict[str, float]:
+        return _known_categories(value)
 
 
 class PreemptionConfig(_Strict):
@@ -207,15 +222,16 @@ class PreemptionConfig(_Strict):
 class SchedulerConfig(_Strict):
     """Policy and system-wide admission limits."""
 
-    policy: str = "sjf"
-    """A registered policy name (fifo, priority, weighted, sjf, aging) or "module:Class"."""
+    policy: str = Field(default="sjf", min_length=1)
+    """A registered policy name (fifo, priority, weighted, sjf, aging, bounded) or "module:Class".
+    The name and `policy_options` are checked by the entry points, which may import policies."""
     policy_options: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the policy's constructor (e.g. aging's `age_step_s`)."""
-    max_queued_total: int = 10_000
+    max_queued_total: int = Field(default=10_000, ge=1)
     """Requests waiting across all tenants beyond which admission answers `system_overloaded`."""
-    max_request_tokens: int = 32_768
+    max_request_tokens: int = Field(default=32_768, ge=2)
     """Largest prompt_tokens + max_tokens accepted (the model's context length)."""
-    overload_retry_after_s: float = 1.0
+    overload_retry_after_s: float = Field(default=1.0, ge=0)
     """Retry hint given with `system_overloaded`."""
     kv_watermark: float = Field(default=0.01, ge=0, lt=1)
     """Share of a replica's KV cache kept free when placing work (vLLM keeps a similar watermark)."""

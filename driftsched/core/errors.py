@@ -5,7 +5,8 @@ and misconfiguration::
 
     DriftSchedError
     ├── ConfigError          a config value is invalid (the message names the value and the fix)
-    ├── UnknownPolicyError   a policy name is not in the registry and is not "module:Class"
+    │   ├── UnknownPolicyError   a policy name is not in the registry and is not "module:Class"
+    │   └── PolicyOptionsError   an option the chosen policy does not take, or a value of the wrong type
     └── UnknownRequestError  an id that the scheduler does not hold (completed twice, never admitted)
 """
 
@@ -22,6 +23,10 @@ class ConfigError(DriftSchedError, ValueError):
 
 class UnknownPolicyError(ConfigError):
     """A policy name that is neither registered nor importable."""
+
+
+class PolicyOptionsError(ConfigError):
+    """Options that the chosen policy's constructor does not take."""
 
 
 class UnknownRequestError(DriftSchedError, KeyError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from dataclasses import replace
 
 from driftsched.core.admission import TenantQuota
 from driftsched.core.clock import Clock
@@ -27,7 +28,7 @@ from driftsched.core.estimator import Estimate, Estimator
 from driftsched.core.intake import Intake
 from driftsched.core.policy import Policy
 from driftsched.core.request import Admission, RejectReason, Request, Ticket
-from driftsched.core.stats import SchedulerStats, TenantCounters
+from driftsched.core.stats import SchedulerStats, TenantCounters, TenantState
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +264,20 @@ class Scheduler:
 
     def is_queued(self, request_id: str) -> bool:
         return request_id in self._queued
+
+    def tenant_state(self, tenant: str) -> TenantState | None:
+        """`tenant`'s counters, queue, running requests and quota left right now; None if unknown."""
+        counters = self._counters.get(tenant)
+        if counters is None:
+            return None
+        requests_left, tokens_left = self._quotas[tenant].left(self.clock())
+        return TenantState(
+            counters=replace(counters, rejected=dict(counters.rejected)),
+            queued=self._queued_per_tenant[tenant],
+            in_flight=sum(1 for t in self._in_flight.values() if t.tenant == tenant),
+            requests_left=requests_left,
+            tokens_left=tokens_left,
+        )
 
     def snapshot(self) -> SchedulerStats:
         """Queue depths, counters and drift statistics right now."""

@@ -24,6 +24,19 @@ class TenantCounters:
 
 
 @dataclass(slots=True, frozen=True)
+class TenantState:
+    """One tenant's part of the scheduler right now: what it may see of its own use."""
+
+    counters: TenantCounters
+    queued: int
+    in_flight: int
+    requests_left: float | None
+    """Requests the rate quota would admit now (None: unlimited)."""
+    tokens_left: float | None
+    """Tokens (prompt + estimated output) the token quota would admit now (None: unlimited)."""
+
+
+@dataclass(slots=True, frozen=True)
 class SchedulerStats:
     """A point-in-time view of the scheduler."""
 
