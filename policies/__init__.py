@@ -15,6 +15,7 @@ from policies.base import HeapPolicy, Policy
 from policies.bounded import BoundedSjfPolicy
 from policies.fifo import FifoPolicy
 from policies.priority import PriorityPolicy
+from policies.relative import RelativeSjfPolicy
 from policies.sjf import SjfPolicy
 from policies.weighted import WeightedFairPolicy
 
@@ -25,6 +26,7 @@ POLICIES: dict[str, type[Any]] = {
     "sjf": SjfPolicy,
     "aging": AgingPolicy,
     "bounded": BoundedSjfPolicy,
+    "relative": RelativeSjfPolicy,
 }
 
 
@@ -94,6 +96,7 @@ __all__ = [
     "HeapPolicy",
     "Policy",
     "PriorityPolicy",
+    "RelativeSjfPolicy",
     "SjfPolicy",
     "WeightedFairPolicy",
     "check_options",

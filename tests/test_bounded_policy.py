@@ -66,10 +66,17 @@ def test_never_overtaken_by_a_ticket_that_arrived_a_bound_later(events, caps, si
             )
 
 
+# Both size-aware policies with a head start (`relative`'s offsets all below its horizon here).
+SIZE_AWARE = pytest.mark.parametrize(
+    ("name", "options"), [("bounded", {}), ("relative", {"area_per_s": 1e5})]
+)
+
+
+@SIZE_AWARE
 @settings(max_examples=50, deadline=None)
 @given(estimates=st.lists(st.floats(1, 4096), min_size=1, max_size=60))
-def test_smallest_area_first_among_simultaneous_arrivals(estimates):
-    policy = make_policy("bounded")
+def test_smallest_area_first_among_simultaneous_arrivals(name, options, estimates):
+    policy = make_policy(name, **options)
     for seq, estimate in enumerate(estimates, 1):
         ticket = make_ticket(seq, estimate=estimate, arrival=0.0, prompt_tokens=500)
         ticket.raw_estimate = 5000 - estimate  # only the corrected estimate may matter
@@ -122,8 +129,9 @@ def test_offset_stays_below_the_horizon_and_grows_with_size():
     )
 
 
-def test_rank_is_the_static_heap_order():
-    policy = make_policy("bounded")
+@SIZE_AWARE
+def test_rank_is_the_static_heap_order(name, options):
+    policy = make_policy(name, **options)
     tickets = [make_ticket(i, estimate=(i * 37) % 500 + 1, prompt_tokens=i * 13) for i in range(1, 30)]
     for ticket in tickets:
         policy.add(ticket, ticket.arrival_time)
