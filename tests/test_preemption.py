@@ -1,4 +1,4 @@
-"""Preempt-and-resume in the core: requeue keeps the request's place, and the dispatcher's guards."""
+"""Preempt-and-resume in the core: a requeued request goes to the front, and the dispatcher's guards."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from driftsched.core.errors import UnknownRequestError
 from driftsched.core.placement import Capacity, Placement
 
 
-def test_requeue_appends_generated_tokens_and_keeps_the_place_in_fifo():
+def test_requeue_appends_generated_tokens_and_puts_the_request_first():
     scheduler, clock = make_scheduler("fifo")
     for i in (1, 2, 3):
         t = make_ticket(i, prompt_tokens=100)
@@ -97,3 +97,35 @@ def test_no_preemption_while_the_replica_keeps_freeing_capacity():
     state = next(iter(dispatcher.placement.replicas()))
     state.last_freed = 4.0  # a request left a second ago: capacity is turning over
     assert dispatcher.step().preempted == []
+
+
+def test_a_resumed_request_goes_to_the_front_and_never_preempts():
+    """Preempted work takes the next free slot before better-ranked requests that have not started."""
+    cfg = PreemptionConfig(enabled=True, wait_s=2.0, min_run_s=1.0, max_per_request=1, near_end_tokens=32)
+    scheduler, clock, dispatcher, _ = _setup(cfg)
+    scheduler.admit(make_ticket(2, estimate=10.0, prompt_tokens=10, arrival=0.0))
+    clock.now = 3.5
+    assert [t.request_id for t, _ in dispatcher.step().grants] == ["r2"]  # r1 preempted for it
+    scheduler.requeue("r1", 200)
+    scheduler.admit(make_ticket(3, estimate=5.0, prompt_tokens=10, arrival=3.5))  # sjf ranks it first
+    assert scheduler.peek().request_id == "r1"
+    clock.now = 20.0
+    assert dispatcher.step().preempted == []  # the resumed head waits for r2's slot, preempting nobody
+    scheduler.complete("r2", 10)
+    dispatcher.placement.release("a", "r2", now=20.0)
+    assert [t.request_id for t, _ in dispatcher.step().grants] == ["r1"]
+    assert scheduler.peek().request_id == "r3"
+
+
+def test_a_resumed_request_withdrawn_from_the_front_leaves_the_policy_order_intact():
+    scheduler, clock = make_scheduler("sjf")
+    for i, estimate in ((1, 500.0), (2, 50.0), (3, 5.0)):
+        scheduler.admit(make_ticket(i, estimate=estimate, prompt_tokens=10))
+    assert scheduler.dispatch().request_id == "r3"
+    assert scheduler.dispatch().request_id == "r2"
+    scheduler.requeue("r3", 2)
+    scheduler.requeue("r2", 20, deadline=1.0)
+    assert scheduler.cancel("r3") is not None  # withdrawn while at the front
+    clock.now = 2.0
+    assert [t.request_id for t in scheduler.expire_due()] == ["r2"]
+    assert scheduler.peek().request_id == "r1" and scheduler.num_queued == 1

@@ -96,8 +96,8 @@ class Dispatcher:
     def _victim(self, head: Ticket, now: float) -> tuple[Ticket, str] | None:
         """The running request to preempt for `head` (module docstring), its slot already freed."""
         cfg, policy = self.preemption, self._ranked
-        if policy is None or now - head.queued_at < cfg.wait_s:
-            return None
+        if policy is None or head.preemptions or now - head.queued_at < cfg.wait_s:
+            return None  # a resumed head (at the front) waits for a slot to free: no preemption chains
         head_rank = policy.rank(head, now)
         heap, found = self._running, None
         examined: list[tuple[Rank, int, str, str]] = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections import deque
 from dataclasses import replace
 
 from driftsched.core.admission import TenantQuota
@@ -56,6 +57,7 @@ class Scheduler:
         self._queued: dict[str, Ticket] = {}
         self._in_flight: dict[str, Ticket] = {}
         self._deadlines: list[tuple[float, int, Ticket]] = []
+        self._front: deque[Ticket] = deque()  # resumed requests, served before the policy's order
         self._seq = 0
 
     # -- admission -------------------------------------------------------------------------------
@@ -133,14 +135,26 @@ class Scheduler:
         now = self.clock()
         if self._deadlines and self._deadlines[0][0] <= now:
             self.expire_due()
-        return self.policy.peek(now)
+        return self._front_head() or self.policy.peek(now)
+
+    def _front_head(self) -> Ticket | None:
+        """The oldest resumed request still waiting (entries withdrawn since are dropped here)."""
+        front = self._front
+        while front and self._queued.get(front[0].request_id) is not front[0]:
+            front.popleft()
+        return front[0] if front else None
 
     def dispatch(self) -> Ticket | None:
         """The policy's next ticket, now in flight; None if nothing (unexpired) is waiting."""
         now = self.clock()
         if self._deadlines and self._deadlines[0][0] <= now:
             self.expire_due()
-        ticket = self.policy.pop(now)
+        ticket = self._front_head()
+        if ticket is not None:
+            self._front.popleft()
+            self.policy.remove(ticket)
+        else:
+            ticket = self.policy.pop(now)
         if ticket is None:
             return None
         self._unqueue(ticket)
@@ -165,8 +179,10 @@ class Scheduler:
         The in-flight ticket of that id, if any, is the one queued (a preemption); otherwise `ticket`
         is (its run was granted by an earlier scheduler instance, or failed over from a dead replica).
         Its prompt grows by the new tokens (the resumed run prefills them), its `max_tokens` shrinks by
-        them, it keeps its place in the policy's order (arrival time, sequence number) and its quota
-        charge (settled once, at completion), and waits at most until `deadline`.
+        them, and it keeps its quota charge (settled once, at completion). It goes to the front: resumed
+        requests take the next slot that fits them, oldest first, before any request that has not
+        started (as vLLM does with the sequences it preempts), so a client whose stream already began is
+        not sent to the back of a backlog it may not outlive; it still waits at most until `deadline`.
         """
         rid = ticket.request_id
         current = self._in_flight.pop(rid, None)
@@ -198,6 +214,7 @@ class Scheduler:
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, ticket.seq, ticket))
         self.policy.add(ticket, now)
+        self._front.append(ticket)
         return ticket
 
     def cancel(self, request_id: str) -> Ticket | None:
