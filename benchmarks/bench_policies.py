@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,8 @@ class Case:
     queue_timeout_s: float
     variants: tuple[str, ...]
     traces_dir: Path
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    """Scheduler settings over the defaults (`--scheduler`), e.g. {"preemption": {"enabled": true}}."""
 
 
 def split_variant(variant: str) -> tuple[str, dict[str, Any]]:
@@ -147,6 +149,7 @@ def run_case(case: Case) -> dict[str, dict[str, Any]]:
     for variant in case.variants:
         name, options = split_variant(variant)
         data = base.model_dump()
+        data["scheduler"].update(case.scheduler)
         data["scheduler"]["policy_options"] = options
         config = CoreConfig.model_validate(data)
         started = time.perf_counter()
@@ -280,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=["fifo", "sjf", "bounded"],
         help="variants: NAME or 'NAME:{json options}'",
     )
+    ap.add_argument(
+        "--scheduler",
+        type=json.loads,
+        default={},
+        help="JSON scheduler settings over the defaults (the simulator's defaults leave preemption off), "
+        'e.g. \'{"kv_growth_tokens": 32, "preemption": {"enabled": true}}\'',
+    )
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (one per load and seed)")
     ap.add_argument("--json", type=Path, help="also write every per-seed summary here")
     args = ap.parse_args(argv)
@@ -297,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.queue_timeout,
             tuple(args.policies),
             args.traces,
+            args.scheduler,
         )
         for load in loads
         for seed in seeds

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments.engine import Engine
+from driftsched.core.autoscale import AutoscaleConfig
 from driftsched.core.config import CATEGORIES, DEFAULT_PRIORS
 from driftsched.sim import perf_model
 
@@ -27,7 +28,9 @@ class ReplicaConfig(BaseModel):
     engine: Literal["sim", "vllm"] = "sim"
     """Engine backend: "sim" (simulated L4, runs anywhere) or "vllm" (vLLM's async engine)."""
     num_replicas: int = Field(default=2, ge=1, le=64)
-    """Replicas, one per GPU."""
+    """Replicas, one per GPU (a fixed pool; with `autoscaling.enabled` its bounds apply instead)."""
+    autoscaling: AutoscaleConfig = Field(default_factory=AutoscaleConfig)
+    """Queue-aware autoscaling between autoscaling.min_replicas and max_replicas (off by default)."""
     model: str = Field(default="llama-3.1-8b-fp8", min_length=1)
     """Model served. Simulated engine: one of the performance model's shapes. vLLM: a Hugging Face id
     or a directory; a value starting with "." is a path relative to the project root."""
@@ -95,6 +98,11 @@ class ReplicaConfig(BaseModel):
                 f"categories {unknown}, means not > 0 {bad}"
             )
         return value
+
+    @property
+    def most_replicas(self) -> int:
+        """The largest the pool may grow: autoscaling.max_replicas when autoscaling, else num_replicas."""
+        return self.autoscaling.max_replicas if self.autoscaling.enabled else self.num_replicas
 
     def resolved(self) -> ReplicaConfig:
         """This config with a relative model path ("./..." or "../...") made absolute (project root)."""

@@ -33,6 +33,7 @@ from typing import Any
 
 from deployments.telemetry import RequestBook, RequestTimings
 from deployments.usage import TenantUsage, tenant_usage
+from driftsched.core.backlog import Backlog, BacklogMeter
 from driftsched.core.clock import monotonic_clock
 from driftsched.core.config import parse_core_config
 from driftsched.core.dispatch import Dispatcher
@@ -82,6 +83,8 @@ class SchedulerView:
     histograms: dict[tuple[str, str], Any]
     tokens: dict[str, int]
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    autoscale: dict[str, Any] | None = None
+    """The autoscaling policy's last decision (`backlog`'s `decision`), None without autoscaling."""
 
 
 class SchedulerActor:
@@ -93,7 +96,8 @@ class SchedulerActor:
         self._clock = monotonic_clock
         self._core = Scheduler(config, policy, self._clock)
         self._ledger = Placement(
-            replica_timeout_s=replica_timeout_s, kv_watermark=config.scheduler.kv_watermark
+            replica_timeout_s=replica_timeout_s, kv_watermark=config.scheduler.kv_watermark,
+            kv_growth_tokens=config.scheduler.kv_growth_tokens,
         )
         self._dispatcher = Dispatcher(self._core, self._ledger, config.scheduler.preemption)
         self._preempt: dict[str, set[str]] = {}  # replica id -> requests it must stop
@@ -101,6 +105,9 @@ class SchedulerActor:
         self._waiters: dict[str, asyncio.Future[AcquireResult]] = {}
         self._granted: dict[str, str] = {}
         self._maintenance: asyncio.Task[None] | None = None
+        self._meter = BacklogMeter({t.name: t.latency_slo_s for t in config.tenants})
+        self._autoscale: dict[str, Any] | None = None
+        self._serving: set[str] | None = None  # replicas Serve routes to; None: all (no autoscaling)
         logger.info("scheduler actor started with policy %s", policy.name)
 
     async def acquire(self, ticket: Ticket, queue_timeout_s: float) -> AcquireResult:
@@ -124,6 +131,7 @@ class SchedulerActor:
         if not admission.admitted:
             return AcquireResult(AcquireStatus.REJECTED, None, admission.reason, admission.detail,
                                  admission.retry_after_s)
+        self._meter.admitted(now, ticket.remaining_estimate)
         return await self._wait_for_grant(ticket.request_id, queue_timeout_s, now)
 
     async def resume(
@@ -158,6 +166,9 @@ class SchedulerActor:
         future: asyncio.Future[AcquireResult] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = future
         self._pump()
+        if future.done():  # answered by this very pump (capacity was free): no timer, no shield
+            del self._waiters[rid]
+            return self._outcome(future.result(), now)
         try:
             answer = await asyncio.wait_for(asyncio.shield(future), queue_timeout_s + 0.01)
         except TimeoutError:
@@ -193,6 +204,7 @@ class SchedulerActor:
             # drift is observed by the replicas; an unknown id was granted by an earlier instance
             with contextlib.suppress(UnknownRequestError):
                 self._core.complete(request_id, output_tokens, observe=False)
+            self._meter.completed(self._clock(), output_tokens)
         if timings is not None:
             self._book.record(timings)
         self._pump()
@@ -204,6 +216,10 @@ class SchedulerActor:
     async def report(self, replica_id: str, capacity: Capacity) -> list[str]:
         """A replica's heartbeat; returns the requests it must preempt (stop; they resume elsewhere)."""
         self._ensure_maintenance()
+        if self._serving is not None and replica_id not in self._serving:
+            # Starting, or being stopped by the autoscaler: Serve routes nothing there, so no grants;
+            # what runs there finishes and is released as usual.
+            capacity = replace(capacity, free_slots=0)
         for rid in self._ledger.report(replica_id, capacity, self._clock()):
             logger.warning("grant %s on %s was never used; releasing it", rid, replica_id)
             self._granted.pop(rid, None)
@@ -215,8 +231,23 @@ class SchedulerActor:
         book = self._book
         return SchedulerView(
             self._core.snapshot(), self._ledger.summary(), dict(book.histograms),
-            dict(book.tokens), dict(book.outcomes),
+            dict(book.tokens), dict(book.outcomes), self._autoscale,
         )
+
+    async def backlog(
+        self, window_s: float, decision: dict[str, Any] | None = None, serving: list[str] | None = None,
+    ) -> Backlog:
+        """The backlog summary the autoscaling policy scales on (rates over `window_s`); `decision` is
+        the policy's previous decision, kept for /metrics; `serving` the replicas Serve routes to now
+        (from the next heartbeat on, the others get no grants)."""
+        if decision is not None:
+            self._autoscale = decision
+        if serving is not None:
+            self._serving = set(serving)
+        core, replicas = self._core, list(self._ledger.replicas())
+        running = sum(sum(state.progress.values()) for state in replicas)
+        return self._meter.backlog(self._clock(), core.queued_tickets(), core.num_in_flight, len(replicas),
+                                   window_s, running)
 
     async def ping(self) -> str:
         return self._core.policy.name
@@ -246,6 +277,7 @@ class SchedulerActor:
             "core_queued": core.num_queued,
             "core_in_flight": core.num_in_flight,
             "core_deadlines": len(core._deadlines),
+            "core_front": len(core._front),
             "policy_queued": len(core.policy),
             "policy_heap": len(getattr(core.policy, "_heap", ())),
             "dispatcher_running": len(self._dispatcher._running),

@@ -8,6 +8,8 @@ silently misread:
 * `patches:` with `path:` to a JSON 6902 patch (a list of add / replace / remove operations) and a
   `target:` naming kind and name (group and version optional);
 * `images:` with `name:` and `newName:` / `newTag:`;
+* `configMapGenerator:` with `name:`, `files:` (the key is the file's name) and `options:` holding
+  `labels:` / `annotations:` and `disableNameSuffixHash: true` (kustomize's name hash is not modelled);
 * `namespace:`, set on every resource.
 """
 
@@ -19,7 +21,9 @@ from typing import Any
 
 import yaml
 
-KNOWN_KEYS = {"apiVersion", "kind", "resources", "patches", "images", "namespace"}
+KNOWN_KEYS = {"apiVersion", "kind", "resources", "patches", "images", "namespace", "configMapGenerator"}
+GENERATOR_KEYS = {"name", "files", "options"}
+GENERATOR_OPTIONS = {"labels", "annotations", "disableNameSuffixHash"}
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
@@ -41,6 +45,7 @@ def build(directory: Path) -> list[dict[str, Any]]:
     for entry in kustomization.get("resources", []):
         path = (directory / entry).resolve()
         resources += build(path) if path.is_dir() else load_documents(path)
+    resources += [_config_map(directory, entry) for entry in kustomization.get("configMapGenerator", [])]
     for patch in kustomization.get("patches", []):
         operations = load_documents(directory / patch["path"])[0]
         targets = [r for r in resources if _matches(r, patch["target"])]
@@ -57,6 +62,27 @@ def build(directory: Path) -> list[dict[str, Any]]:
         for resource in resources:
             resource.setdefault("metadata", {})["namespace"] = kustomization["namespace"]
     return resources
+
+
+def _config_map(directory: Path, generator: dict[str, Any]) -> dict[str, Any]:
+    """The ConfigMap one configMapGenerator entry makes, refusing what this module does not model."""
+    options = generator.get("options", {})
+    unknown = (set(generator) - GENERATOR_KEYS) | (set(options) - GENERATOR_OPTIONS)
+    if unknown or options.get("disableNameSuffixHash") is not True:
+        raise ValueError(
+            f"configMapGenerator {generator.get('name')!r} in {directory} uses {sorted(unknown)} or a "
+            "hashed name, which k8s/kustomize.py does not model; use files: and options: labels, "
+            "annotations, disableNameSuffixHash: true"
+        )
+    metadata: dict[str, Any] = {"name": generator["name"]}
+    for key in ("labels", "annotations"):
+        if key in options:
+            metadata[key] = dict(options[key])
+    data = {}
+    for entry in generator["files"]:
+        key, _, path = entry.rpartition("=")
+        data[key or Path(path).name] = (directory / path).read_text()
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
 
 
 def _matches(resource: dict[str, Any], target: dict[str, Any]) -> bool:

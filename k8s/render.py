@@ -8,10 +8,13 @@ this module would write.
 
 What the Kubernetes deployment adds to config.l4.yaml, and nothing else:
 
-* an `autoscaling_config` on the LLMReplica deployment (unless config.l4.yaml already has one), so
-  Serve scales replicas between `min_replicas` and `args.replicas.num_replicas`. A Serve config's
-  `autoscaling_config` takes precedence over the `num_replicas` the app builder passes in code, so
-  `args.replicas.num_replicas` stays the *upper* bound that the app's sizing checks use.
+* nothing, when `args.replicas.autoscaling.enabled` (config.l4.yaml's setting): the app builder
+  passes LLMReplica's `autoscaling_config` with the queue-aware policy itself, and a Serve config's
+  `autoscaling_config` would replace it; the L4 group's maximum is `autoscaling.max_replicas`.
+* otherwise, a slot-based `autoscaling_config` on the LLMReplica deployment (unless config.l4.yaml
+  already has one), so Serve scales replicas between `min_replicas` and `args.replicas.num_replicas`.
+  A Serve config's `autoscaling_config` takes precedence over the `num_replicas` the app builder
+  passes in code, so `args.replicas.num_replicas` stays the *upper* bound the app's sizing checks use.
 
 It also writes `k8s/base/state.yaml`, a ReadWriteMany PersistentVolumeClaim (GKE Filestore) mounted
 at `STATE_MOUNT` in every Ray pod: the drift actor may be restarted on any node, so its snapshot
@@ -128,10 +131,26 @@ def autoscaling_for(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def queue_aware(args: dict[str, Any]) -> bool:
+    """Whether the app scales its replicas itself (`replicas.autoscaling.enabled`)."""
+    return bool(args["replicas"].get("autoscaling", {}).get("enabled", False))
+
+
+def pool_max(serve_config: dict[str, Any]) -> int:
+    """The most LLM replicas (L4 nodes) the Serve config may run."""
+    args = app_args(serve_config)
+    if queue_aware(args):
+        return int(args["replicas"]["autoscaling"]["max_replicas"])
+    return int(llm_deployment(serve_config)["autoscaling_config"]["max_replicas"])
+
+
 def kubernetes_serve_config(source: dict[str, Any]) -> dict[str, Any]:
-    """config.l4.yaml plus LLMReplica's autoscaling_config: the base RayService's serveConfigV2."""
+    """The base RayService's serveConfigV2: config.l4.yaml, plus a slot-based autoscaling_config
+    for LLMReplica when the app's queue-aware autoscaling is off."""
     config = copy.deepcopy(source)
     (app,) = config["applications"]
+    if queue_aware(app["args"]):
+        return config
     for deployment in app["deployments"]:
         if deployment["name"] == LLM_DEPLOYMENT and "autoscaling_config" not in deployment:
             deployment["autoscaling_config"] = autoscaling_for(app["args"])
@@ -145,6 +164,13 @@ def dev_serve_config(prod: dict[str, Any]) -> dict[str, Any]:
     replicas = app["args"]["replicas"]
     replicas["num_replicas"] = DEV_MAX_L4
     replicas["model"], replicas["served_model_name"] = DEV_MODEL
+    if queue_aware(app["args"]):
+        scaling = replicas["autoscaling"]
+        scaling["max_replicas"] = DEV_MAX_L4
+        for key in ("min_replicas", "initial_replicas"):
+            if scaling.get(key) is not None:
+                scaling[key] = min(scaling[key], DEV_MAX_L4)
+        return config
     for deployment in app["deployments"]:
         if deployment["name"] == LLM_DEPLOYMENT:
             deployment["autoscaling_config"] = {**autoscaling_for(app["args"]), "max_replicas": DEV_MAX_L4}
@@ -247,7 +273,7 @@ def rayservice(serve_config: dict[str, Any]) -> dict[str, Any]:
     actor = llm.get("ray_actor_options", {})
     if actor.get("accelerator_type") != "L4":
         raise ValueError("LLMReplica's ray_actor_options.accelerator_type must be L4 for the L4 node pool")
-    max_l4 = llm["autoscaling_config"]["max_replicas"]
+    max_l4 = pool_max(serve_config)
     # g2-standard-8: 8 vCPU, 32 GB, one L4; leave room for GKE's daemons. Ray sees the pod's limits.
     l4_cpus = max(int(actor.get("num_cpus", 4)) + 2, 6)
     head = _container("ray-head", args, _limits("2", "8Gi"), HEAD_PORTS)

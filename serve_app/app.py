@@ -10,6 +10,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
+from deployments.autoscaling import serve_autoscaling_config
 from deployments.replica import ActorNames, LLMReplica
 from driftsched.core.errors import ConfigError, UnknownPolicyError
 from policies import make_policy, policy_class
@@ -49,8 +50,12 @@ def build_app(args: dict[str, Any]) -> Application:
         actor_options["accelerator_type"] = replicas.accelerator_type
     if replicas.env:
         actor_options["runtime_env"] = {"env_vars": dict(replicas.env)}
+    # A fixed pool, or Serve autoscaling with the queue-aware policy (deployments/autoscaling.py).
+    sizing: dict[str, Any] = {"num_replicas": replicas.num_replicas}
+    if replicas.autoscaling.enabled:
+        sizing = {"autoscaling_config": serve_autoscaling_config(replicas.autoscaling, actors.fingerprint)}
     llm = LLMReplica.options(
-        num_replicas=replicas.num_replicas,
+        **sizing,
         max_ongoing_requests=replicas.max_num_seqs + _SLOT_MARGIN,
         ray_actor_options=actor_options,
         request_router_config=RequestRouterConfig(

@@ -10,6 +10,7 @@ Labels are bounded: tenant, reason, category, estimate kind, replica, outcome â€
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -121,6 +122,8 @@ class _Snapshot:
             for replica, summary in sorted(view.replicas.items()):
                 gauge.add_metric([replica], float(summary.get(key, 0.0)))
             yield gauge
+        if view.autoscale is not None:
+            yield from _autoscale(view.autoscale)
 
     def _drift(self, rows: list[DriftStat]) -> Iterator[Metric]:
         mae = GaugeMetricFamily("driftsched_estimate_mae_tokens",
@@ -142,6 +145,20 @@ class _Snapshot:
             factor.add_metric([row.tenant, row.category], row.factor)
             count.add_metric([row.tenant, row.category], row.count)
         yield from (mae, rmse, factor, count)
+
+
+def _autoscale(decision: dict[str, Any]) -> Iterator[Metric]:
+    """The queue-aware autoscaling policy's last decision (deployments/autoscaling.py)."""
+    target = GaugeMetricFamily("driftsched_autoscale_target_replicas",
+                               "LLM replicas the autoscaling policy set (after its delays).")
+    target.add_metric([], decision["replicas"])
+    desired = GaugeMetricFamily(
+        "driftsched_autoscale_desired_replicas",
+        "LLM replicas the backlog needs now (before delays), by the term that set it "
+        "(steady, backlog, slo:<tier>, idle, hold).", labels=["reason"])
+    desired.add_metric([decision["reason"]], decision["desired"])
+    yield target
+    yield desired
 
 
 def render(view: SchedulerView | None, drift: list[DriftStat], ingress_rejected: Mapping[str, int]) -> bytes:

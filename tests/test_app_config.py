@@ -52,6 +52,13 @@ def _build(args: dict[str, Any]) -> str:
         ("replicas.output_means", {"qa": -1.0}, "replicas.output_means"),
         ("replicas.served_model_name", "", "replicas.served_model_name"),
         ("replicas.heartbeat_s", 2.0, "raise gateway.replica_timeout_s or lower replicas.heartbeat_s"),
+        ("replicas.autoscaling", {"enabled": True, "min_replicas": 3, "max_replicas": 2},
+         "replicas.autoscaling: max_replicas (2) must be >= min_replicas (3)"),
+        ("replicas.autoscaling", {"target_utilization": 0}, "replicas.autoscaling.target_utilization"),
+        ("replicas.autoscaling", {"enabled": True, "max_replicas": 600},
+         "replicas.autoscaling.max_replicas"),
+        ("replicas.autoscaling", {"enabled": True, "max_replicas": 64},  # 64 x 2 slots + 40 > 100
+         "raise ingress_max_ongoing_requests"),
         # the gateway
         ("gateway.queue_timeout_s", float("inf"), "gateway.queue_timeout_s: Input should be a finite"),
         ("gateway.stall_timeout_s", 0, "gateway.stall_timeout_s"),
@@ -64,6 +71,8 @@ def test_a_bad_value_fails_the_build_naming_its_field(path, value, needle):
     overrides = {path: value}
     if path == "replicas.max_num_batched_tokens":
         overrides["replicas.max_num_seqs"] = 128
+    if path == "replicas.autoscaling" and value.get("max_replicas") == 64:
+        overrides["gateway.ingress_max_ongoing_requests"] = 100  # enough for the fixed pool of 2
     assert needle in _build(app_args(**overrides))
 
 

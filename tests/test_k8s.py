@@ -81,6 +81,23 @@ def test_mini_kustomize_refuses_what_it_does_not_model(tmp_path: Path) -> None:
         kustomize.build(tmp_path)
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_mini_kustomize_agrees_with_kubectl_kustomize(overlay: Path) -> None:
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is absent; k8s/kustomize.py alone renders the overlays")
+    out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True)
+    real = [doc for doc in yaml.safe_load_all(out.stdout) if doc is not None]
+
+    def key(resource: dict[str, Any]) -> tuple[str, str]:
+        return resource["kind"], resource["metadata"]["name"]
+
+    assert sorted(kustomize.build(overlay), key=key) == sorted(real, key=key)
+
+
 # ---------------------------------------------------------------- schemas
 
 
@@ -113,10 +130,26 @@ def test_rayservice_validates_against_the_kuberay_crd(overlay: Path, crd_schema:
 def test_serve_config_validates_against_ray_serve_schema(overlay: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    schema = ServeDeploySchema.model_validate(_serve_config(overlay))
+    config = _serve_config(overlay)
+    schema = ServeDeploySchema.model_validate(config)
     (app,) = schema.applications
     (llm,) = [d for d in app.deployments if d.name == render.LLM_DEPLOYMENT]
-    assert llm.autoscaling_config is not None
+    # The app's queue-aware policy scales LLMReplica; a Serve-config autoscaling_config would replace it.
+    assert render.queue_aware(render.app_args(config))
+    assert "autoscaling_config" not in llm.model_dump(exclude_unset=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_the_app_scales_llm_replicas_with_the_queue_aware_policy(overlay: Path) -> None:
+    from serve_app.app import build_app
+
+    config = _serve_config(overlay)
+    ingress = build_app(render.app_args(config))
+    llm = ingress._bound_deployment.init_args[2]._bound_deployment
+    scaling = llm._deployment_config.autoscaling_config
+    assert scaling.policy.policy_function == "deployments.autoscaling:QueueAwarePolicy"
+    assert scaling.max_replicas == render.pool_max(config)
+    assert scaling.upscale_delay_s == scaling.downscale_delay_s == 0, "the policy applies the delays"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
@@ -135,14 +168,22 @@ def test_app_args_parse_with_the_app_config(overlay: Path) -> None:
 # ---------------------------------------------------------------- config.l4.yaml is the source
 
 
-def test_prod_serve_config_is_config_l4_plus_autoscaling_only() -> None:
+def test_prod_serve_config_is_config_l4() -> None:
     source = render.load_serve_config()
-    deployed = _serve_config(K8S / "overlays" / "prod")
+    assert _serve_config(K8S / "overlays" / "prod") == source
+
+
+def test_slot_based_autoscaling_is_added_only_when_queue_aware_scaling_is_off() -> None:
+    source = render.load_serve_config()
+    render.app_args(source)["replicas"]["autoscaling"]["enabled"] = False
+    deployed = render.kubernetes_serve_config(source)
     (llm,) = [d for d in deployed["applications"][0]["deployments"] if d["name"] == render.LLM_DEPLOYMENT]
     autoscaling = llm.pop("autoscaling_config")
     assert deployed == source
     args = render.app_args(source)
     assert autoscaling["max_replicas"] == args["replicas"]["num_replicas"]
+    llm["autoscaling_config"] = autoscaling
+    assert render.pool_max(deployed) == args["replicas"]["num_replicas"]
     assert autoscaling["min_replicas"] >= 1, "with no replica nothing reaches LLMReplica to scale it up"
     assert autoscaling["target_ongoing_requests"] <= args["replicas"]["max_num_seqs"]
 
@@ -152,11 +193,10 @@ def test_dev_serve_config_differs_from_prod_only_in_size_and_model() -> None:
     dev = _serve_config(K8S / "overlays" / "dev")
     dev_replicas = dev["applications"][0]["args"].pop("replicas")
     prod_replicas = prod["applications"][0]["args"].pop("replicas")
-    for config in (dev, prod):
-        config["applications"][0]["deployments"][0].pop("autoscaling_config")
     assert dev == prod
     changed = {k for k in prod_replicas if dev_replicas[k] != prod_replicas[k]}
-    assert changed == {"num_replicas", "model", "served_model_name"}
+    assert changed == {"num_replicas", "model", "served_model_name", "autoscaling"}
+    assert dev_replicas["autoscaling"]["max_replicas"] == render.DEV_MAX_L4
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
@@ -175,7 +215,8 @@ def test_cluster_matches_the_serve_config(overlay: Path) -> None:
 
     l4 = _group(service, "l4")
     assert l4["minReplicas"] == 0
-    assert l4["maxReplicas"] == llm["autoscaling_config"]["max_replicas"], "one L4 node per Serve replica"
+    assert l4["maxReplicas"] == render.pool_max(config), "one L4 node per Serve replica"
+    assert llm["name"] == render.LLM_DEPLOYMENT
     assert "accelerator_type:L4" in l4["rayStartParams"]["resources"]
     pod = l4["template"]["spec"]
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from factories import make_scheduler, make_ticket
+from typing import Any
+
+import pytest
+from factories import make_config, make_scheduler, make_ticket
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from driftsched.core.dispatch import Dispatcher
 from driftsched.core.placement import Capacity, Placement
@@ -19,8 +25,66 @@ def test_fit_needs_a_slot_and_kv_for_the_prompt_only():
     p.report("a", cap(1_000, active=("x",)), 0.0)
     assert p.choose(make_ticket(1, prompt_tokens=900)) == "a"  # 900 + 100 <= 1000
     assert p.choose(make_ticket(2, prompt_tokens=901)) is None
-    # The output estimate never enters the rule: a huge estimate fits as well as a tiny one.
+    # With no growth horizon (H = 0, Placement's default) the estimate never enters the rule.
     assert p.choose(make_ticket(3, prompt_tokens=500, estimate=1e6)) == "a"
+
+
+def test_growth_reservation_counts_each_grants_next_h_tokens_and_the_newcomers_first():
+    p = Placement(kv_watermark=0.0, kv_growth_tokens=64)
+    p.report("a", cap(1_000, active=("x",)), 0.0)  # x was granted by no one here: nothing to reserve
+    p.grant("a", make_ticket(1, prompt_tokens=100, estimate=500.0), 0.0)  # holds 100 + 64 of 1000
+    assert p.choose(make_ticket(2, prompt_tokens=772, estimate=300.0)) == "a"  # 772 + 64 + 64 = 900
+    assert p.choose(make_ticket(3, prompt_tokens=773, estimate=300.0)) is None
+    assert p.choose(make_ticket(4, prompt_tokens=800, estimate=20.0)) == "a"  # its own: min(64, 20)
+    # The same figures under H = 0 are the prompt-only rule: anything up to the free 900 fits.
+    old = Placement(kv_watermark=0.0, kv_growth_tokens=0)
+    old.report("a", cap(1_000, active=("x",)), 0.0)
+    old.grant("a", make_ticket(1, prompt_tokens=100, estimate=500.0), 0.0)
+    assert old.choose(make_ticket(5, prompt_tokens=900, estimate=1e6)) == "a"
+    assert old.choose(make_ticket(6, prompt_tokens=901, estimate=1.0)) is None
+
+
+def test_reported_progress_shrinks_a_reservation_near_the_estimated_end():
+    p = Placement(kv_watermark=0.0, kv_growth_tokens=64)
+    p.report("a", cap(1_000), 0.0)
+    p.grant("a", make_ticket(1, prompt_tokens=100, estimate=500.0), 0.0)
+    ticket = make_ticket(2, prompt_tokens=350, estimate=10.0)
+    # Same free KV in both reports, so only progress differs: 350 + 10 + 64 > 400, then 350 + 10 + 30.
+    p.report("a", Capacity(4, 3, 400, ("r1",), 10_000, progress=(100,)), 1.0)
+    assert p.choose(ticket) is None
+    p.report("a", Capacity(4, 3, 400, ("r1",), 10_000, progress=(470,)), 2.0)
+    assert p.choose(ticket) == "a"
+    # Past its estimate a request reserves nothing; an exact report gives progress by `progress_ids`.
+    p.report("a", Capacity(4, 3, 360, None, 10_000, progress=(600,), progress_ids=("r1",)), 3.0)
+    assert p.choose(ticket) == "a"  # 350 + 10 + 0 <= 360
+    assert p.choose(make_ticket(3, prompt_tokens=351, estimate=10.0)) is None
+
+
+def test_a_release_returns_the_reservation_and_a_preemption_check_counts_it():
+    p = Placement(kv_watermark=0.0, kv_growth_tokens=64)
+    p.report("a", cap(1_000, active=None), 0.0)
+    p.grant("a", make_ticket(1, prompt_tokens=100, estimate=500.0), 0.0)
+    p.grant("a", make_ticket(2, prompt_tokens=50, estimate=10.0), 0.0)
+    p.report("a", cap(850, free=2, active=None), 0.5)  # exact: both prompts are in the figure now
+    head = make_ticket(3, prompt_tokens=860, estimate=64.0)
+    assert p.choose(head) is None  # 860 + 64 + (64 + 10) > 850
+    # Preempting r1 frees its 100 tokens and its 64 reserved: 998 <= 850 + 164 (not 850 + 100).
+    assert p.fits_after_release("a", head, "r1", 100)
+    p.release("a", "r1", tokens=100)
+    assert p.choose(head) == "a"  # 860 + 64 + 10 <= 950
+
+
+def test_an_idle_replica_takes_any_head_whatever_its_growth():
+    p = Placement(kv_growth_tokens=128)
+    p.report("a", cap(50), 0.0)
+    assert p.choose(make_ticket(1, prompt_tokens=5_000, estimate=1e6)) == "a"
+
+
+def test_growth_horizon_is_validated():
+    with pytest.raises(ValueError, match="kv_growth_tokens"):
+        Placement(kv_growth_tokens=-1)
+    with pytest.raises(ValidationError, match="reserve no growth"):
+        make_config(scheduler={"kv_growth_tokens": -8})
 
 
 def test_an_idle_replica_takes_any_head():
@@ -108,3 +172,35 @@ def test_dispatcher_expires_overdue_tickets_first():
     placement.report("a", cap(10_000), 6.0)
     step = Dispatcher(scheduler, placement).step()
     assert [t.request_id for t in step.expired] == ["r1"] and step.grants == []
+
+
+def _oracle(p: Placement, ticket: Any) -> str | None:
+    """`choose` without its memory: every replica checked by the fit rule, best key first."""
+    fitting = [(r.free_kv(), r.free_slots(), r.replica_id) for r in p.replicas() if p.fits(r, ticket)]
+    return max(fitting)[2] if fitting else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(("report", "grant", "release", "ask", "new", "drop")),
+                          st.integers(0, 2), st.integers(0, 3_000)), max_size=60))
+def test_choose_remembering_a_head_that_fit_nowhere_agrees_with_a_full_scan(ops: list[Any]) -> None:
+    # A big head asked again and again while grants, releases and reports change the replicas: the
+    # remembered "fits nowhere" must never hide a replica that changed since.
+    p = Placement(kv_watermark=0.01)
+    head, n, granted = make_ticket(0, prompt_tokens=2_000), 0, []
+    for op, r, x in ops:
+        replica = "abc"[r]
+        if op == "report":
+            p.report(replica, cap(x, slots=1 + x % 3, active=("resident",) if x % 2 else ()), 0.0)
+        elif op == "grant" and (choice := p.choose(small := make_ticket(n := n + 1, prompt_tokens=x % 500))):
+            p.grant(choice, small, 0.0)
+            granted.append((choice, small.request_id))
+        elif op == "release" and granted:
+            where, rid = granted.pop(x % len(granted))
+            p.release(where, rid, tokens=x)
+        elif op == "new":
+            head = make_ticket(n := n + 1, prompt_tokens=x)
+        elif op == "drop":
+            p.drop(replica)
+        expected = _oracle(p, head)
+        assert p.choose(head) == expected

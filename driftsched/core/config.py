@@ -235,8 +235,19 @@ class SchedulerConfig(_Strict):
     """Retry hint given with `system_overloaded`."""
     kv_watermark: float = Field(default=0.01, ge=0, lt=1)
     """Share of a replica's KV cache kept free when placing work (vLLM keeps a similar watermark)."""
+    kv_growth_tokens: int = 128
+    """H: KV room held back per running request for its next H output tokens (fewer near its
+    estimated end), and for a new request's first H, when placing work (`driftsched.core.placement`).
+    0 places by the prompt alone; the default was picked by a simulator sweep (README)."""
     preemption: PreemptionConfig = Field(default_factory=PreemptionConfig)
     """Preempt-and-resume settings (see `PreemptionConfig`)."""
+
+    @field_validator("kv_growth_tokens")
+    @classmethod
+    def _growth(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0 tokens, got {value}; use 0 to reserve no growth, or e.g. 64")
+        return value
 
 
 class CoreConfig(_Strict):

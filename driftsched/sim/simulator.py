@@ -36,6 +36,7 @@ from typing import cast
 import numpy as np
 
 from driftsched.bench.prompts import IntakeFields, intake_fields
+from driftsched.core.backlog import Backlog, BacklogMeter
 from driftsched.core.clock import ManualClock
 from driftsched.core.config import CoreConfig, TenantConfig
 from driftsched.core.dispatch import Dispatcher
@@ -129,11 +130,16 @@ class Simulation:
             policy_obj = make_policy(policy, **config.scheduler.policy_options)
         self.clock = ManualClock()
         self.scheduler = Scheduler(config, policy_obj, self.clock)
-        self.placement = Placement(replica_timeout_s=math.inf, kv_watermark=config.scheduler.kv_watermark)
+        self.placement = Placement(
+            replica_timeout_s=math.inf,
+            kv_watermark=config.scheduler.kv_watermark,
+            kv_growth_tokens=config.scheduler.kv_growth_tokens,
+        )
         self.dispatcher = Dispatcher(
             self.scheduler, self.placement, config.scheduler.preemption, progress=self._progress
         )
         self._seqs: dict[str, tuple[int, EngineSequence]] = {}  # running request id -> (replica, seq)
+        self._retired: set[int] = set()  # autoscaling: replicas taken out of placement
         self.engines = [ContinuousBatchEngine(perf) for _ in range(replicas)]
         for r in range(replicas):
             self._report(r)
@@ -154,12 +160,23 @@ class Simulation:
         self.category = [""] * n
         self._events: list[tuple[float, int]] = []  # (step end time, replica)
         self._next_arrival = self.items[0].arrival_s if self.items else math.inf
+        # Autoscaling (benchmarks/bench_autoscale.py): timed actions, retired replicas, the backlog meter.
+        self._timers: list[tuple[float, int, Callable[[], object]]] = []
+        self._timer_seq = 0
+        self.started_at = [0.0] * replicas
+        self.drained_at: list[float | None] = [None] * replicas
+        self.meter = BacklogMeter({t.name: t.latency_slo_s for t in config.tenants})
 
     def run(self) -> RunResult:
         items, events, clock = self.items, self._events, self.clock
         n, i = len(items), 0
         while i < n or events:
-            if i < n and (not events or items[i].arrival_s <= events[0][0]):
+            next_event = min(self._next_arrival, events[0][0] if events else math.inf)
+            if self._timers and self._timers[0][0] <= next_event:  # an autoscaling action (see `at`)
+                t, _, action = heapq.heappop(self._timers)
+                clock.now = max(clock.now, t)
+                action()
+            elif i < n and (not events or items[i].arrival_s <= events[0][0]):
                 clock.now = items[i].arrival_s
                 self._arrive(i)
                 i += 1
@@ -223,6 +240,7 @@ class Simulation:
             self.reject_reason[i] = admission.reason.value if admission.reason else "rejected"
             return
         self.admitted[i] = True
+        self.meter.admitted(item.arrival_s, admission.ticket.remaining_estimate)
         self.raw[i] = admission.ticket.raw_estimate
         self.corrected[i] = admission.ticket.corrected_estimate
         self.category[i] = admission.ticket.category
@@ -234,13 +252,20 @@ class Simulation:
 
     def _report(self, r: int) -> None:
         """The engine's exact capacity, as a replica's heartbeat reports it live."""
+        if r in self._retired:  # a retired replica takes no new work; it only finishes what it runs
+            if self.engines[r].is_idle and self.drained_at[r] is None:
+                self.drained_at[r] = self.clock.now
+            return
         engine = self.engines[r]
+        seqs = [*engine.running, *engine.waiting] if self.placement.kv_growth_tokens else []
         capacity = Capacity(
             max_slots=engine.perf.max_num_seqs,
             free_slots=engine.free_seq_slots,
             free_kv_tokens=engine.free_kv_tokens,
             active=None,
             kv_capacity_tokens=engine.kv_capacity,
+            progress=tuple(seq.generated for seq in seqs),
+            progress_ids=tuple(str(seq.request_id) for seq in seqs),
         )
         self.placement.report(str(r), capacity, self.clock.now)
 
@@ -294,8 +319,46 @@ class Simulation:
             self.finish[i] = now
             self._seqs.pop(str(i), None)
             scheduler.complete(str(i), self.items[i].output_tokens, observe=not self.oracle)
+            self.meter.completed(now, seq.output_tokens)
             placement.release(replica, str(i), now=now)
         self._pending[r] = []
         self.busy[r] = False
         self._report(r)
         self._dispatch()
+
+    # -- autoscaling (additive: a run without these calls is unchanged) -------------------------------
+
+    def at(self, time_s: float, action: Callable[[], object]) -> None:
+        """Run `action` at simulated `time_s` (while arrivals or engine steps remain)."""
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (time_s, self._timer_seq, action))
+
+    def add_replica(self) -> int:
+        """Start one more engine now (its start-up time is the caller's to model); its index."""
+        r = len(self.engines)
+        self.engines.append(ContinuousBatchEngine(self.engines[0].perf))
+        self.busy.append(False)
+        self.busy_s.append(0.0)
+        self._pending.append([])
+        self.started_at.append(self.clock.now)
+        self.drained_at.append(None)
+        self._report(r)
+        self._dispatch()
+        return r
+
+    def retire_replica(self, r: int) -> None:
+        """Take replica `r` out of placement: it gets no new grants and stops once its sequences end."""
+        self._retired.add(r)
+        self.placement.drop(str(r))
+        self._report(r)
+
+    @property
+    def active_replicas(self) -> list[int]:
+        """Replicas not retired."""
+        return [r for r in range(len(self.engines)) if r not in self._retired]
+
+    def backlog(self, window_s: float) -> Backlog:
+        """The scheduler's backlog as the scheduler actor publishes it to the autoscaling policy."""
+        running = sum(seq.generated for _, seq in self._seqs.values())
+        return self.meter.backlog(self.clock.now, self.scheduler.queued_tickets(),
+                                  self.scheduler.num_in_flight, len(self.active_replicas), window_s, running)

@@ -1,0 +1,164 @@
+"""The scheduler's backlog, summarised for the autoscaler: what waits, how fast it comes, how fast it goes.
+
+`BacklogMeter` is fed by whoever runs the core (the scheduler actor, the simulator) with two events,
+``admitted(now, tokens)`` and ``completed(now, tokens)``, and is read with ``backlog(now, ...)`` about
+once a second. Its answer, a `Backlog`, is small (a few numbers and one row per QoS tier), so the
+autoscaling policy can fetch it with one actor call.
+
+Measurement (time is passed in; the meter never reads a clock):
+
+* **arrival rate** ``lambda``: corrected output-token estimates admitted in the last ``window_s``,
+  divided by the window (by the time since the first admission while the meter is younger).
+* **service** per replica: output tokens generated between two reads at both of which the queue was
+  not empty (tokens of the requests completed in between, plus the change in the tokens the running
+  requests have generated so far, as the replicas report them: counting completions alone would miss
+  the work in progress at either end of a busy spell), and the replica-seconds of that interval (the
+  larger replica count of the two reads, so a replica that joined in between never inflates the rate).
+  Only such *saturated* intervals count: with a queue every replica is full, so throughput is
+  capacity; without one, throughput is demand. The meter keeps the most recent
+  ``SERVICE_MEMORY_REPLICA_S`` of them, however old (an idle spell does not forget the hardware's
+  speed), and reports their sums; the scaler blends them with its configured prior (a few seconds
+  alone say little).
+* **per-tier waits**: for each QoS tier with queued work, its queued tokens, the oldest ticket's wait
+  and the tightest ``latency_slo_s`` of that tier's tenants.
+
+Output tokens only: prefill of the prompt is an order of magnitude cheaper per token on the engines
+modelled here, so the decode work dominates the time a backlog takes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from driftsched.core.request import Ticket
+
+_MAX_WINDOW_S = 600.0
+SERVICE_MEMORY_REPLICA_S = 600.0
+
+
+@dataclass(slots=True, frozen=True)
+class TierBacklog:
+    """Queued work of one QoS tier."""
+
+    tier: int
+    queued: int
+    queued_tokens: float
+    oldest_wait_s: float
+    latency_slo_s: float | None
+    """The tightest end-to-end objective among the tier's tenants with queued work (None: none set)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Backlog:
+    """What the autoscaler reads from the scheduler (see module docstring)."""
+
+    time: float
+    queued: int
+    queued_tokens: float
+    """Corrected estimates of the output tokens still to come, over all queued tickets."""
+    in_flight: int
+    replicas: int
+    """Replicas registered with the scheduler (heartbeating) now."""
+    arrival_tokens_per_s: float
+    served_tokens: float = 0.0
+    """Output tokens completed in the saturated intervals the meter remembers."""
+    saturated_replica_s: float = 0.0
+    """Replica-seconds of those intervals: ``served_tokens / saturated_replica_s`` is the measured
+    output tokens/s of one saturated replica."""
+    tiers: tuple[TierBacklog, ...] = ()
+
+
+class BacklogMeter:
+    """Arrival and service rates from admissions and completions; see the module docstring."""
+
+    def __init__(self, latency_slo_s: Mapping[str, float | None]) -> None:
+        self._slo = dict(latency_slo_s)  # tenant -> its objective
+        self._window_s = 30.0
+        self._arrivals: deque[tuple[float, float]] = deque()
+        self._first_arrival: float | None = None
+        self._completed_since_read = 0.0
+        self._samples: deque[tuple[float, float]] = deque()  # (tokens, replica-seconds), saturated
+        self._served, self._replica_s = 0.0, 0.0  # their sums
+        self._last_read: tuple[float, bool, int] | None = None  # (time, saturated, replicas)
+        self._running_tokens = 0.0  # generated so far by the running requests, at the last read
+
+    @property
+    def service_tokens_per_s(self) -> float | None:
+        """Measured output tokens/s of one saturated replica (None: no saturated interval yet)."""
+        return self._served / self._replica_s if self._replica_s > 0 else None
+
+    def admitted(self, now: float, tokens: float) -> None:
+        """A ticket was admitted with `tokens` estimated output tokens."""
+        if self._first_arrival is None:
+            self._first_arrival = now
+        self._arrivals.append((now, tokens))
+
+    def completed(self, now: float, tokens: float) -> None:
+        """A request finished after generating `tokens` output tokens in its last run."""
+        self._completed_since_read += tokens
+
+    def backlog(
+        self, now: float, queued: Iterable[Ticket], in_flight: int, replicas: int, window_s: float = 30.0,
+        running_tokens: float = 0.0,
+    ) -> Backlog:
+        """The summary now; `queued` are the waiting tickets, `window_s` the rate window and
+        `running_tokens` the output tokens the running requests have generated so far."""
+        self._window_s = min(max(window_s, 1e-3), _MAX_WINDOW_S)
+        tiers: dict[int, list[float]] = {}  # tier -> [queued, tokens, oldest queued_at, slo or inf]
+        total_tokens, count = 0.0, 0
+        for ticket in queued:
+            tokens = ticket.remaining_estimate
+            row = tiers.setdefault(ticket.tier, [0, 0.0, now, float("inf")])
+            row[0] += 1
+            row[1] += tokens
+            row[2] = min(row[2], ticket.queued_at)
+            slo = self._slo.get(ticket.tenant)
+            if slo is not None:
+                row[3] = min(row[3], slo)
+            total_tokens += tokens
+            count += 1
+        self._measure_service(now, count > 0, replicas, running_tokens)
+        return Backlog(
+            time=now,
+            queued=count,
+            queued_tokens=total_tokens,
+            in_flight=in_flight,
+            replicas=replicas,
+            arrival_tokens_per_s=self._arrival_rate(now),
+            served_tokens=self._served,
+            saturated_replica_s=self._replica_s,
+            tiers=tuple(
+                TierBacklog(tier, int(n), tokens, max(0.0, now - oldest), None if math.isinf(slo) else slo)
+                for tier, (n, tokens, oldest, slo) in sorted(tiers.items())
+            ),
+        )
+
+    def _arrival_rate(self, now: float) -> float:
+        horizon = now - self._window_s
+        while self._arrivals and self._arrivals[0][0] < horizon:
+            self._arrivals.popleft()
+        if self._first_arrival is None:
+            return 0.0
+        span = min(self._window_s, max(now - self._first_arrival, 1.0))
+        return sum(tokens for _, tokens in self._arrivals) / span
+
+    def _measure_service(self, now: float, saturated: bool, replicas: int, running_tokens: float) -> None:
+        last = self._last_read
+        tokens = max(0.0, self._completed_since_read + running_tokens - self._running_tokens)
+        self._last_read, self._completed_since_read = (now, saturated, replicas), 0.0
+        self._running_tokens = running_tokens
+        if last is None or not (last[1] and saturated) or now <= last[0]:
+            return
+        sample = (tokens, (now - last[0]) * max(last[2], replicas))
+        if sample[1] <= 0:
+            return
+        self._samples.append(sample)
+        self._served += sample[0]
+        self._replica_s += sample[1]
+        while self._replica_s - self._samples[0][1] >= SERVICE_MEMORY_REPLICA_S:
+            old_tokens, old_s = self._samples.popleft()
+            self._served -= old_tokens
+            self._replica_s -= old_s
