@@ -52,10 +52,12 @@ def test_burst_scales_up_serves_the_queue_on_new_replicas_and_scales_back(serve_
     args = app_args(**{"replicas.autoscaling": AUTOSCALING, "replicas.time_scale": 1.0,
                        "replicas.stream_interval_s": 0.05})
     base_url = serve_cluster.deploy(args)
-    assert _running_replicas() == 1, "starts at min_replicas"
+    # A redeploy over an earlier app returns before the old version's replicas have all stopped.
+    _wait_for(lambda: _running_replicas() == 1, 40.0, "the deploy to settle at min_replicas")
     scheduler = scheduler_handle(args)
+    _wait_for(lambda: len(ray.get(scheduler.view.remote()).replicas) == 1, 20.0,
+              "the scheduler to know one replica")
     before = set(ray.get(scheduler.view.remote()).replicas)
-    assert len(before) == 1
 
     served = asyncio.run(_burst(base_url, 16))
 

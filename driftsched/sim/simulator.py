@@ -126,8 +126,9 @@ class Simulation:
                 data = config.model_dump()
                 data["estimator"]["drift"]["enabled"] = False
                 config = CoreConfig.model_validate(data)
-        else:
-            policy_obj = make_policy(policy, **config.scheduler.policy_options)
+        else:  # the configured options belong to the configured policy; any other runs on its defaults
+            options = config.scheduler.policy_options if policy == config.scheduler.policy else {}
+            policy_obj = make_policy(policy, **options)
         self.clock = ManualClock()
         self.scheduler = Scheduler(config, policy_obj, self.clock)
         self.placement = Placement(
