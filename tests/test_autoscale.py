@@ -42,6 +42,15 @@ def test_meter_arrival_rate_is_tokens_over_the_window() -> None:
     assert meter.backlog(30.0, [], 0, 1, window_s=5.0).arrival_tokens_per_s == 0.0
 
 
+def test_meter_stays_bounded_when_nobody_reads_it() -> None:
+    meter = BacklogMeter({})  # autoscaling off: the scheduler feeds the meter, nothing reads it
+    for i in range(20_000):  # 1 admission per second for 20,000 s
+        meter.admitted(float(i), 10.0)
+    assert len(meter._arrivals) <= 601
+    # the widest window a read may ask for still sees every admission in it
+    assert meter.backlog(20_000.0, [], 0, 1, window_s=600).arrival_tokens_per_s == pytest.approx(10, rel=0.01)
+
+
 def test_meter_measures_service_rate_only_while_saturated() -> None:
     meter = BacklogMeter({})
     queue = [make_ticket(1, estimate=500)]

@@ -94,7 +94,10 @@ class BacklogMeter:
         """A ticket was admitted with `tokens` estimated output tokens."""
         if self._first_arrival is None:
             self._first_arrival = now
-        self._arrivals.append((now, tokens))
+        arrivals = self._arrivals
+        arrivals.append((now, tokens))
+        while arrivals[0][0] < now - _MAX_WINDOW_S:  # no read may look further back: bounded without reads
+            arrivals.popleft()
 
     def completed(self, now: float, tokens: float) -> None:
         """A request finished after generating `tokens` output tokens in its last run."""
