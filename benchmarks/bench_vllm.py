@@ -17,8 +17,11 @@ including `max_num_seqs` = `--slots`, the per-replica cap on running sequences, 
 `stream_interval`), count prompts with the model's tokenizer (BOS added), and generate the same
 number of tokens per request: the benchmark-only `driftsched_target_tokens` becomes min_tokens =
 max_tokens with ignore_eos on both sides (DriftSched never shows it to its estimator or scheduler).
-The client checks `usage.completion_tokens` on every response. What remains different is the cost
-of DriftSched itself (an extra ingress hop and the scheduler actor), which is part of what is measured.
+The client checks `usage.completion_tokens` on every response. DriftSched's replicas take
+`max_num_seqs` plus `engine_queue_slots` requests (the replica config's default, or
+`--engine-queue-slots`): the few beyond the running batch wait in vLLM's queue, as every request does
+under vLLM alone. What remains different is the cost of DriftSched itself (an extra ingress hop
+and the scheduler actor), which is part of what is measured.
 
 Sizing: output lengths of tens to hundreds of tokens make decode the bulk of the work, and
 `stream_interval` batches streamed tokens so HTTP chunks stay few. The default rate offers more
@@ -121,7 +124,8 @@ def default_scheduler() -> dict[str, Any]:
     return {k: v for k, v in scheduler.items() if k in keep}
 
 
-def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work: Path) -> Any:
+def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work: Path,
+                   queue_slots: int | None = None) -> Any:
     from serve_app.app import build_app
 
     scheduler: dict[str, Any] = default_scheduler() if policy == "default" else {"policy": policy}
@@ -139,6 +143,7 @@ def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work
         },
         "replicas": {"engine": "vllm", "num_replicas": replicas, "model": str(model_dir),
                      "served_model_name": "tiny-llama", "max_num_seqs": slots,
+                     **({} if queue_slots is None else {"engine_queue_slots": queue_slots}),
                      "max_num_batched_tokens": MAX_MODEL_LEN, "num_cpus": 1, "heartbeat_s": 0.2,
                      "engine_args": vllm_args, "env": cpu_env(work)},
         "gateway": {"queue_timeout_s": 600, "stall_timeout_s": 600, "drift_refresh_s": 0.5,
@@ -146,8 +151,11 @@ def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work
     })
 
 
-def vllm_alone_app(model_dir: Path, slots: int, replicas: int, policy: str, work: Path) -> Any:
-    """A bare Serve deployment: HTTP in, `AsyncLLM.generate` at once, SSE out. No scheduling of its own."""
+def vllm_alone_app(model_dir: Path, slots: int, replicas: int, policy: str, work: Path,
+                   queue_slots: int | None = None) -> Any:
+    """A bare Serve deployment: HTTP in, `AsyncLLM.generate` at once, SSE out. No scheduling of its own.
+    (`queue_slots` is DriftSched's replica setting; here vLLM's queue takes everything anyway.)"""
+    del queue_slots
     from ray import serve
     from starlette.responses import StreamingResponse
 
@@ -284,6 +292,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=14.0, help="mean arrivals per second")
     parser.add_argument("--slots", type=int, default=4, help="running sequences per replica (max_num_seqs)")
     parser.add_argument("--replicas", type=int, default=1, help="vLLM replicas, both sides")
+    parser.add_argument("--engine-queue-slots", type=int, default=None,
+                        help="DriftSched replicas' engine_queue_slots (default: the replica config's)")
     parser.add_argument("--setups", default=",".join(SETUPS),
                         help="comma-separated subset of " + ", ".join(SETUPS))
     parser.add_argument("--seed", type=int, default=1)
@@ -321,7 +331,8 @@ def main() -> None:
         for setup in setups:
             side, policy = setup.split("-")
             build = driftsched_app if side == "driftsched" else vllm_alone_app
-            serve.run(build(model_dir, args.slots, args.replicas, policy, work), name=setup, route_prefix="/")
+            app = build(model_dir, args.slots, args.replicas, policy, work, args.engine_queue_slots)
+            serve.run(app, name=setup, route_prefix="/")
             for seed in seeds:
                 results, tokens_per_s = asyncio.run(replay(loads[seed], f"http://127.0.0.1:{PORT}/v1"))
                 runs.setdefault(setup, {})[seed] = figures(results, tokens_per_s)

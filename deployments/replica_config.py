@@ -38,6 +38,11 @@ class ReplicaConfig(BaseModel):
     """Name reported by /v1/models and accepted in the `model` field."""
     max_num_seqs: int = Field(default=32, ge=1, le=1024)
     """Engine slots: sequences running at once on one replica (vLLM's max_num_seqs)."""
+    engine_queue_slots: int = Field(default=2, ge=0, le=1024)
+    """Requests a replica takes beyond `max_num_seqs`, queued inside its engine: when a sequence
+    finishes, the engine starts the next one at its next step instead of leaving the slot idle for a
+    scheduler round trip (release, grant, dispatch). Each costs ordering latitude: a request queued
+    there can be passed by nothing the scheduler grants later. 0 hands over one slot at a time."""
     max_num_batched_tokens: int = Field(default=2048, ge=16)
     """Token budget of one engine step (chunked prefill)."""
     time_scale: float = Field(default=1.0, gt=0, le=100)
@@ -117,6 +122,7 @@ def perf_model_for(config: ReplicaConfig) -> perf_model.PerfModel:
         perf_model.MODEL_SHAPES[config.model],
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,
+        engine_queue_slots=config.engine_queue_slots,
     )
 
 
@@ -127,7 +133,7 @@ def build_engine(config: ReplicaConfig) -> Engine:
 
         return VllmEngine(config.model, config.served_model_name, config.max_num_seqs,
                           config.max_num_batched_tokens, dict(config.engine_args),
-                          config.kv_high_watermark)
+                          config.kv_high_watermark, config.engine_queue_slots)
 
     from deployments.sim_engine import SimulatedEngine
 

@@ -78,7 +78,7 @@ class SimulatedEngine:
     def capacity(self) -> Capacity:
         engine = self._engine
         return Capacity(
-            max_slots=self._perf.max_num_seqs,
+            max_slots=engine.max_slots,
             free_slots=engine.free_seq_slots,
             free_kv_tokens=engine.free_kv_tokens,
             active=tuple(self._seqs),

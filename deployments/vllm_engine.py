@@ -10,9 +10,12 @@ vLLM is imported only here, and only when `start` runs, so the rest of DriftSche
 * Cancelling the consumer (client gone) aborts the request inside vLLM; the `finally` also aborts
   explicitly, so no request is left running whatever way the stream ends.
 * Capacity comes from the engine's real state: a stat logger receives vLLM's `SchedulerStats` every
-  step (running and waiting sequences, KV-cache use). While vLLM has requests waiting, or the KV cache
-  is above `kv_high_watermark`, the replica offers no free slots, so the backlog stays in the
-  scheduler where the policy orders it instead of in vLLM's FCFS queue.
+  step (running and waiting sequences, KV-cache use). The replica takes `max_num_seqs` plus
+  `queue_slots` requests: the few beyond the running batch wait in vLLM's queue, so a finishing
+  sequence is replaced at vLLM's next step rather than after a scheduler round trip. While more than
+  `queue_slots` requests wait in vLLM (it ran short of KV), or the KV cache is above
+  `kv_high_watermark`, the replica offers no free slots, so the backlog stays in the scheduler where
+  the policy orders it instead of in vLLM's FCFS queue.
 * Errors become `EngineFailure` values on the final delta: invalid input (e.g. prompt longer than the
   model's context), a dead engine, an aborted request, anything else (`EngineErrorCode`).
 """
@@ -78,13 +81,15 @@ class VllmEngine:
     """Implements `deployments.engine.Engine` on vLLM's `AsyncLLM` (see module docstring)."""
 
     def __init__(self, model: str, served_model_name: str, max_num_seqs: int, max_num_batched_tokens: int,
-                 engine_args: dict[str, Any], kv_high_watermark: float = 0.95) -> None:
+                 engine_args: dict[str, Any], kv_high_watermark: float = 0.95,
+                 queue_slots: int = 0) -> None:
         self._args = {
             "model": model, "served_model_name": served_model_name, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "disable_log_stats": True,
             "enable_log_requests": False, **engine_args,
         }
         self._max_num_seqs = max_num_seqs
+        self._queue_slots = queue_slots
         self._kv_high_watermark = kv_high_watermark
         self._engine: Any = None
         self._kv_tokens = 0
@@ -117,10 +122,12 @@ class VllmEngine:
     def capacity(self) -> Capacity:
         state, active = self._state, tuple(self._active)
         dead = self._engine is None or self._engine.errored
-        pressured = bool(active) and (state.waiting > 0 or state.kv_usage >= self._kv_high_watermark)
-        free = 0 if dead or pressured else max(0, self._max_num_seqs - len(active))
+        slots = self._max_num_seqs + self._queue_slots
+        pressured = bool(active) and (state.waiting > self._queue_slots
+                                      or state.kv_usage >= self._kv_high_watermark)
+        free = 0 if dead or pressured else max(0, slots - len(active))
         return Capacity(
-            max_slots=self._max_num_seqs, free_slots=free,
+            max_slots=slots, free_slots=free,
             free_kv_tokens=int(self._kv_tokens * (1.0 - state.kv_usage)), active=active,
             kv_capacity_tokens=self._kv_tokens, progress=tuple(self._active[rid] for rid in active),
             engine_running=state.running, engine_waiting=state.waiting, kv_usage=state.kv_usage,

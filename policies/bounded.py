@@ -9,8 +9,10 @@ A ticket is ordered as if it had arrived ``o = horizon_s · u`` later than it di
 Within a window of `horizon_s` the order is smallest first, as in `sjf`; across longer gaps it is
 FIFO. `u` saturates, so the large requests (code after a drift, long-form) differ little from one
 another and are served close to their arrival order instead of the largest starving. A tenant listed in
-`tenant_horizon_s` gets its own, usually tighter, bound: ``o = min(horizon_s · u, tenant_horizon_s[t])``
-(e.g. its latency SLO: its requests then wait behind at most that much later traffic).
+`tenant_horizon_s` gets its own, usually tighter, horizon: ``o = min(horizon_s, tenant_horizon_s[t]) · u``
+(e.g. its latency SLO: its requests then wait behind at most that much later traffic). The horizon is
+scaled, not clipped, so the tenant's own requests stay in size order among themselves (a clipped
+offset gives all of its larger requests the same offset, and them FIFO order).
 
 Bound: a ticket i is overtaken only by tickets j with ``a_j + o_j < a_i + o_i``, i.e. that arrived
 less than ``o_i − o_j ≤ o_i < horizon_s`` after it (less than its tenant's horizon, if it has one);
@@ -66,9 +68,7 @@ class BoundedSjfPolicy(HeapPolicy):
     def offset_s(self, ticket: Ticket) -> float:
         """How much later than its arrival this ticket is ordered (below the bound)."""
         size = kv_area(ticket)
-        offset = self.horizon_s * size / (size + self.size_ref)
-        cap = self.tenant_horizon_s.get(ticket.tenant)
-        return offset if cap is None else min(offset, cap)
+        return self.bound_s(ticket) * size / (size + self.size_ref)
 
     def bound_s(self, ticket: Ticket) -> float:
         """No ticket that arrived this long after `ticket`, or longer, is ever dispatched before it."""

@@ -56,7 +56,7 @@ def build_app(args: dict[str, Any]) -> Application:
         sizing = {"autoscaling_config": serve_autoscaling_config(replicas.autoscaling, actors.fingerprint)}
     llm = LLMReplica.options(
         **sizing,
-        max_ongoing_requests=replicas.max_num_seqs + _SLOT_MARGIN,
+        max_ongoing_requests=replicas.max_num_seqs + replicas.engine_queue_slots + _SLOT_MARGIN,
         ray_actor_options=actor_options,
         request_router_config=RequestRouterConfig(
             request_router_class="deployments.router:GrantedReplicaRouter"),

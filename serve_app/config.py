@@ -86,7 +86,7 @@ class AppConfig(_Strict):
         unknown = sorted(set(self.auth.demo_keys.values()) - tenants)
         if unknown:
             raise ValueError(f"auth.demo_keys name unknown tenants {unknown}; add them under core.tenants")
-        slots = self.replicas.most_replicas * self.replicas.max_num_seqs
+        slots = self.replicas.most_replicas * (self.replicas.max_num_seqs + self.replicas.engine_queue_slots)
         waiting = self.core.scheduler.max_queued_total + slots
         capacity = self.gateway.ingress_max_ongoing_requests * self.gateway.ingress_replicas
         if capacity <= waiting:

@@ -119,6 +119,18 @@ def test_tenant_horizon_bounds_that_tenants_wait_behind_later_traffic():
     assert policy.bound_s(big_slo) == 5.0 and policy.bound_s(big_other) == 1000.0
 
 
+def test_tenant_horizon_keeps_that_tenants_requests_in_size_order():
+    # Every request of "slo" is large enough that a clipped offset would hit the 5 s cap and leave
+    # them in arrival order; the scaled horizon keeps the smaller one first.
+    policy = BoundedSjfPolicy(horizon_s=1000.0, size_ref=100_000.0, tenant_horizon_s={"slo": 5.0})
+    larger = make_ticket(1, tenant="slo", estimate=2000, arrival=0.0, prompt_tokens=100)
+    smaller = make_ticket(2, tenant="slo", estimate=200, arrival=1.0, prompt_tokens=100)
+    for ticket in (larger, smaller):
+        policy.add(ticket, ticket.arrival_time)
+    assert policy.pop(1.0) is smaller
+    assert 0 < policy.offset_s(smaller) < policy.offset_s(larger) < 5.0
+
+
 def test_offset_stays_below_the_horizon_and_grows_with_size():
     policy = BoundedSjfPolicy(horizon_s=HORIZON, size_ref=75_000.0)
     tickets = [make_ticket(i, estimate=e, prompt_tokens=900) for i, e in enumerate((1, 50, 500, 4000), 1)]

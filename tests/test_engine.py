@@ -55,6 +55,20 @@ def test_max_num_seqs_limits_batch():
     assert engine.free_seq_slots == 0
 
 
+def test_engine_queue_slots_wait_beyond_the_running_batch():
+    engine = ContinuousBatchEngine(PerfModel(max_num_seqs=4, engine_queue_slots=2))
+    assert engine.max_slots == 6 and engine.free_seq_slots == 6
+    for i in range(6):
+        engine.add(EngineSequence(i, 10, 5 if i == 0 else 50))
+    engine.step()
+    assert len(engine.running) == 4 and len(engine.waiting) == 2 and engine.free_seq_slots == 0
+    while not any(s.request_id == 0 for s in engine.step()[1].finished):
+        pass
+    engine.step()  # the slot freed by request 0 goes to the first queued one at the next step
+    assert len(engine.running) == 4 and [s.request_id for s in engine.waiting] == [5]
+    assert engine.free_seq_slots == 1
+
+
 def test_preemption_when_kv_runs_out_and_everyone_finishes():
     perf = PerfModel()
     engine = ContinuousBatchEngine(perf)

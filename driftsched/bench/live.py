@@ -96,7 +96,11 @@ def policy_args(
         # Coarser token chunks: every chunk crosses Serve, and a small machine cannot keep up with one
         # per sequence every 10 ms; 50 ms real is still finer than one modelled decode step here.
         replicas.setdefault("stream_interval_s", BENCH_STREAM_INTERVAL_S)
-    slots = replicas.get("num_replicas", 2) * replicas.get("max_num_seqs", 32)
+    from deployments.replica_config import ReplicaConfig
+
+    sizing = ReplicaConfig.model_validate({k: v for k, v in replicas.items()
+                                           if k in ("num_replicas", "max_num_seqs", "engine_queue_slots")})
+    slots = sizing.num_replicas * (sizing.max_num_seqs + sizing.engine_queue_slots)
     gateway = args.setdefault("gateway", {})
     gateway["queue_timeout_s"] = timeout_s
     gateway["drift_snapshot_path"] = None

@@ -12,8 +12,11 @@ Mirrors vLLM v1's scheduler loop closely enough for latency studies:
   time-to-first-token event, the one that reaches the target length finishes the sequence.
 
 The engine knows nothing of tenants or policies: the caller pulls work into it when ``free_seq_slots``
-and ``free_kv_tokens`` allow. The target output length is the *true* one; only the simulator knows it.
-Sequences hold KV counted in tokens (no block rounding, no prefix caching).
+and ``free_kv_tokens`` allow. ``free_seq_slots`` counts the perf model's ``engine_queue_slots`` beyond
+``max_num_seqs``: that many sequences may wait, in arrival order, for the next free running slot (the
+engine-side queue a live replica keeps so a finishing sequence is replaced at the next step). The
+target output length is the *true* one; only the simulator knows it. Sequences hold
+KV counted in tokens (no block rounding, no prefix caching).
 
 ``step(horizon_s)`` fuses consecutive pure-decode iterations until the next event or until the elapsed
 time reaches ``horizon_s`` (closed-form sum), so a simulator can jump between events; with the default
@@ -65,8 +68,13 @@ class ContinuousBatchEngine:
         return list(self._running)
 
     @property
+    def max_slots(self) -> int:
+        """Sequences the engine takes in all: ``max_num_seqs`` running plus ``engine_queue_slots`` queued."""
+        return self.perf.max_num_seqs + self.perf.engine_queue_slots
+
+    @property
     def free_seq_slots(self) -> int:
-        return max(0, self.perf.max_num_seqs - len(self._running) - len(self.waiting))
+        return max(0, self.max_slots - len(self._running) - len(self.waiting))
 
     @property
     def free_kv_tokens(self) -> int:

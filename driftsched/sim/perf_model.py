@@ -108,6 +108,7 @@ class PerfModel:
         "_kv_read_s",
         "_matmul_flops_per_token",
         "_weight_read_s",
+        "engine_queue_slots",
         "gpu",
         "kv_capacity_tokens",
         "max_num_batched_tokens",
@@ -124,9 +125,13 @@ class PerfModel:
         activation_reserve_gib: float = 1.0,
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 2048,
+        engine_queue_slots: int = 0,
     ) -> None:
+        if engine_queue_slots < 0:
+            raise ValueError(f"engine_queue_slots must be >= 0, got {engine_queue_slots}")
         self.model, self.gpu = model, gpu
         self.max_num_seqs = max_num_seqs
+        self.engine_queue_slots = engine_queue_slots
         self.max_num_batched_tokens = max_num_batched_tokens
         free = (gpu.memory_gib * gpu_memory_utilization - activation_reserve_gib) * GIB
         free -= model.weight_bytes

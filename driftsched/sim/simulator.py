@@ -260,7 +260,7 @@ class Simulation:
         engine = self.engines[r]
         seqs = [*engine.running, *engine.waiting] if self.placement.kv_growth_tokens else []
         capacity = Capacity(
-            max_slots=engine.perf.max_num_seqs,
+            max_slots=engine.max_slots,
             free_slots=engine.free_seq_slots,
             free_kv_tokens=engine.free_kv_tokens,
             active=None,
