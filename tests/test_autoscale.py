@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from driftsched.core.autoscale import AutoscaleConfig, QueueAwareScaler
-from driftsched.core.backlog import Backlog, BacklogMeter, TierBacklog
+from driftsched.core.backlog import SERVICE_SETTLE_S, Backlog, BacklogMeter, TierBacklog
 from tests.factories import make_ticket
 
 MU = 1000.0  # tokens/s of one replica in these tests
@@ -68,12 +68,26 @@ def test_meter_measures_service_rate_only_while_saturated() -> None:
     assert meter.service_tokens_per_s == pytest.approx(1500)
 
 
-def test_meter_counts_a_replica_that_joined_for_the_whole_interval() -> None:
+def test_meter_skips_intervals_while_the_pool_settles_after_a_resize() -> None:
+    """A replica that just joined is still prefilling the batch it was handed: its first seconds
+    would read as a slow replica, so intervals starting within SERVICE_SETTLE_S of a resize do not count."""
     meter = BacklogMeter({})
     queue = [make_ticket(1)]
-    meter.backlog(0.0, queue, 4, 1)
-    meter.completed(1.0, 900)
-    assert meter.backlog(2.0, queue, 4, 3).saturated_replica_s == pytest.approx(6)
+    meter.backlog(0.0, queue, 4, 2)
+    meter.completed(1.0, 2000)
+    assert meter.backlog(2.0, queue, 4, 2).saturated_replica_s == pytest.approx(4), "a steady pool counts"
+    for t in range(3, 3 + int(SERVICE_SETTLE_S) + 1):  # grows to 5 at t=3: warm-up reads
+        meter.completed(t - 0.5, 100)
+        meter.backlog(float(t), queue, 4, 5)
+    assert meter.service_tokens_per_s == pytest.approx(500), "nothing from the settling time"
+    settled = 3 + SERVICE_SETTLE_S
+    meter.completed(settled + 1, 5000)
+    summary = meter.backlog(settled + 2, queue, 4, 5)
+    assert summary.saturated_replica_s == pytest.approx(4 + 10)
+    assert summary.served_tokens == pytest.approx(2000 + 5000)
+    meter.backlog(settled + 3, queue, 4, 3)  # shrinks: the leavers' tokens would count for nobody
+    meter.completed(settled + 4, 9000)
+    assert meter.backlog(settled + 5, queue, 4, 3).saturated_replica_s == pytest.approx(14)
 
 
 def test_meter_groups_queued_work_by_tier_with_the_tightest_objective() -> None:

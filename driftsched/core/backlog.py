@@ -12,13 +12,17 @@ Measurement (time is passed in; the meter never reads a clock):
 * **service** per replica: output tokens generated between two reads at both of which the queue was
   not empty (tokens of the requests completed in between, plus the change in the tokens the running
   requests have generated so far, as the replicas report them: counting completions alone would miss
-  the work in progress at either end of a busy spell), and the replica-seconds of that interval (the
-  larger replica count of the two reads, so a replica that joined in between never inflates the rate).
+  the work in progress at either end of a busy spell), and the replica-seconds of that interval.
   Only such *saturated* intervals count: with a queue every replica is full, so throughput is
-  capacity; without one, throughput is demand. The meter keeps the most recent
-  ``SERVICE_MEMORY_REPLICA_S`` of them, however old (an idle spell does not forget the hardware's
-  speed), and reports their sums; the scaler blends them with its configured prior (a few seconds
-  alone say little).
+  capacity; without one, throughput is demand. Nor does an interval that starts less than
+  ``SERVICE_SETTLE_S`` after the replica count changed: a replica that has just joined is handed a
+  full batch at once and spends its first seconds prefilling it (a simulated L4 on the paper mix takes
+  about 20 s to reach its steady output rate), and one that has just left finishes its requests
+  uncounted. A queue-aware pool grows exactly while a queue stands, so without the settling time most
+  saturated spells it remembers would be warm-ups and the rate would read low (bench_autoscale).
+  The meter keeps the most recent ``SERVICE_MEMORY_REPLICA_S`` of them, however old (an idle spell
+  does not forget the hardware's speed), and reports their sums; the scaler blends them with its
+  configured prior (a few seconds alone say little).
 * **per-tier waits**: for each QoS tier with queued work, its queued tokens, the oldest ticket's wait
   and the tightest ``latency_slo_s`` of that tier's tenants.
 
@@ -37,6 +41,7 @@ from driftsched.core.request import Ticket
 
 _MAX_WINDOW_S = 600.0
 SERVICE_MEMORY_REPLICA_S = 600.0
+SERVICE_SETTLE_S = 30.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,6 +88,7 @@ class BacklogMeter:
         self._samples: deque[tuple[float, float]] = deque()  # (tokens, replica-seconds), saturated
         self._served, self._replica_s = 0.0, 0.0  # their sums
         self._last_read: tuple[float, bool, int] | None = None  # (time, saturated, replicas)
+        self._resized_at = -math.inf  # when the replica count last changed
         self._running_tokens = 0.0  # generated so far by the running requests, at the last read
 
     @property
@@ -153,9 +159,13 @@ class BacklogMeter:
         tokens = max(0.0, self._completed_since_read + running_tokens - self._running_tokens)
         self._last_read, self._completed_since_read = (now, saturated, replicas), 0.0
         self._running_tokens = running_tokens
+        if last is not None and replicas != last[2]:
+            self._resized_at = now
         if last is None or not (last[1] and saturated) or now <= last[0]:
             return
-        sample = (tokens, (now - last[0]) * max(last[2], replicas))
+        if last[0] < self._resized_at + SERVICE_SETTLE_S:  # replicas warming up or leaving
+            return
+        sample = (tokens, (now - last[0]) * replicas)
         if sample[1] <= 0:
             return
         self._samples.append(sample)
