@@ -16,11 +16,19 @@ nowhere. The parked calls are started inside the actor (`BenchSchedulerActor.par
 minutes on two cores; ``--park-over-ray`` submits them as real Ray calls instead.
 
 **The callers.** C caller loops (asyncio tasks in the driver process) each do: make a ticket, await
-``acquire``, send ``release`` fire-and-forget with the ingress's timings, as `serve_app/gateway.py`
-does. A release frees the slot at once (simulated capacity), so the queue stays at N. Printed per
-(N, C): grants/s over `--duration` seconds, p50/p99 grant latency (``acquire`` called to grant
-received, in the caller), and the scheduler actor's CPU time per grant (its whole process: Ray's
-threads and the Python code). With C below the slots a caller never waits for capacity, so the
+an acquire, send a release fire-and-forget with the ingress's timings. A release frees the slot at
+once (simulated capacity), so the queue stays at N. Each (N, C) is run two ways:
+
+* *direct*: one ``acquire`` call (parked until granted) and one ``release`` call per grant, the
+  unbatched calls;
+* *batched* (``--clients K``, default 1; 0 skips it): the callers spread over K `SchedulerClient`s
+  (deployments/scheduler_client.py, as K ingress replicas would have, here all in the driver process),
+  which coalesce them into ``submit`` / ``poll`` / ``release_many`` calls, as `serve_app/gateway.py`
+  does. Its rows also give the Ray calls the clients made per grant.
+
+Printed per (N, C) and way: grants/s over `--duration` seconds, p50/p99 grant latency (acquire called
+to grant received, in the caller), and the scheduler actor's CPU time per grant (its whole process:
+Ray's threads and the Python code). With C below the slots a caller never waits for capacity, so the
 latency is the scheduler's own delay (Ray's call overhead, the actor's loop, the dispatch).
 
 ``--floor`` adds, for the first N, the same loops making two empty calls (``ping``) per "grant": what
@@ -30,7 +38,7 @@ code, the ceiling the Ray shell sits under. ``--profile`` prints cProfile's top 
 actor's event loop (inside the Ray actor, or in-process with ``--local``).
 
     python benchmarks/bench_scheduler_actor.py [--queued 1000,10000,100000] [--callers 1,8,64,256]
-        [--duration 4] [--quick] [--floor] [--local] [--profile]
+        [--duration 4] [--clients 1] [--only-batched] [--quick] [--floor] [--local] [--profile]
 """
 
 from __future__ import annotations
@@ -45,11 +53,13 @@ import shutil
 import statistics
 import tempfile
 import time
+import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from deployments.scheduler_actor import AcquireResult, AcquireStatus, SchedulerActor
+from deployments.scheduler_client import SchedulerClient
 from deployments.telemetry import RequestTimings
 from driftsched.core.config import CoreConfig
 from driftsched.core.intake import Intake
@@ -103,7 +113,7 @@ class BenchSchedulerActor(SchedulerActor):
     """The real actor plus what the benchmark needs: parking the backlog in-process, CPU time, profiles."""
 
     def __init__(self, core_config: dict[str, Any], replica_timeout_s: float) -> None:
-        super().__init__(core_config, replica_timeout_s)
+        super().__init__(core_config, replica_timeout_s, client_grace_s=1e9)
         self._parked: list[asyncio.Future[AcquireResult]] = []
         self._profile: cProfile.Profile | None = None
 
@@ -146,6 +156,9 @@ class Cell:
     seconds: float
     latencies: list[float]
     actor_cpu_s: float
+    path: str = "direct"
+    calls: int = 0
+    """Ray calls the batching clients made (batched cells)."""
 
     def row(self) -> str:
         lat = sorted(self.latencies) or [float("nan")]
@@ -153,46 +166,49 @@ class Cell:
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
         rate = self.grants / self.seconds
         cpu_us = 1e6 * self.actor_cpu_s / max(1, self.grants)
-        return (f"{self.queued:>9,} {self.callers:>8} {rate:>10,.0f} {p50 * 1e3:>9.2f} "
-                f"{p99 * 1e3:>9.2f} {cpu_us:>14,.0f}")
+        calls = f" {self.calls / max(1, self.grants):>11.2f}" if self.calls else f" {'':>11}"
+        return (f"{self.queued:>9,} {self.callers:>8} {self.path:>11} {rate:>10,.0f} {p50 * 1e3:>9.2f} "
+                f"{p99 * 1e3:>9.2f} {cpu_us:>14,.0f}{calls}")
 
 
-HEADER = (f"{'queued':>9} {'callers':>8} {'grants/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
-          f"{'actor CPU/grant':>14}")
+HEADER = (f"{'queued':>9} {'callers':>8} {'path':>11} {'grants/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
+          f"{'actor CPU/grant':>14} {'calls/grant':>11}")
 
-Acquire = Callable[[Ticket], Awaitable[AcquireResult]]
-Release = Callable[[str, str, RequestTimings], None]
+Acquire = Callable[[Ticket, int], Awaitable[AcquireResult]]
+Release = Callable[[str, str, RequestTimings, int], None]
 
 
 async def drive(acquire: Acquire, release: Release, tickets: Tickets, callers: int,
                 duration: float) -> tuple[int, float, list[float]]:
-    """C closed loops of acquire -> release for `duration` s: (grants, seconds, grant latencies)."""
+    """C closed loops of acquire -> release for `duration` s: (grants, seconds, grant latencies).
+    Both are given the caller's index (which batching client it uses)."""
     latencies: list[float] = []
     stop = time.perf_counter() + duration
 
-    async def loop() -> None:
+    async def loop(caller: int) -> None:
         while time.perf_counter() < stop:
             ticket = tickets.make()
             start = time.perf_counter()
-            result = await acquire(ticket)
+            result = await acquire(ticket, caller)
             latency = time.perf_counter() - start
             if result.status is not AcquireStatus.GRANTED or result.replica_id is None:
                 raise RuntimeError(f"caller not granted: {result}")
             latencies.append(latency)
             release(ticket.request_id, result.replica_id,
                     RequestTimings("live", queue_wait_s=result.queue_wait_s, output_tokens=1,
-                                   prompt_tokens=CALLER_PROMPT))
+                                   prompt_tokens=CALLER_PROMPT), caller)
 
     began = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(callers)))
+    await asyncio.gather(*(loop(i) for i in range(callers)))
     return len(latencies), time.perf_counter() - began, latencies
 
 
 async def measure(actor: Any, call: Callable[[Any], Awaitable[Any]], args: argparse.Namespace,
-                  tickets: Tickets, queued: int) -> list[Cell]:
-    """Register the replicas, park the backlog, then one cell per caller count.
+                  tickets: Tickets, queued: int, handle: Any) -> list[Cell]:
+    """Register the replicas, park the backlog, then one cell per caller count and way.
 
-    `call(x)` awaits a method call's result: a Ray ObjectRef, or a coroutine in-process."""
+    `call(x)` awaits a method call's result: a Ray ObjectRef, or a coroutine in-process; `handle` is
+    what a `SchedulerClient` calls (``handle.method.remote(...)``)."""
     await asyncio.gather(*(call(actor.report(f"replica-{i}", replica_capacity(args.slots, i)))
                            for i in range(args.replicas)))
     began = time.perf_counter()
@@ -206,47 +222,66 @@ async def measure(actor: Any, call: Callable[[Any], Awaitable[Any]], args: argpa
         await asyncio.sleep(0.2)
     print(f"  ({queued:,} acquire calls parked in {time.perf_counter() - began:.1f}s)", flush=True)
 
-    def acquire(ticket: Ticket) -> Awaitable[AcquireResult]:
+    def acquire(ticket: Ticket, _caller: int) -> Awaitable[AcquireResult]:
         return asyncio.wait_for(call(actor.acquire(ticket, CALL_TIMEOUT_S)), CALL_TIMEOUT_S + 5)
 
     releasing: set[asyncio.Future[Any]] = set()
 
-    def release(rid: str, replica: str, timings: RequestTimings) -> None:  # fire and forget
+    def release(rid: str, replica: str, timings: RequestTimings, _caller: int) -> None:  # fire and forget
         task = asyncio.ensure_future(call(actor.release(rid, replica, 1, timings)))
         releasing.add(task)
         task.add_done_callback(releasing.discard)
 
+    clients = [SchedulerClient(handle) for _ in range(args.clients)]
+
+    def batched_acquire(ticket: Ticket, caller: int) -> Awaitable[AcquireResult]:
+        return clients[caller % len(clients)].acquire(ticket, CALL_TIMEOUT_S)
+
+    def batched_release(rid: str, replica: str, timings: RequestTimings, caller: int) -> None:
+        clients[caller % len(clients)].release(rid, replica, 1, timings)
+
     granted = AcquireResult(AcquireStatus.GRANTED, "none")
 
-    async def ping(_ticket: Ticket) -> AcquireResult:
+    async def ping(_ticket: Ticket, _caller: int) -> AcquireResult:
         await call(actor.ping())
         return granted
 
-    def ping_release(_rid: str, _replica: str, _timings: RequestTimings) -> None:
+    def ping_release(_rid: str, _replica: str, _timings: RequestTimings, _caller: int) -> None:
         task = asyncio.ensure_future(call(actor.ping()))
         releasing.add(task)
         task.add_done_callback(releasing.discard)
 
+    ways: list[tuple[str, Acquire, Release]] = []
+    if not args.only_batched:
+        ways.append(("direct", acquire, release))
+    if clients:
+        ways.append((f"batched x{len(clients)}", batched_acquire, batched_release))
     cells = []
     for callers in args.callers:
-        if args.profile:
-            await call(actor.profile(True))
-        cpu = await call(actor.cpu_seconds())
-        grants, seconds, latencies = await drive(acquire, release, tickets, callers, args.duration)
-        cpu = await call(actor.cpu_seconds()) - cpu
-        await asyncio.sleep(0.1)  # the last releases land
-        sizes = await call(actor.table_sizes())
-        if sizes["core_queued"] != queued or sizes["granted"]:
-            raise RuntimeError(f"the queue moved or grants leaked: {sizes}")
-        cells.append(Cell(queued, callers, grants, seconds, latencies, cpu))
-        print(cells[-1].row(), flush=True)
-        if args.profile:
-            print(await call(actor.profile(False)), flush=True)
+        for path, way_acquire, way_release in ways:
+            calls = sum(sum(c.calls.values()) for c in clients)
+            if args.profile:
+                await call(actor.profile(True))
+            cpu = await call(actor.cpu_seconds())
+            grants, seconds, latencies = await drive(way_acquire, way_release, tickets, callers,
+                                                     args.duration)
+            cpu = await call(actor.cpu_seconds()) - cpu
+            await asyncio.gather(*(c.flushed() for c in clients))
+            calls = sum(sum(c.calls.values()) for c in clients) - calls
+            await asyncio.sleep(0.1)  # the last releases land
+            sizes = await call(actor.table_sizes())
+            if sizes["core_queued"] != queued or sizes["granted"]:
+                raise RuntimeError(f"the queue moved or grants leaked: {sizes}")
+            cells.append(Cell(queued, callers, grants, seconds, latencies, cpu, path,
+                              calls if path != "direct" else 0))
+            print(cells[-1].row(), flush=True)
+            if args.profile:
+                print(await call(actor.profile(False)), flush=True)
         if args.floor and queued == args.queued[0]:  # two empty calls a grant: the transport's limit
             cpu = await call(actor.cpu_seconds())
             floor = await drive(ping, ping_release, tickets, callers, args.duration)
-            floor_cell = Cell(queued, callers, *floor, await call(actor.cpu_seconds()) - cpu)
-            print(floor_cell.row() + "   (2 x ping)", flush=True)
+            floor_cell = Cell(queued, callers, *floor, await call(actor.cpu_seconds()) - cpu, "2 x ping")
+            print(floor_cell.row(), flush=True)
     if not args.park_over_ray:
         await call(actor.unpark())
     else:
@@ -270,6 +305,17 @@ async def _await(x: Any) -> Any:
     return await x
 
 
+class LocalHandle:
+    """``handle.method.remote(...)`` for an in-process actor: a task running the method."""
+
+    def __init__(self, actor: Any) -> None:
+        self._actor = actor
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._actor, name)
+        return types.SimpleNamespace(remote=lambda *a: asyncio.ensure_future(method(*a)))
+
+
 def run_ray(args: argparse.Namespace) -> list[Cell]:
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
@@ -285,7 +331,7 @@ def run_ray(args: argparse.Namespace) -> list[Cell]:
             max_concurrency=100_000 + (queued if args.park_over_ray else 0), num_cpus=0,
         ).remote(config, 1e9)
         try:
-            return await measure(_Methods(handle), _await, args, Tickets(config), queued)
+            return await measure(_Methods(handle), _await, args, Tickets(config), queued, handle)
         finally:
             ray.kill(handle)
 
@@ -301,7 +347,7 @@ def run_local(args: argparse.Namespace) -> list[Cell]:
     async def one(queued: int) -> list[Cell]:
         config = core_config(args.policy, queued)
         actor = BenchSchedulerActor(config, 1e9)
-        return await measure(actor, _await, args, Tickets(config), queued)
+        return await measure(actor, _await, args, Tickets(config), queued, LocalHandle(actor))
 
     print(HEADER + "   (in-process, no Ray; CPU includes the callers)", flush=True)
     return [cell for queued in args.queued for cell in asyncio.run(one(queued))]
@@ -316,6 +362,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=16, help="free slots per replica")
     parser.add_argument("--policy", default="sjf", choices=("sjf", "priority"),
                         help="a policy that ranks the callers ahead of the backlog")
+    parser.add_argument("--clients", type=int, default=1,
+                        help="batching SchedulerClients the callers spread over (0: direct calls only)")
+    parser.add_argument("--only-batched", action="store_true", help="skip the direct (unbatched) cells")
     parser.add_argument("--quick", action="store_true", help="smoke run: N=1000, C=1,8, 1 s cells")
     parser.add_argument("--local", action="store_true", help="drive the class in-process, no Ray")
     parser.add_argument("--profile", action="store_true", help="cProfile the actor's event loop")

@@ -9,8 +9,9 @@ designed: 503 when the system queue is full, 504 when a queued request's deadlin
 
 Printed at the start (after a warm-up), every minute and at the end (after the load has drained):
 the resident memory of every Ray process of the session (by actor or deployment name) and the sizes of
-the scheduler actor's per-request tables (`SchedulerActor.table_sizes`). The ingress keeps no
-per-request table (each request lives in its own task), so only its memory is shown. Last: the
+the scheduler actor's per-request tables (`SchedulerActor.table_sizes`). The ingress keeps only its
+batching client's table of acquires still waiting for an answer (each request otherwise lives in its
+own task), so only its memory is shown. Last: the
 outcome counts and a verdict line — tables flat (end <= start + slack), every request answered, no
 hang, no unexpected error — with the RSS growth of the whole session and of its largest grower.
 

@@ -42,9 +42,10 @@ def _named(cls: type, name: str, *args: Any) -> Any:
     ).remote(*args)
 
 
-def scheduler_actor(name: str, core_config: dict[str, Any], replica_timeout_s: float) -> Any:
+def scheduler_actor(name: str, core_config: dict[str, Any], replica_timeout_s: float,
+                    client_grace_s: float | None = None) -> Any:
     """The application's scheduler actor (created on first use)."""
-    return _named(SchedulerActor, name, core_config, replica_timeout_s)
+    return _named(SchedulerActor, name, core_config, replica_timeout_s, client_grace_s)
 
 
 def drift_actor(name: str, drift_config: dict[str, Any], snapshot_path: str | None) -> Any:

@@ -38,11 +38,13 @@ class ReplicaConfig(BaseModel):
     """Name reported by /v1/models and accepted in the `model` field."""
     max_num_seqs: int = Field(default=32, ge=1, le=1024)
     """Engine slots: sequences running at once on one replica (vLLM's max_num_seqs)."""
-    engine_queue_slots: int = Field(default=2, ge=0, le=1024)
+    engine_queue_slots: int = Field(default=0, ge=0, le=1024)
     """Requests a replica takes beyond `max_num_seqs`, queued inside its engine: when a sequence
     finishes, the engine starts the next one at its next step instead of leaving the slot idle for a
     scheduler round trip (release, grant, dispatch). Each costs ordering latitude: a request queued
-    there can be passed by nothing the scheduler grants later. 0 hands over one slot at a time."""
+    there can be passed by nothing the scheduler grants later, and a better-ranked request placed
+    there waits for a running one to finish instead of preempting it (preemption starts only once the
+    engine queue is full too). 0 (default) hands over one slot at a time."""
     max_num_batched_tokens: int = Field(default=2048, ge=16)
     """Token budget of one engine step (chunked prefill)."""
     time_scale: float = Field(default=1.0, gt=0, le=100)

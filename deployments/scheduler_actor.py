@@ -1,12 +1,21 @@
-"""The central scheduler actor: the core `Scheduler` plus a capacity ledger, behind two hot-path calls.
+"""The central scheduler actor: the core `Scheduler` plus a capacity ledger, behind batched hot-path calls.
 
-Hot path, per request (both from the ingress):
+Hot path, batched per ingress (its `SchedulerClient`, deployments/scheduler_client.py, makes them):
 
-1. ``acquire(ticket, queue_timeout_s)`` admits the ticket (quotas, queue caps) and parks until the
-   policy picks it for a replica slot, returning a grant naming the replica; or returns a rejection,
-   or "expired" when the ticket's queue deadline passes first.
-2. ``release(request_id, replica_id, output_tokens, timings)`` frees the slot, settles the tenant's
-   token quota, and records the ingress's timings for /metrics.
+1. ``submit(client_id, [(ticket, queue_timeout_s), ...])`` admits each ticket (quotas, queue caps)
+   and routes it to the client's outbox (deployments/outbox.py); it returns the answers known at once
+   (rejections, grants this call's dispatch made, anything else the outbox held).
+2. ``poll(client_id, wait_s)`` is the client's long poll: it returns its outbox as soon as an answer
+   is there (a grant naming the replica, "expired" when a ticket's queue deadline passes first, or
+   "cancelled"), or empty after `wait_s`.
+3. ``release_many([(request_id, replica_id, output_tokens, timings), ...])`` frees the slots, settles
+   the tenants' token quotas, and records the ingress's timings for /metrics.
+
+One call of each kind carries whatever the ingress gathered while the previous one was under way, so
+the calls per request fall as the load rises. ``submit`` is idempotent per request id (a granted one
+gets its grant again, a waiting one nothing new), so a client may always submit again; a client that
+stops polling for `client_grace_s` has its outbox dropped and what it held freed. The unbatched
+``acquire(ticket, queue_timeout_s)`` (park until answered) and ``release`` do the same for one request.
 
 Replicas call ``report`` each heartbeat (that is also how they register, and re-register after this
 actor restarts); its answer names the requests the dispatcher preempted there, which the replica stops
@@ -18,8 +27,9 @@ order placed by the `Placement` fit rule on what the heartbeats report), the sam
 drives.
 
 Restart: the actor is a named Ray actor restarted by Ray (max_restarts=-1). A restarted instance starts
-empty; in-flight ``acquire`` calls fail on the caller's side and are retried there within their deadline;
-replicas re-register within one heartbeat, and their running requests are counted from the reports.
+empty, with a new epoch: in-flight calls fail on the caller's side, and clients that see the failure or
+the new epoch submit their outstanding requests again, within their deadlines; replicas re-register
+within one heartbeat, and their running requests are counted from the reports.
 """
 
 from __future__ import annotations
@@ -28,9 +38,11 @@ import asyncio
 import contextlib
 import enum
 import logging
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from deployments.outbox import Outbox, Outboxes
 from deployments.telemetry import RequestBook, RequestTimings
 from deployments.usage import TenantUsage, tenant_usage
 from driftsched.core.backlog import Backlog, BacklogMeter
@@ -90,7 +102,10 @@ class SchedulerView:
 class SchedulerActor:
     """Thin adapter: core scheduler + capacity ledger + parked waiters (see module docstring)."""
 
-    def __init__(self, core_config: dict[str, Any], replica_timeout_s: float = 5.0) -> None:
+    def __init__(self, core_config: dict[str, Any], replica_timeout_s: float = 5.0,
+                 client_grace_s: float | None = None) -> None:
+        """`client_grace_s`: how long a batching client may go without polling before its outbox is
+        dropped and what it held freed (default: the ledger's grace for an unused grant)."""
         config = parse_core_config(core_config)
         policy = make_policy(config.scheduler.policy, **config.scheduler.policy_options)
         self._clock = monotonic_clock
@@ -104,6 +119,9 @@ class SchedulerActor:
         self._book = RequestBook()
         self._waiters: dict[str, asyncio.Future[AcquireResult]] = {}
         self._granted: dict[str, str] = {}
+        self._epoch = uuid.uuid4().hex  # a restarted instance has a new one: clients submit again
+        self._outboxes: Outboxes[AcquireResult] = Outboxes(self._epoch)
+        self._client_grace_s = self._ledger.grant_grace_s if client_grace_s is None else client_grace_s
         self._maintenance: asyncio.Task[None] | None = None
         self._meter = BacklogMeter({t.name: t.latency_slo_s for t in config.tenants})
         self._autoscale: dict[str, Any] | None = None
@@ -133,6 +151,56 @@ class SchedulerActor:
                                  admission.retry_after_s)
         self._meter.admitted(now, ticket.remaining_estimate)
         return await self._wait_for_grant(ticket.request_id, queue_timeout_s, now)
+
+    # -- batched hot path (deployments/scheduler_client.py) ------------------------------------
+
+    async def submit(
+        self, client_id: str, items: list[tuple[Ticket, float]],
+    ) -> tuple[str, dict[str, AcquireResult]]:
+        """Admit each (ticket, queue timeout) like ``acquire``, answering into `client_id`'s outbox;
+        returns the outbox's epoch and every answer it holds after one dispatch (see module docstring)."""
+        self._ensure_maintenance()
+        now = self._clock()
+        box = self._outboxes.box(client_id, now)
+        for ticket, queue_timeout_s in items:
+            rid = ticket.request_id
+            granted = self._granted.get(rid)
+            if granted is not None:
+                box.post(rid, AcquireResult(AcquireStatus.GRANTED, granted))
+                continue
+            route = self._outboxes.route_of(rid)
+            if route is not None:  # already waiting (a re-submit): its answer comes here
+                self._outboxes.route(rid, box, route[1])
+                continue
+            if rid in self._waiters:  # parked by an unbatched ``acquire``: answered there
+                continue
+            ticket.arrival_time, ticket.deadline = now, now + queue_timeout_s  # this actor's clock
+            admission = self._core.admit(ticket)
+            if not admission.admitted:
+                box.post(rid, AcquireResult(AcquireStatus.REJECTED, None, admission.reason,
+                                            admission.detail, admission.retry_after_s))
+                continue
+            self._meter.admitted(now, ticket.remaining_estimate)
+            self._outboxes.route(rid, box, now)
+        self._pump()
+        return box.epoch, box.take()
+
+    async def poll(self, client_id: str, wait_s: float) -> tuple[str, dict[str, AcquireResult]]:
+        """`client_id`'s outbox epoch and answers: at once if it holds any, else the first ones
+        within `wait_s` (none: {}). One poll per client at a time; a newer one supersedes it."""
+        self._ensure_maintenance()
+        box = self._outboxes.box(client_id, self._clock())
+        return box.epoch, await box.poll(wait_s, self._clock)
+
+    async def release_many(
+        self, items: list[tuple[str, str, int | None, RequestTimings | None]],
+    ) -> None:
+        """``release`` for each (request id, replica id, output tokens, timings), then one dispatch."""
+        for request_id, replica_id, output_tokens, timings in items:
+            self._release(request_id, replica_id, output_tokens, timings)
+        self._pump()
+
+    # -- unbatched calls -------------------------------------------------------------------------
 
     async def resume(
         self, ticket: Ticket, replica_id: str, generated: int, queue_timeout_s: float,
@@ -194,6 +262,11 @@ class SchedulerActor:
         self, request_id: str, replica_id: str, output_tokens: int | None,
         timings: RequestTimings | None = None,
     ) -> None:
+        self._release(request_id, replica_id, output_tokens, timings)
+        self._pump()
+
+    def _release(self, request_id: str, replica_id: str, output_tokens: int | None,
+                 timings: RequestTimings | None) -> None:
         self._granted.pop(request_id, None)
         ticket = self._core.in_flight_ticket(request_id)
         freed = ticket.prompt_tokens + (output_tokens or 0) if ticket is not None else 0
@@ -207,7 +280,6 @@ class SchedulerActor:
             self._meter.completed(self._clock(), output_tokens)
         if timings is not None:
             self._book.record(timings)
-        self._pump()
 
     async def cancel(self, request_id: str) -> None:
         self._withdraw(request_id)
@@ -268,6 +340,7 @@ class SchedulerActor:
         core, replicas = self._core, list(self._ledger.replicas())
         return {
             "waiters": len(self._waiters),
+            **self._outboxes.sizes(),
             "granted": len(self._granted),
             "preempt": sum(len(ids) for ids in self._preempt.values()),
             "ledger_granted": sum(len(r.granted) for r in replicas),
@@ -290,9 +363,7 @@ class SchedulerActor:
     def _withdraw(self, request_id: str) -> None:
         """Cancel a queued request, or free the slot of a granted one."""
         if self._core.cancel(request_id) is not None:
-            future = self._waiters.get(request_id)
-            if future is not None and not future.done():
-                future.set_result(_CANCELLED)
+            self._answer(request_id, _CANCELLED)
             return
         replica = self._granted.pop(request_id, None)
         if replica is not None:
@@ -308,18 +379,38 @@ class SchedulerActor:
             self._preempt.setdefault(replica, set()).add(ticket.request_id)
         for ticket, replica in step.grants:
             rid = ticket.request_id
-            future = self._waiters.get(rid)
-            if future is None or future.done():  # its caller went away meanwhile
-                self._ledger.release(replica, rid)
+            if not self._answer(rid, AcquireResult(AcquireStatus.GRANTED, replica)):
+                self._ledger.release(replica, rid)  # its caller went away meanwhile
                 self._core.abort(rid)
                 continue
             self._granted[rid] = replica
-            future.set_result(AcquireResult(AcquireStatus.GRANTED, replica))
 
-    def _answer(self, request_id: str, value: AcquireResult) -> None:
+    def _answer(self, request_id: str, value: AcquireResult) -> bool:
+        """Answer `request_id`'s waiter: its client's outbox (a grant there carries the queue wait),
+        or a parked call's future. False if nobody waits for it any more."""
+        route = self._outboxes.pop_route(request_id)
+        if route is not None:
+            box, since = route
+            if value.status is AcquireStatus.GRANTED:
+                value = replace(value, queue_wait_s=self._clock() - since)
+            box.post(request_id, value)
+            return True
         future = self._waiters.get(request_id)
-        if future is not None and not future.done():
-            future.set_result(value)
+        if future is None or future.done():
+            return False
+        future.set_result(value)
+        return True
+
+    def _drop_client(self, box: Outbox[AcquireResult]) -> None:
+        """A client stopped polling: withdraw what still waits for it, free the grants it never got."""
+        granted = [rid for rid, answer in box.answers.items() if answer.status is AcquireStatus.GRANTED]
+        if box.waiting or granted:
+            logger.warning("client %s stopped polling; withdrawing %d queued requests and freeing %d "
+                           "grants", box.client, len(box.waiting), len(granted))
+        for rid in box.waiting:
+            self._core.cancel(rid)
+        for rid in granted:
+            self._withdraw(rid)
 
     def _ensure_maintenance(self) -> None:
         if self._maintenance is None or self._maintenance.done():
@@ -335,6 +426,8 @@ class SchedulerActor:
                     for rid in grants:
                         self._granted.pop(rid, None)
                         self._core.abort(rid)
+                for box in self._outboxes.drop_stale(self._clock(), self._client_grace_s):
+                    self._drop_client(box)
                 self._pump()
             except Exception:
                 logger.exception("scheduler maintenance failed; continuing")

@@ -1,7 +1,9 @@
 """The per-request path between HTTP and the replicas: intake, acquire a slot, stream, release.
 
-Actor calls per request on the hot path: two — ``acquire`` (admission + wait for a grant) and
-``release`` (fire-and-forget, carrying the observed length and timings). Tokens come straight back
+Actor calls per request on the hot path: at most two, fewer under load — ``acquire`` (admission +
+wait for a grant) and ``release`` (fire-and-forget, carrying the observed length and timings) go
+through this ingress's `SchedulerClient`, which coalesces them with every other request's into batched
+``submit`` / ``poll`` / ``release_many`` calls (deployments/scheduler_client.py). Tokens come straight back
 from the granted replica through a streaming `DeploymentHandle`. Classification and estimation run
 here, from a local copy of the drift statistics refreshed in the background (no per-request call).
 
@@ -26,6 +28,7 @@ from deployments.actors import ActorUnavailable, call
 from deployments.engine import GenerationRequest, TokenDelta, Usage
 from deployments.replica import EstimateKey
 from deployments.scheduler_actor import AcquireResult, AcquireStatus
+from deployments.scheduler_client import SchedulerClient
 from deployments.telemetry import RequestTimings
 from driftsched.core.intake import Intake
 from driftsched.core.request import Request
@@ -100,6 +103,7 @@ class Gateway:
                  benchmark_mode: bool) -> None:
         self.intake, self.config = intake, config
         self.scheduler, self.llm = scheduler, llm
+        self.client = SchedulerClient(scheduler, restart_grace_s=_RESTART_GRACE_S)
         self.benchmark_mode = benchmark_mode
 
     def prepare(self, tenant: str, prompt: RenderedPrompt, max_tokens: int | None,
@@ -135,18 +139,10 @@ class Gateway:
     async def acquire(self, prepared: Prepared) -> tuple[str, float]:
         """Wait for a grant: (replica id, queue wait); GatewayError for 429/503/504."""
         timeout = self.config.queue_timeout_s
-        deadline = time.monotonic() + timeout + _RESTART_GRACE_S
-        rid = prepared.request.request_id
-        try:
-            result: AcquireResult = await call(
-                lambda: self.scheduler.acquire.remote(prepared.ticket, timeout),  # type: ignore[attr-defined]
-                deadline, what="scheduler",
-            )
+        try:  # a cancellation (client went away while queued) is withdrawn by the client
+            result = await self.client.acquire(prepared.ticket, timeout)  # type: ignore[arg-type]
         except ActorUnavailable:
             raise scheduler_unavailable() from None
-        except asyncio.CancelledError:  # client went away while queued
-            self.scheduler.cancel.remote(rid)  # type: ignore[attr-defined]
-            raise
         if result.status is AcquireStatus.GRANTED and result.replica_id is not None:
             return result.replica_id, result.queue_wait_s
         if result.status is AcquireStatus.EXPIRED:
@@ -155,12 +151,8 @@ class Gateway:
 
     def release(self, prepared: Prepared, replica_id: str, output_tokens: int | None,
                 timings: RequestTimings) -> None:
-        """Fire-and-forget release (a lost one is reclaimed by the scheduler's ledger)."""
-        try:
-            self.scheduler.release.remote(  # type: ignore[attr-defined]
-                prepared.request.request_id, replica_id, output_tokens, timings)
-        except RayActorError:
-            logger.warning("release of %s not delivered", prepared.request.request_id)
+        """Fire-and-forget release, batched (a lost one is reclaimed by the scheduler's ledger)."""
+        self.client.release(prepared.request.request_id, replica_id, output_tokens, timings)
 
     def start(self, prepared: Prepared, replica_id: str, queue_wait_s: float) -> Lease:
         """Start streaming from the granted replica (see `Lease`)."""

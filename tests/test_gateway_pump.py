@@ -82,16 +82,20 @@ class _Method:
 
 
 class FakeScheduler:
-    """`resume` grants the next replica in `grants`; `release` records its arguments."""
+    """`resume` grants the next replica in `grants`; `release_many` records its releases."""
 
     def __init__(self, grants: list[str] | None = None, resume_error: Exception | None = None) -> None:
         self.grants = list(grants or [])
         self.resume_error = resume_error
         self.resumes: list[tuple[str, int, bool]] = []
         self.releases: list[tuple[str, int | None, str]] = []
-        self.release = _Method(lambda rid, replica, tokens, timings:
-                               self.releases.append((replica, tokens, timings.outcome)))
+        self.release_many = _Method(self._release_many)
         self.resume = _Method(self._resume)
+
+    def _release_many(self, items: list[tuple[str, str, int | None, Any]]) -> Any:
+        """Records at the call, as a Ray call is sent at once; returns the awaitable reply."""
+        self.releases += [(replica, tokens, timings.outcome) for _rid, replica, tokens, timings in items]
+        return asyncio.sleep(0)
 
     async def _resume(self, ticket: Any, replica: str, generated: int, timeout: float,
                       failed: bool) -> AcquireResult:

@@ -76,3 +76,20 @@ def test_a_bad_policy_fails_the_build_naming_the_field(scheduler, needle):
     with pytest.raises(ConfigError, match=r"core\.scheduler\.policy") as info:
         build_app(app_args(**{f"core.scheduler.{k}": v for k, v in scheduler.items()}))
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("queue_slots", [0, 3])
+def test_engine_queue_slots_add_to_what_a_replica_takes(queue_slots):
+    from deployments.replica_config import build_engine
+    from deployments.vllm_engine import VllmEngine
+
+    config = ReplicaConfig(max_num_seqs=4, engine_queue_slots=queue_slots)
+    capacity = build_engine(config).capacity()  # the simulated engine, idle
+    assert (capacity.max_slots, capacity.free_slots) == (4 + queue_slots, 4 + queue_slots)
+    vllm = VllmEngine("m", "m", 4, 64, {}, queue_slots=queue_slots)
+    vllm._engine = type("Alive", (), {"errored": False})()  # capacity() reads only its state
+    vllm._active = {"a": 3, "b": 0}
+    vllm._state.running, vllm._state.waiting = 1, queue_slots + 1  # more waiting than its queue
+    assert vllm.capacity().free_slots == 0 and vllm.capacity().max_slots == 4 + queue_slots
+    vllm._state.waiting = queue_slots
+    assert vllm.capacity().free_slots == 4 + queue_slots - 2

@@ -190,15 +190,26 @@ class Placement:
     ) -> bool:
         """Whether `ticket` may start on this replica now (slot, then KV for its prompt and growth),
         with `slots` and `kv` tokens more than the replica has (what a release would free)."""
-        if state.free_slots() + slots <= 0:
-            return False
-        kv_total = state.capacity.kv_capacity_tokens
+        return self._room(state, ticket.prompt_tokens, ticket.remaining_estimate, slots, kv, idle) is not None
+
+    def _room(self, state: ReplicaState, prompt: int, remaining: float, slots: int = 0, kv: int = 0,
+              idle: bool = False) -> tuple[int, int] | None:
+        """`fits` for a ticket's `prompt` tokens and `remaining` estimate: the replica's (free KV, free
+        slots) if it fits, else None. Inlined arithmetic: `choose` runs it for every replica per grant."""
+        capacity = state.capacity
+        free_slots = capacity.max_slots - state.in_use - state.withheld  # state.free_slots(), unclamped
+        if free_slots < 0:
+            free_slots = 0
+        if free_slots + slots <= 0:
+            return None
+        free_kv = capacity.free_kv_tokens + state.kv_credit - state.kv_pending  # state.free_kv()
+        kv_total = capacity.kv_capacity_tokens
         if idle or state.in_use == 0 or kv_total <= 0:
-            return True
-        need = ticket.prompt_tokens + self.kv_watermark * kv_total
+            return free_kv, free_slots
+        need = prompt + self.kv_watermark * kv_total
         if state.horizon:
-            need += min(state.horizon, ticket.remaining_estimate) + state.reserved
-        return need <= state.free_kv() + kv
+            need += min(state.horizon, remaining) + state.reserved
+        return (free_kv, free_slots) if need <= free_kv + kv else None
 
     def fits_after_release(self, replica_id: str, ticket: Ticket, request_id: str, tokens: int) -> bool:
         """Whether `ticket` would fit on `replica_id` once `request_id` (holding `tokens` of KV) left."""
@@ -234,9 +245,11 @@ class Placement:
             candidates = [replicas[r] for r in self._changed if r in replicas]
         best: ReplicaState | None = None
         best_key: tuple[int, int, str] | None = None
+        room, prompt, remaining = self._room, memo[1], memo[2]
         for state in candidates:
-            if self.fits(state, ticket):
-                key = (state.free_kv(), state.free_slots(), state.replica_id)
+            free = room(state, prompt, remaining)
+            if free is not None:
+                key = (free[0], free[1], state.replica_id)
                 if best_key is None or key > best_key:
                     best, best_key = state, key
         if best is None or remembered:  # another ticket's choice leaves the memory as it was
