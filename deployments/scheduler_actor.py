@@ -240,7 +240,8 @@ class SchedulerActor:
         try:
             answer = await asyncio.wait_for(asyncio.shield(future), queue_timeout_s + 0.01)
         except TimeoutError:
-            self._core.expire_due()
+            for ticket in self._core.expire_due():  # this one, and any other now due
+                self._answer(ticket.request_id, _EXPIRED)
             if not future.done():  # not due by the core's clock yet: withdraw it anyway
                 self._core.cancel(rid)
                 future.set_result(_EXPIRED)

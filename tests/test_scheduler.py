@@ -122,6 +122,22 @@ def test_deadlines_expire_queued_requests():
     assert sched.snapshot().counters["a"].expired == 1
 
 
+def test_tickets_expired_by_peek_or_dispatch_are_returned_once_by_expire_due():
+    # The caller answers what expire_due returns (a waiter's 504); a ticket that peek or dispatch
+    # found overdue must reach it too, or its waiter is never answered.
+    sched, clock = make_scheduler("fifo")
+    sched.submit(req(1, deadline=5.0))
+    sched.submit(req(2, deadline=6.0))
+    sched.submit(req(3))
+    clock.advance(5.5)
+    assert sched.peek().request_id == "r2"
+    clock.advance(1.0)
+    assert sched.dispatch().request_id == "r3"
+    assert [t.request_id for t in sched.expire_due()] == ["r1", "r2"]
+    assert sched.expire_due() == []
+    assert sched.snapshot().counters["a"].expired == 2
+
+
 def test_completion_feeds_drift_and_later_estimates():
     sched, clock = make_scheduler("sjf")
     for i in range(60):

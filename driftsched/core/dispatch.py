@@ -91,6 +91,7 @@ class Dispatcher:
                 rank = self._ranked.rank(ticket, now)
                 entry = (tuple(-x for x in rank), ticket.seq, ticket.request_id, replica)
                 heapq.heappush(self._running, entry)
+        out.expired += scheduler.expire_due()  # any that peek/dispatch expired during this step
         return out
 
     def _victim(self, head: Ticket, now: float) -> tuple[Ticket, str] | None:

@@ -57,6 +57,7 @@ class Scheduler:
         self._queued: dict[str, Ticket] = {}
         self._in_flight: dict[str, Ticket] = {}
         self._deadlines: list[tuple[float, int, Ticket]] = []
+        self._expired: list[Ticket] = []  # expired by peek/dispatch, not yet returned by expire_due
         self._front: deque[Ticket] = deque()  # resumed requests, served before the policy's order
         self._seq = 0
 
@@ -134,7 +135,7 @@ class Scheduler:
         """The ticket `dispatch` would return now, left in the queue (for capacity checks)."""
         now = self.clock()
         if self._deadlines and self._deadlines[0][0] <= now:
-            self.expire_due()
+            self._expire(now)
         return self._front_head() or self.policy.peek(now)
 
     def _front_head(self) -> Ticket | None:
@@ -148,7 +149,7 @@ class Scheduler:
         """The policy's next ticket, now in flight; None if nothing (unexpired) is waiting."""
         now = self.clock()
         if self._deadlines and self._deadlines[0][0] <= now:
-            self.expire_due()
+            self._expire(now)
         ticket = self._front_head()
         if ticket is not None:
             self._front.popleft()
@@ -228,8 +229,15 @@ class Scheduler:
         return ticket
 
     def expire_due(self) -> list[Ticket]:
-        """Remove queued tickets whose deadline has passed; the caller answers them (e.g. 504)."""
-        now, expired = self.clock(), []
+        """Remove queued tickets whose deadline has passed; the caller answers them (e.g. 504). Also
+        returns those that `peek` or `dispatch` expired since the last call, so every expired ticket is
+        returned exactly once."""
+        self._expire(self.clock())
+        expired, self._expired = self._expired, []
+        return expired
+
+    def _expire(self, now: float) -> None:
+        expired = self._expired
         while self._deadlines and self._deadlines[0][0] <= now:
             ticket = heapq.heappop(self._deadlines)[2]
             if self._queued.get(ticket.request_id) is ticket and self.policy.remove(ticket):
@@ -237,7 +245,6 @@ class Scheduler:
                 self._quotas[ticket.tenant].reconcile(ticket.corrected_estimate, 0.0)
                 self._counters[ticket.tenant].expired += 1
                 expired.append(ticket)
-        return expired
 
     def complete(self, request_id: str, output_tokens: int, observe: bool = True) -> Ticket:
         """An in-flight request finished with `output_tokens` in all (earlier, preempted runs included);
