@@ -195,15 +195,13 @@ class Placement:
     def _room(self, state: ReplicaState, prompt: int, remaining: float, slots: int = 0, kv: int = 0,
               idle: bool = False) -> tuple[int, int] | None:
         """`fits` for a ticket's `prompt` tokens and `remaining` estimate: the replica's (free KV, free
-        slots) if it fits, else None. Inlined arithmetic: `choose` runs it for every replica per grant."""
-        capacity = state.capacity
-        free_slots = capacity.max_slots - state.in_use - state.withheld  # state.free_slots(), unclamped
-        if free_slots < 0:
-            free_slots = 0
+        slots) if it fits, else None. `choose` runs it for every replica per grant and ranks by what it
+        returns, so each figure is computed once."""
+        free_slots = state.free_slots()
         if free_slots + slots <= 0:
             return None
-        free_kv = capacity.free_kv_tokens + state.kv_credit - state.kv_pending  # state.free_kv()
-        kv_total = capacity.kv_capacity_tokens
+        free_kv = state.free_kv()
+        kv_total = state.capacity.kv_capacity_tokens
         if idle or state.in_use == 0 or kv_total <= 0:
             return free_kv, free_slots
         need = prompt + self.kv_watermark * kv_total
