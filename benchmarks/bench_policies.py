@@ -150,6 +150,7 @@ def run_case(case: Case) -> dict[str, dict[str, Any]]:
         name, options = split_variant(variant)
         data = base.model_dump()
         data["scheduler"].update(case.scheduler)
+        data["scheduler"]["policy"] = name  # the simulator applies options to the configured policy only
         data["scheduler"]["policy_options"] = options
         config = CoreConfig.model_validate(data)
         started = time.perf_counter()
