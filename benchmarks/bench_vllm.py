@@ -24,17 +24,21 @@ under vLLM alone. What remains different is the cost of DriftSched itself (an ex
 and the scheduler actor), which is part of what is measured.
 
 Sizing: output lengths of tens to hundreds of tokens make decode the bulk of the work, and
-`stream_interval` batches streamed tokens so HTTP chunks stay few. The default rate offers more
-tokens per second than one CPU replica decodes, so every set-up builds a backlog. Each set-up starts
-its engine afresh (~30 s) and then replays the load (~30 s); the whole run takes ~4-5 minutes.
+`stream_interval` batches streamed tokens so HTTP chunks stay few. The offered load is relative to
+this machine: before the set-ups, a calibration deploys vLLM alone (fcfs), sends it a saturating
+burst of the same mix and measures the output tokens per second it sustains; the arrival rate is then
+`--load` (default 1.0) times that capacity over the mean output length of the load. So the run is
+equally loaded on a fast machine and on a slow or busy one; a fixed rate (`--rate`, no calibration)
+that offers 4x what the CPU decodes measures only how a long drain is ordered. Each set-up starts its
+engine afresh (~30 s) and then replays the load (~100 s at load 1.0 on 2 cores).
 Printed: median / P99 end-to-end latency (request sent to `[DONE]`), overall and per tenant, and the
 achieved output throughput (tokens / (last completion - first arrival)). With `--seeds N` the load is
 replayed for N seeds and each figure is the median over them. `--out DIR` writes `DIR/summary.json`:
 ``{"setups": {name: {"overall": {"p50", "p99"}, "per_tenant": {tenant: {"p50", "p99"}},
 "tokens_per_s"}}}`` (seconds; medians over seeds), plus the per-seed figures under ``"runs"``.
 
-Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--rate 14] [--slots 4] [--seeds 1]
-[--out DIR]
+Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--load 1.0 | --rate R] [--slots 4]
+[--seeds 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 MAX_MODEL_LEN = 1024
 STREAM_INTERVAL = 16  # tokens per streamed chunk, both sides (vLLM engine arg)
 PORT = 8765
+CALIBRATION_PER_SLOT = 16  # calibration burst: requests per running-sequence slot
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,6 +88,7 @@ class Item:
 
 
 def make_load(n: int, rate: float, seed: int) -> list[Item]:
+    """`n` requests, Poisson at `rate`/s; the same seed gives the same requests at any rate."""
     rng = random.Random(seed)
     names = list(TENANTS)
     shares = [TENANTS[t][2] for t in names]
@@ -238,6 +244,20 @@ async def replay(items: list[Item], base_url: str) -> tuple[list[tuple[str, floa
         return results, sum(it.target for it in items) / (time.monotonic() - t0)
 
 
+def calibrate(model_dir: Path, slots: int, replicas: int, work: Path) -> float:
+    """Output tokens/s vLLM alone (fcfs) sustains here: a burst of the load's mix, all sent at once."""
+    from ray import serve
+
+    burst = [Item(0.0, it.tenant, it.prompt, it.max_tokens, it.target)
+             for it in make_load(CALIBRATION_PER_SLOT * slots * replicas, 1.0, seed=0)]
+    serve.run(vllm_alone_app(model_dir, slots, replicas, "fcfs", work), name="calibration", route_prefix="/")
+    try:
+        _, tokens_per_s = asyncio.run(replay(burst, f"http://127.0.0.1:{PORT}/v1"))
+    finally:
+        serve.delete("calibration")
+    return tokens_per_s
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 
@@ -289,7 +309,10 @@ def row(name: str, fig: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=360)
-    parser.add_argument("--rate", type=float, default=14.0, help="mean arrivals per second")
+    parser.add_argument("--load", type=float, default=1.0,
+                        help="offered output tokens/s over the capacity measured by a calibration burst")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="mean arrivals per second instead (no calibration; --load is ignored)")
     parser.add_argument("--slots", type=int, default=4, help="running sequences per replica (max_num_seqs)")
     parser.add_argument("--replicas", type=int, default=1, help="vLLM replicas, both sides")
     parser.add_argument("--engine-queue-slots", type=int, default=None,
@@ -305,6 +328,8 @@ def main() -> None:
         parser.error(f"unknown set-ups {sorted(unknown)}; choose from {', '.join(SETUPS)}")
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if not (args.load > 0 if args.rate is None else args.rate > 0):
+        parser.error("--load and --rate must be > 0")
 
     work = Path(tempfile.mkdtemp(prefix="bench-vllm-", dir="/tmp"))
     os.environ.update(cpu_env(work))
@@ -316,18 +341,25 @@ def main() -> None:
 
     model_dir = build_tiny_model(work / "tiny-llama")
     seeds = list(range(args.seed, args.seed + args.seeds))
-    loads = {seed: make_load(args.requests, args.rate, seed) for seed in seeds}
-    for seed, items in loads.items():
-        tokens = sum(it.target for it in items)
-        print(f"load seed {seed}: {len(items)} requests, {tokens} output tokens over {items[-1].at_s:.1f}s "
-              f"({tokens / items[-1].at_s:.0f} tok/s offered), {args.replicas} replica(s) x {args.slots} "
-              f"slots, stream_interval {STREAM_INTERVAL}", flush=True)
     print(f"default set-up: {default_scheduler()}", flush=True)
     ray.init(_temp_dir=str(work / "ray"), _node_ip_address="127.0.0.1", include_dashboard=False,
              num_cpus=8, log_to_driver=False, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+        rate = args.rate
+        if rate is None:
+            capacity = calibrate(model_dir, args.slots, args.replicas, work)
+            sample = make_load(args.requests, 1.0, args.seed)
+            rate = args.load * capacity / statistics.mean(it.target for it in sample)
+            print(f"calibration: vLLM alone (fcfs) sustains {capacity:.0f} output tok/s here; "
+                  f"load {args.load} -> {rate:.2f} requests/s", flush=True)
+        loads = {seed: make_load(args.requests, rate, seed) for seed in seeds}
+        for seed, items in loads.items():
+            tokens = sum(it.target for it in items)
+            print(f"load seed {seed}: {len(items)} requests, {tokens} output tokens over "
+                  f"{items[-1].at_s:.1f}s ({tokens / items[-1].at_s:.0f} tok/s offered), {args.replicas} "
+                  f"replica(s) x {args.slots} slots, stream_interval {STREAM_INTERVAL}", flush=True)
         for setup in setups:
             side, policy = setup.split("-")
             build = driftsched_app if side == "driftsched" else vllm_alone_app
@@ -350,7 +382,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         doc = {"setups": summary, "seeds": seeds, "runs": {k: {str(s): v for s, v in r.items()}
                                                             for k, r in runs.items()},
-               "args": {k: str(v) for k, v in vars(args).items()}}
+               "rate": rate, "args": {k: str(v) for k, v in vars(args).items()}}
         (args.out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
         print(f"summary in {args.out / 'summary.json'}")
 
