@@ -62,10 +62,11 @@ def test_sjf_lets_short_jobs_overtake_long_ones(serve_cluster):
     waiting = [("sk-test-gold", long)] * 4 + [("sk-test-gold", short)] * 4  # long jobs arrive first
     times = asyncio.run(_contend(base_url, waiting))
     longs, shorts = times[:4], times[4:]
-    # Blockers free their slots a few ms apart and a short job's slot is soon reused, so a long job's
-    # first token may slip in just before the last short one's. Under FIFO the four longs would take
-    # every slot and the shorts would start only after a long finished (400 tokens, ~2 s here).
-    assert sorted(shorts)[2] < min(longs), (shorts, longs)
+    # Blockers free their slots a few ms apart and a short job's slot is soon reused, so a long job
+    # granted in the same step as the last shorts may show its first token a fraction of a millisecond
+    # before theirs (seen in CI: 3.3681 s against 3.3688 s). Under FIFO the four longs would take every
+    # slot and the shorts would start only after a long finished (400 tokens, ~2 s here).
+    assert sorted(shorts)[1] < min(longs), (shorts, longs)
     assert max(shorts) < min(longs) + 0.5, (shorts, longs)
 
 
