@@ -328,7 +328,7 @@ def main() -> None:
         parser.error(f"unknown set-ups {sorted(unknown)}; choose from {', '.join(SETUPS)}")
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
-    if not (args.load > 0 if args.rate is None else args.rate > 0):
+    if (args.load if args.rate is None else args.rate) <= 0:  # --load is ignored when --rate is given
         parser.error("--load and --rate must be > 0")
 
     work = Path(tempfile.mkdtemp(prefix="bench-vllm-", dir="/tmp"))
