@@ -49,7 +49,10 @@ def test_priority_serves_high_tier_before_queued_low_tier(serve_cluster):
     waiting = [("sk-test-bronze", small)] * 4 + [("sk-test-gold", small)] * 4  # low tier arrives first
     times = asyncio.run(_contend(base_url, waiting))
     bronze, gold = times[:4], times[4:]
-    assert max(gold) < min(bronze), (gold, bronze)
+    # The first gold to finish frees its slot for the first bronze, whose first token can come a few
+    # ms before the last gold's (seen in CI: 2.6806 s against 2.6882 s). Under FIFO every bronze
+    # would take a slot before any gold.
+    assert sorted(gold)[2] < min(bronze), (gold, bronze)
 
 
 def test_sjf_lets_short_jobs_overtake_long_ones(serve_cluster):
