@@ -126,11 +126,14 @@ class VllmEngine:
         pressured = bool(active) and (state.waiting > self._queue_slots
                                       or state.kv_usage >= self._kv_high_watermark)
         free = 0 if dead or pressured else max(0, slots - len(active))
+        # vLLM sends no stats once it has nothing left to step, so after the last request ends (an
+        # abort, say) its last figures would stand; with nothing active here, nothing runs there
+        running, waiting = (state.running, state.waiting) if active else (0, 0)
         return Capacity(
             max_slots=slots, free_slots=free,
             free_kv_tokens=int(self._kv_tokens * (1.0 - state.kv_usage)), active=active,
             kv_capacity_tokens=self._kv_tokens, progress=tuple(self._active[rid] for rid in active),
-            engine_running=state.running, engine_waiting=state.waiting, kv_usage=state.kv_usage,
+            engine_running=running, engine_waiting=waiting, kv_usage=state.kv_usage,
             engine_queue_s=self._queue_s,
         )
 

@@ -93,3 +93,16 @@ def test_engine_queue_slots_add_to_what_a_replica_takes(queue_slots):
     assert vllm.capacity().free_slots == 0 and vllm.capacity().max_slots == 4 + queue_slots
     vllm._state.waiting = queue_slots
     assert vllm.capacity().free_slots == 4 + queue_slots - 2
+
+
+def test_an_idle_engine_reports_nothing_running_whatever_its_last_step_said():
+    from deployments.vllm_engine import VllmEngine
+
+    vllm = VllmEngine("m", "m", 4, 64, {})
+    vllm._engine = type("Alive", (), {"errored": False})()
+    vllm._state.running, vllm._state.waiting = 1, 1  # the last step's stats, before an abort
+    vllm._active = {"a": 5}
+    assert (vllm.capacity().engine_running, vllm.capacity().engine_waiting) == (1, 1)
+    vllm._active = {}  # vLLM sends no further stats once it has nothing to step
+    assert (vllm.capacity().engine_running, vllm.capacity().engine_waiting) == (0, 0)
+    assert vllm.capacity().free_slots == 4

@@ -151,7 +151,7 @@ def test_cancel_aborts_inside_vllm(vllm_app):
             break
         time.sleep(0.2)
     state = _replicas(args)[replica]
-    assert state["in_use"] == 0 and state["engine_running"] == 0 and state["engine_waiting"] == 0
+    assert (state["in_use"], state["engine_running"], state["engine_waiting"]) == (0, 0, 0), state
     metrics = httpx.get(f"{base_url.removesuffix('/v1')}/metrics", headers=METRICS_HEADERS, timeout=10).text
     assert 'driftsched_request_outcomes_total{outcome="client_disconnect",tenant="gold"}' in metrics
 
