@@ -18,10 +18,15 @@ including `max_num_seqs` = `--slots`, the per-replica cap on running sequences, 
 number of tokens per request: the benchmark-only `driftsched_target_tokens` becomes min_tokens =
 max_tokens with ignore_eos on both sides (DriftSched never shows it to its estimator or scheduler).
 The client checks `usage.completion_tokens` on every response. DriftSched's replicas take
-`max_num_seqs` plus `engine_queue_slots` requests (the replica config's default, or
-`--engine-queue-slots`): the few beyond the running batch wait in vLLM's queue, as every request does
-under vLLM alone. What remains different is the cost of DriftSched itself (an extra ingress hop
-and the scheduler actor), which is part of what is measured.
+`max_num_seqs` plus `engine_queue_slots` requests (`config.cpu.yaml`'s, or `--engine-queue-slots`):
+the one or few beyond the running batch wait in vLLM's queue, as every request does under vLLM alone,
+so a finished sequence is replaced at vLLM's next step. What remains different is the cost of
+DriftSched itself (an extra ingress hop and the scheduler actor), which is part of what is measured.
+
+The engine process stands for the GPU, so it gets a core of its own (`EnginePinning`; on both sides,
+off with `--no-pin-engine`): on a 2-core machine the front-end processes otherwise take turns on the
+engine's core, and DriftSched's extra ones (ingress, scheduler actor) then lengthen vLLM's steps,
+which on an L4 run on the GPU, not on the host cores.
 
 Sizing: output lengths of tens to hundreds of tokens make decode the bulk of the work, and
 `stream_interval` batches streamed tokens so HTTP chunks stay few. The offered load is relative to
@@ -38,13 +43,14 @@ replayed for N seeds and each figure is the median over them. `--out DIR` writes
 "tokens_per_s"}}}`` (seconds; medians over seeds), plus the per-seed figures under ``"runs"``.
 
 Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--load 1.0 | --rate R] [--slots 4]
-[--seeds 1] [--out DIR]
+[--seeds 1] [--engine-queue-slots N] [--no-pin-engine] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -70,6 +76,7 @@ CATEGORIES: dict[str, tuple[str, int, tuple[int, int]]] = {
 }
 SETUPS = ("driftsched-default", "driftsched-sjf", "driftsched-fifo", "vllm-fcfs", "vllm-priority")
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+CPU_CONFIG = CONFIG.with_name("config.cpu.yaml")
 MAX_MODEL_LEN = 1024
 STREAM_INTERVAL = 16  # tokens per streamed chunk, both sides (vLLM engine arg)
 PORT = 8765
@@ -120,6 +127,83 @@ def cpu_env(work: Path) -> dict[str, str]:
 # -- the two applications --------------------------------------------------------------------------
 
 
+# -- the engine's core ------------------------------------------------------------------------------
+
+
+class EnginePinning:
+    """Gives each vLLM engine process a CPU core of its own; every other process shares the rest.
+
+    The engine process stands for the GPU: on an L4 node the model steps on the GPU, not on the host
+    cores that Serve's proxy, the ingress and the scheduler actor use. On a 2-core machine without
+    pinning, those processes take turns on the engine's core, and whichever front-end runs more of them
+    (DriftSched's ingress and scheduler actor) slows the engine's steps for reasons an L4 would not
+    share. The pinning is the same for every set-up. Construct before `ray.init` (Ray's processes
+    inherit the driver's CPU set), call `pin()` after each deployment is up.
+    """
+
+    def __init__(self, engines: int, enabled: bool = True) -> None:
+        cores = sorted(os.sched_getaffinity(0))
+        rest, self.engine_cores = cores[:len(cores) - engines], cores[len(cores) - engines:]
+        if not enabled or not rest:
+            self.engine_cores = []
+            self.reason = ("off (--no-pin-engine)" if not enabled else
+                           f"off: {engines} engine(s) need fewer than the {len(cores)} cores here")
+            return
+        self.reason = f"engine core(s) {self.engine_cores}, everything else on {rest}"
+        os.sched_setaffinity(0, rest)
+
+    def pin(self, timeout_s: float = 60.0) -> None:
+        """Pin every thread of each of this driver's vLLM engine processes to its own core."""
+        if not self.engine_cores:
+            return
+        deadline = time.monotonic() + timeout_s
+        while len(pids := _engine_processes()) < len(self.engine_cores):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"found {len(pids)} vLLM engine processes, expected "
+                                   f"{len(self.engine_cores)}; run with --no-pin-engine")
+            time.sleep(0.5)
+        for i, pid in enumerate(sorted(pids)):
+            core = self.engine_cores[i % len(self.engine_cores)]
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(int(tid), {core})
+
+
+def _engine_processes() -> list[int]:
+    """Live vLLM engine-core processes started under this driver (Ray's processes descend from it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith("VLLM::EngineCor") and _descends_from(int(entry), os.getpid()):
+            found.append(int(entry))
+    return found
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
+def shipped_queue_slots() -> int:
+    """`config.cpu.yaml`'s `engine_queue_slots`: what DriftSched's vLLM replicas take beyond
+    `max_num_seqs` as shipped (the replica config's own default is 0)."""
+    import yaml
+
+    data = yaml.safe_load(CPU_CONFIG.read_text())
+    return int(data["applications"][0]["args"]["replicas"].get("engine_queue_slots", 0))
+
+
 def default_scheduler() -> dict[str, Any]:
     """config.yaml's scheduler section: policy, options and preemption as shipped."""
     import yaml
@@ -131,7 +215,7 @@ def default_scheduler() -> dict[str, Any]:
 
 
 def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work: Path,
-                   queue_slots: int | None = None) -> Any:
+                   queue_slots: int = 0) -> Any:
     from serve_app.app import build_app
 
     scheduler: dict[str, Any] = default_scheduler() if policy == "default" else {"policy": policy}
@@ -149,7 +233,7 @@ def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work
         },
         "replicas": {"engine": "vllm", "num_replicas": replicas, "model": str(model_dir),
                      "served_model_name": "tiny-llama", "max_num_seqs": slots,
-                     **({} if queue_slots is None else {"engine_queue_slots": queue_slots}),
+                     "engine_queue_slots": queue_slots,
                      "max_num_batched_tokens": MAX_MODEL_LEN, "num_cpus": 1, "heartbeat_s": 0.2,
                      "engine_args": vllm_args, "env": cpu_env(work)},
         "gateway": {"queue_timeout_s": 600, "stall_timeout_s": 600, "drift_refresh_s": 0.5,
@@ -158,7 +242,7 @@ def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work
 
 
 def vllm_alone_app(model_dir: Path, slots: int, replicas: int, policy: str, work: Path,
-                   queue_slots: int | None = None) -> Any:
+                   queue_slots: int = 0) -> Any:
     """A bare Serve deployment: HTTP in, `AsyncLLM.generate` at once, SSE out. No scheduling of its own.
     (`queue_slots` is DriftSched's replica setting; here vLLM's queue takes everything anyway.)"""
     del queue_slots
@@ -244,13 +328,14 @@ async def replay(items: list[Item], base_url: str) -> tuple[list[tuple[str, floa
         return results, sum(it.target for it in items) / (time.monotonic() - t0)
 
 
-def calibrate(model_dir: Path, slots: int, replicas: int, work: Path) -> float:
+def calibrate(model_dir: Path, slots: int, replicas: int, work: Path, pinning: EnginePinning) -> float:
     """Output tokens/s vLLM alone (fcfs) sustains here: a burst of the load's mix, all sent at once."""
     from ray import serve
 
     burst = [Item(0.0, it.tenant, it.prompt, it.max_tokens, it.target)
              for it in make_load(CALIBRATION_PER_SLOT * slots * replicas, 1.0, seed=0)]
     serve.run(vllm_alone_app(model_dir, slots, replicas, "fcfs", work), name="calibration", route_prefix="/")
+    pinning.pin()
     try:
         _, tokens_per_s = asyncio.run(replay(burst, f"http://127.0.0.1:{PORT}/v1"))
     finally:
@@ -316,7 +401,10 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=4, help="running sequences per replica (max_num_seqs)")
     parser.add_argument("--replicas", type=int, default=1, help="vLLM replicas, both sides")
     parser.add_argument("--engine-queue-slots", type=int, default=None,
-                        help="DriftSched replicas' engine_queue_slots (default: the replica config's)")
+                        help="DriftSched replicas' engine_queue_slots (default: config.cpu.yaml's)")
+    parser.add_argument("--no-pin-engine", dest="pin_engine", action="store_false",
+                        help="let the vLLM engine processes share every core with the rest (default: "
+                             "each gets a core of its own, as the model gets a GPU on an L4 node)")
     parser.add_argument("--setups", default=",".join(SETUPS),
                         help="comma-separated subset of " + ", ".join(SETUPS))
     parser.add_argument("--seed", type=int, default=1)
@@ -328,6 +416,8 @@ def main() -> None:
         parser.error(f"unknown set-ups {sorted(unknown)}; choose from {', '.join(SETUPS)}")
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.engine_queue_slots is None:
+        args.engine_queue_slots = shipped_queue_slots()
     if (args.load if args.rate is None else args.rate) <= 0:  # --load is ignored when --rate is given
         parser.error("--load and --rate must be > 0")
 
@@ -342,6 +432,8 @@ def main() -> None:
     model_dir = build_tiny_model(work / "tiny-llama")
     seeds = list(range(args.seed, args.seed + args.seeds))
     print(f"default set-up: {default_scheduler()}", flush=True)
+    pinning = EnginePinning(args.replicas, args.pin_engine)  # before ray.init: Ray's processes inherit it
+    print(f"engine pinning: {pinning.reason}", flush=True)
     ray.init(_temp_dir=str(work / "ray"), _node_ip_address="127.0.0.1", include_dashboard=False,
              num_cpus=8, log_to_driver=False, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     runs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -349,7 +441,7 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         rate = args.rate
         if rate is None:
-            capacity = calibrate(model_dir, args.slots, args.replicas, work)
+            capacity = calibrate(model_dir, args.slots, args.replicas, work, pinning)
             sample = make_load(args.requests, 1.0, args.seed)
             rate = args.load * capacity / statistics.mean(it.target for it in sample)
             print(f"calibration: vLLM alone (fcfs) sustains {capacity:.0f} output tok/s here; "
@@ -365,6 +457,7 @@ def main() -> None:
             build = driftsched_app if side == "driftsched" else vllm_alone_app
             app = build(model_dir, args.slots, args.replicas, policy, work, args.engine_queue_slots)
             serve.run(app, name=setup, route_prefix="/")
+            pinning.pin()
             for seed in seeds:
                 results, tokens_per_s = asyncio.run(replay(loads[seed], f"http://127.0.0.1:{PORT}/v1"))
                 runs.setdefault(setup, {})[seed] = figures(results, tokens_per_s)
@@ -382,7 +475,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         doc = {"setups": summary, "seeds": seeds, "runs": {k: {str(s): v for s, v in r.items()}
                                                             for k, r in runs.items()},
-               "rate": rate, "args": {k: str(v) for k, v in vars(args).items()}}
+               "rate": rate, "engine_pinning": pinning.reason,
+               "args": {k: str(v) for k, v in vars(args).items()}}
         (args.out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
         print(f"summary in {args.out / 'summary.json'}")
 
