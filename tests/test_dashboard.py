@@ -128,8 +128,9 @@ class Prometheus:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                found = self.query(expr)
-            except httpx.TransportError:  # still starting
+                starting = httpx.get(self.url + "/-/ready", timeout=10).status_code != 200
+                found = [] if starting else self.query(expr)  # the API answers 503 until it is ready
+            except httpx.TransportError:  # not listening yet
                 found = []
             if found and float(found[0]["value"][1]) >= at_least:
                 return
