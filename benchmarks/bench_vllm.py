@@ -124,9 +124,6 @@ def cpu_env(work: Path) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
-# -- the two applications --------------------------------------------------------------------------
-
-
 # -- the engine's core ------------------------------------------------------------------------------
 
 
@@ -195,21 +192,22 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
+# -- the two applications --------------------------------------------------------------------------
+
+
 def shipped_queue_slots() -> int:
     """`config.cpu.yaml`'s `engine_queue_slots`: what DriftSched's vLLM replicas take beyond
     `max_num_seqs` as shipped (the replica config's own default is 0)."""
-    import yaml
+    from driftsched.bench.live import load_app_args
 
-    data = yaml.safe_load(CPU_CONFIG.read_text())
-    return int(data["applications"][0]["args"]["replicas"].get("engine_queue_slots", 0))
+    return int(load_app_args(CPU_CONFIG)["replicas"].get("engine_queue_slots", 0))
 
 
 def default_scheduler() -> dict[str, Any]:
     """config.yaml's scheduler section: policy, options and preemption as shipped."""
-    import yaml
+    from driftsched.bench.live import load_app_args
 
-    data = yaml.safe_load(CONFIG.read_text())
-    scheduler = data["applications"][0]["args"]["core"]["scheduler"]
+    scheduler = load_app_args(CONFIG)["core"]["scheduler"]
     keep = ("policy", "policy_options", "preemption", "kv_watermark")
     return {k: v for k, v in scheduler.items() if k in keep}
 
