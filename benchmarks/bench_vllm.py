@@ -28,6 +28,12 @@ off with `--no-pin-engine`): on a 2-core machine the front-end processes otherwi
 engine's core, and DriftSched's extra ones (ingress, scheduler actor) then lengthen vLLM's steps,
 which on an L4 run on the GPU, not on the host cores.
 
+The engine is the bottleneck on any machine, as the GPU is on an L4 node: the engine's model is a tiny
+random Llama just heavy enough (`--model auto`, `choose_model`) that vLLM's decode step with `--slots`
+sequences takes at least `--engine-step-ms` on the engine's core. With the 2-layer test model on a fast
+CPU a step takes ~1 ms, vLLM streams 3,000 tokens/s, and the front-end's core (proxy, ingress,
+replica) limits every set-up instead, so no order can show. `--model HIDDENxLAYERS` fixes the model.
+
 Sizing: output lengths of tens to hundreds of tokens make decode the bulk of the work, and
 `stream_interval` batches streamed tokens so HTTP chunks stay few. The offered load is relative to
 this machine: before the set-ups, a calibration deploys vLLM alone (fcfs), sends it a saturating
@@ -43,7 +49,8 @@ replayed for N seeds and each figure is the median over them. `--out DIR` writes
 "tokens_per_s"}}}`` (seconds; medians over seeds), plus the per-seed figures under ``"runs"``.
 
 Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--load 1.0 | --rate R] [--slots 4]
-[--seeds 1] [--engine-queue-slots N] [--no-pin-engine] [--out DIR]
+[--seeds 1] [--engine-queue-slots N] [--no-pin-engine] [--model auto | HIDDENxLAYERS]
+[--engine-step-ms 5] [--out DIR]
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -122,6 +131,73 @@ def cpu_env(work: Path) -> dict[str, str]:
     return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1",
             "TMPDIR": str(work), "VLLM_CACHE_ROOT": str(work / "vllm-cache"),
             "TOKENIZERS_PARALLELISM": "false"}
+
+
+# -- the engine's model ----------------------------------------------------------------------------
+
+# Tiny random Llamas (hidden size, layers), lightest first: `choose_model` takes the first whose decode
+# step reaches the target on this machine's engine core.
+MODEL_LADDER: tuple[tuple[int, int], ...] = ((128, 2), (256, 4), (512, 4), (512, 6), (768, 6), (1024, 8))
+PROBE_TOKENS = 128  # tokens per sequence in a step probe (after a warm-up batch)
+_PROBE = """
+import json, sys, time
+from vllm import LLM, SamplingParams
+model, args, slots, tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = LLM(model, **args)
+params = SamplingParams(max_tokens=tokens, min_tokens=tokens, ignore_eos=True)
+llm.generate(["warm up"] * slots, params, use_tqdm=False)
+started = time.perf_counter()
+llm.generate([f"Write a report about token latency, section {i}." for i in range(4 * slots)], params,
+             use_tqdm=False)
+print("STEP_MS", 1000 * (time.perf_counter() - started) / (4 * tokens))
+"""
+
+
+def probe_step_ms(model_dir: Path, slots: int, work: Path, core: int | None) -> float:
+    """vLLM's decode step with `slots` sequences running on `model_dir`, in ms, measured in a child
+    process on the engine's core (4 full batches of `PROBE_TOKENS` tokens)."""
+    serving_only = ("stream_interval", "enable_log_requests")  # AsyncLLM's, not the offline LLM's
+    args = {k: v for k, v in engine_args(slots).items() if k not in serving_only}
+    env = {**os.environ, **cpu_env(work), "OMP_NUM_THREADS": "1"}  # as in a Ray actor of 1 CPU
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(model_dir), json.dumps(args), str(slots), str(PROBE_TOKENS)],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+        preexec_fn=None if core is None else (lambda: os.sched_setaffinity(0, {core})),
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("STEP_MS ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"the step probe of {model_dir} failed (exit {out.returncode}):\n"
+                           f"{out.stderr[-2000:]}")
+    return float(lines[-1].split()[1])
+
+
+def parse_model(text: str) -> tuple[int, int]:
+    """'512x6' -> (hidden size 512, 6 layers)."""
+    hidden, sep, layers = text.partition("x")
+    if not (sep and hidden.isdigit() and layers.isdigit()):
+        raise ValueError(f"--model takes HIDDENxLAYERS (e.g. 512x6) or auto, got {text!r}")
+    return int(hidden), int(layers)
+
+
+def choose_model(spec: str, target_ms: float, slots: int, work: Path, core: int | None
+                 ) -> tuple[Path, tuple[int, int], float | None]:
+    """The engine's model: the one `spec` names, or (spec "auto") the lightest of `MODEL_LADDER`
+    whose decode step takes at least `target_ms` here (the heaviest if none does). Returns its
+    directory, (hidden size, layers) and the measured step (None when it was named)."""
+    from driftsched.tiny_model import build_tiny_model
+
+    if spec != "auto":
+        hidden, layers = parse_model(spec)
+        return build_tiny_model(work / f"tiny-llama-{spec}", hidden_size=hidden, num_layers=layers), (
+            hidden, layers), None
+    for hidden, layers in MODEL_LADDER:
+        model_dir = build_tiny_model(work / f"tiny-llama-{hidden}x{layers}", hidden_size=hidden,
+                                     num_layers=layers)
+        step_ms = probe_step_ms(model_dir, slots, work, core)
+        print(f"model probe: hidden {hidden} x {layers} layers, decode step {step_ms:.2f} ms", flush=True)
+        if step_ms >= target_ms:
+            break
+    return model_dir, (hidden, layers), step_ms
 
 
 # -- the engine's core ------------------------------------------------------------------------------
@@ -403,6 +479,11 @@ def main() -> None:
     parser.add_argument("--no-pin-engine", dest="pin_engine", action="store_false",
                         help="let the vLLM engine processes share every core with the rest (default: "
                              "each gets a core of its own, as the model gets a GPU on an L4 node)")
+    parser.add_argument("--model", default="auto",
+                        help="the engine's tiny model as HIDDENxLAYERS (e.g. 512x6), or auto: the lightest "
+                             "whose decode step reaches --engine-step-ms on this machine")
+    parser.add_argument("--engine-step-ms", type=float, default=5.0,
+                        help="with --model auto: the decode step (ms, --slots sequences) the model must take")
     parser.add_argument("--setups", default=",".join(SETUPS),
                         help="comma-separated subset of " + ", ".join(SETUPS))
     parser.add_argument("--seed", type=int, default=1)
@@ -416,6 +497,13 @@ def main() -> None:
         parser.error("--seeds must be >= 1")
     if args.engine_queue_slots is None:
         args.engine_queue_slots = shipped_queue_slots()
+    if args.model != "auto":
+        try:
+            parse_model(args.model)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if not args.engine_step_ms > 0:
+        parser.error("--engine-step-ms must be > 0")
     if (args.load if args.rate is None else args.rate) <= 0:  # --load is ignored when --rate is given
         parser.error("--load and --rate must be > 0")
 
@@ -425,13 +513,18 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from driftsched.tiny_model import build_tiny_model
-
-    model_dir = build_tiny_model(work / "tiny-llama")
     seeds = list(range(args.seed, args.seed + args.seeds))
     print(f"default set-up: {default_scheduler()}", flush=True)
     pinning = EnginePinning(args.replicas, args.pin_engine)  # before ray.init: Ray's processes inherit it
     print(f"engine pinning: {pinning.reason}", flush=True)
+    engine_core = pinning.engine_cores[0] if pinning.engine_cores else None
+    model_dir, (hidden, layers), step_ms = choose_model(
+        args.model, args.engine_step_ms, args.slots, work, engine_core)
+    model = {"hidden_size": hidden, "num_layers": layers, "step_ms": step_ms,
+             "target_step_ms": args.engine_step_ms}
+    print(f"engine model: hidden {hidden} x {layers} layers" + (
+        f" (decode step {step_ms:.2f} ms, target >= {args.engine_step_ms} ms)" if step_ms is not None else
+        " (--model)"), flush=True)
     ray.init(_temp_dir=str(work / "ray"), _node_ip_address="127.0.0.1", include_dashboard=False,
              num_cpus=8, log_to_driver=False, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     runs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -473,7 +566,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         doc = {"setups": summary, "seeds": seeds, "runs": {k: {str(s): v for s, v in r.items()}
                                                             for k, r in runs.items()},
-               "rate": rate, "engine_pinning": pinning.reason,
+               "rate": rate, "engine_pinning": pinning.reason, "engine_model": model,
                "args": {k: str(v) for k, v in vars(args).items()}}
         (args.out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
         print(f"summary in {args.out / 'summary.json'}")

@@ -5,6 +5,9 @@ built-in English corpus, wraps it as a `PreTrainedTokenizerFast` with Llama-styl
 (`<s>` is prepended to plain prompts) and a simple chat template, and saves it beside a randomly
 initialised 2-layer Llama (hidden 128, 4 heads, 2 KV heads, head_dim 32 — vLLM's CPU attention
 accepts head sizes 32, 64, 80 and up, not 16). The directory is about 2 MB and builds in seconds.
+`hidden_size` and `num_layers` make it heavier (heads of 32, half as many KV heads, an MLP twice as
+wide): `benchmarks/bench_vllm.py` uses that to keep the engine, not the front-end, the bottleneck on
+a fast CPU, as the GPU is on an L4 node.
 
 The model's output is random tokens; tests and benchmarks fix output lengths through
 `min_tokens`/`ignore_eos` (benchmark mode), never through the scheduler. torch, transformers and
@@ -44,8 +47,15 @@ def _corpus(lines: int = 400) -> list[str]:
     return out
 
 
-def build_tiny_model(out_dir: Path, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Write the tokenizer and a random 2-layer Llama to `out_dir`; returns the directory."""
+def build_tiny_model(
+    out_dir: Path, vocab_size: int = 512, seed: int = 0, hidden_size: int = 128, num_layers: int = 2
+) -> Path:
+    """Write the tokenizer and a random Llama (2 layers of 128 by default) to `out_dir`; returns it."""
+    if hidden_size < 64 or hidden_size % 64 or num_layers < 1:
+        raise ValueError(
+            f"hidden_size must be a multiple of 64 (heads of 32, KV heads half as many) and num_layers "
+            f">= 1, got {hidden_size} and {num_layers}; try 128 and 2"
+        )
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -67,8 +77,9 @@ def build_tiny_model(out_dir: Path, vocab_size: int = 512, seed: int = 0) -> Pat
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
+        vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=hidden_size // 32,
+        num_key_value_heads=hidden_size // 64, head_dim=32, max_position_embeddings=4096,
         bos_token_id=bos, eos_token_id=tok.token_to_id("</s>"), pad_token_id=tok.token_to_id("</s>"),
         tie_word_embeddings=False, torch_dtype="float32",
     )

@@ -1,4 +1,5 @@
-"""benchmarks/bench_vllm.py: the engine pinning (each vLLM engine process on a core of its own)."""
+"""benchmarks/bench_vllm.py: the engine pinning (each vLLM engine process on a core of its own) and
+the choice of the engine's model (heavy enough that the engine, not the front-end, is the bottleneck)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,63 @@ def test_engines_are_found_only_under_this_driver():
         child.kill()
         child.wait()
     assert bench._engine_processes() == []  # no vLLM engine runs under the test process
+
+
+# -- the engine's model: heavy enough that the engine, not the front-end, is the bottleneck ---------
+
+
+def test_the_ladder_stops_at_the_first_model_whose_step_reaches_the_target(monkeypatch, tmp_path):
+    built, probed = [], []
+    steps = {128: 1.1, 256: 2.2, 512: 4.0, 768: 9.7, 1024: 20.0}  # by hidden size; 512x6 at 6.0
+
+    def build(out_dir, hidden_size, num_layers):
+        built.append((hidden_size, num_layers))
+        return out_dir
+
+    def probe(model_dir, slots, work, core):
+        hidden, layers = built[-1]
+        probed.append((model_dir.name, slots, core))
+        return 6.0 if (hidden, layers) == (512, 6) else steps[hidden]
+
+    monkeypatch.setattr("driftsched.tiny_model.build_tiny_model", build)
+    monkeypatch.setattr(bench, "probe_step_ms", probe)
+    model_dir, size, step = bench.choose_model("auto", 5.0, 4, tmp_path, core=1)
+    assert size == (512, 6) and step == 6.0 and model_dir == tmp_path / "tiny-llama-512x6"
+    assert built == list(bench.MODEL_LADDER[:4]) and {(s, c) for _, s, c in probed} == {(4, 1)}
+
+    built.clear()
+    _, size, step = bench.choose_model("auto", 50.0, 4, tmp_path, core=None)  # nothing is that slow
+    assert size == bench.MODEL_LADDER[-1] and step == 20.0 and built == list(bench.MODEL_LADDER)
+
+
+def test_a_named_model_is_built_as_named_without_a_probe(monkeypatch, tmp_path):
+    def no_probe(*args):
+        raise AssertionError("a named model is not probed")
+
+    monkeypatch.setattr(bench, "probe_step_ms", no_probe)
+    model_dir, size, step = bench.choose_model("192x3", 5.0, 4, tmp_path, core=None)
+    assert size == (192, 3) and step is None
+    config = (model_dir / "config.json").read_text()
+    for field in ('"hidden_size": 192', '"num_hidden_layers": 3', '"num_attention_heads": 6',
+                  '"num_key_value_heads": 3', '"head_dim": 32'):
+        assert field in config
+
+
+@pytest.mark.parametrize("spec", ["512", "512x", "x6", "big", "512x6x2", "-64x2"])
+def test_a_model_spec_is_hidden_x_layers(spec):
+    with pytest.raises(ValueError, match="HIDDENxLAYERS"):
+        bench.parse_model(spec)
+
+
+@pytest.mark.parametrize(("hidden", "layers"), [(100, 2), (32, 2), (128, 0)])
+def test_the_tiny_model_refuses_shapes_vllm_cannot_run(tmp_path, hidden, layers):
+    from driftsched.tiny_model import build_tiny_model
+
+    with pytest.raises(ValueError, match="multiple of 64"):
+        build_tiny_model(tmp_path, hidden_size=hidden, num_layers=layers)
+
+
+def test_the_step_probe_times_real_vllm(tiny_model_dir, tmp_path):
+    pytest.importorskip("vllm")
+    step_ms = bench.probe_step_ms(tiny_model_dir, 2, tmp_path, CORES[-1])
+    assert 0.1 < step_ms < 1000  # the default tiny model steps in about 1-6 ms on 2 cores
