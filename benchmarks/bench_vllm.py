@@ -172,10 +172,13 @@ def probe_step_ms(model_dir: Path, slots: int, work: Path, core: int | None) -> 
 
 
 def parse_model(text: str) -> tuple[int, int]:
-    """'512x6' -> (hidden size 512, 6 layers)."""
+    """'512x6' -> (hidden size 512, 6 layers), a shape `build_tiny_model` accepts."""
+    from driftsched.tiny_model import check_shape
+
     hidden, sep, layers = text.partition("x")
     if not (sep and hidden.isdigit() and layers.isdigit()):
         raise ValueError(f"--model takes HIDDENxLAYERS (e.g. 512x6) or auto, got {text!r}")
+    check_shape(int(hidden), int(layers))
     return int(hidden), int(layers)
 
 
@@ -518,8 +521,12 @@ def main() -> None:
     pinning = EnginePinning(args.replicas, args.pin_engine)  # before ray.init: Ray's processes inherit it
     print(f"engine pinning: {pinning.reason}", flush=True)
     engine_core = pinning.engine_cores[0] if pinning.engine_cores else None
-    model_dir, (hidden, layers), step_ms = choose_model(
-        args.model, args.engine_step_ms, args.slots, work, engine_core)
+    try:
+        model_dir, (hidden, layers), step_ms = choose_model(
+            args.model, args.engine_step_ms, args.slots, work, engine_core)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     model = {"hidden_size": hidden, "num_layers": layers, "step_ms": step_ms,
              "target_step_ms": args.engine_step_ms}
     print(f"engine model: hidden {hidden} x {layers} layers" + (

@@ -47,15 +47,20 @@ def _corpus(lines: int = 400) -> list[str]:
     return out
 
 
-def build_tiny_model(
-    out_dir: Path, vocab_size: int = 512, seed: int = 0, hidden_size: int = 128, num_layers: int = 2
-) -> Path:
-    """Write the tokenizer and a random Llama (2 layers of 128 by default) to `out_dir`; returns it."""
+def check_shape(hidden_size: int, num_layers: int) -> None:
+    """Raise ValueError unless vLLM's CPU attention can run the model (heads of 32, KV heads half)."""
     if hidden_size < 64 or hidden_size % 64 or num_layers < 1:
         raise ValueError(
             f"hidden_size must be a multiple of 64 (heads of 32, KV heads half as many) and num_layers "
             f">= 1, got {hidden_size} and {num_layers}; try 128 and 2"
         )
+
+
+def build_tiny_model(
+    out_dir: Path, vocab_size: int = 512, seed: int = 0, hidden_size: int = 128, num_layers: int = 2
+) -> Path:
+    """Write the tokenizer and a random Llama (2 layers of 128 by default) to `out_dir`; returns it."""
+    check_shape(hidden_size, num_layers)
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast

@@ -100,6 +100,12 @@ def test_a_model_spec_is_hidden_x_layers(spec):
         bench.parse_model(spec)
 
 
+@pytest.mark.parametrize("spec", ["100x2", "512x0"])
+def test_a_model_spec_vllm_cannot_run_is_refused_before_anything_is_built(spec):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        bench.parse_model(spec)
+
+
 @pytest.mark.parametrize(("hidden", "layers"), [(100, 2), (32, 2), (128, 0)])
 def test_the_tiny_model_refuses_shapes_vllm_cannot_run(tmp_path, hidden, layers):
     from driftsched.tiny_model import build_tiny_model
