@@ -189,13 +189,14 @@ def choose_model(spec: str, target_ms: float, slots: int, work: Path, core: int 
     directory, (hidden size, layers) and the measured step (None when it was named)."""
     from driftsched.tiny_model import build_tiny_model
 
+    def build(hidden: int, layers: int) -> Path:
+        return build_tiny_model(work / f"tiny-llama-{hidden}x{layers}", hidden_size=hidden, num_layers=layers)
+
     if spec != "auto":
         hidden, layers = parse_model(spec)
-        return build_tiny_model(work / f"tiny-llama-{spec}", hidden_size=hidden, num_layers=layers), (
-            hidden, layers), None
+        return build(hidden, layers), (hidden, layers), None
     for hidden, layers in MODEL_LADDER:
-        model_dir = build_tiny_model(work / f"tiny-llama-{hidden}x{layers}", hidden_size=hidden,
-                                     num_layers=layers)
+        model_dir = build(hidden, layers)
         step_ms = probe_step_ms(model_dir, slots, work, core)
         print(f"model probe: hidden {hidden} x {layers} layers, decode step {step_ms:.2f} ms", flush=True)
         if step_ms >= target_ms:
