@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
@@ -74,6 +76,29 @@ def check_options(cls: type[Any], options: dict[str, Any]) -> None:
         ) from None
 
 
+def options_on_clock(name: str, options: Mapping[str, Any], time_scale: float) -> dict[str, Any]:
+    """`options` of policy `name` for a service running `time_scale` real seconds per modelled second.
+
+    Every option the class lists in `time_options` is converted by its power of seconds, its
+    constructor default first where `options` leaves it out (so the policy keeps its modelled
+    behaviour; an infinite default, no limit, stays unset); a per-tenant mapping is converted entry
+    by entry. Other options pass unchanged.
+    """
+    if not time_scale > 0:
+        raise ValueError(f"time_scale must be > 0, got {time_scale}")
+    cls = policy_class(name)
+    defaults = inspect.signature(cls).parameters
+    scaled = dict(options)
+    for option, power in getattr(cls, "time_options", {}).items():
+        value = scaled.get(option, defaults[option].default)
+        factor = time_scale**power
+        if isinstance(value, Mapping):
+            scaled[option] = {key: seconds * factor for key, seconds in value.items()}
+        elif isinstance(value, int | float) and math.isfinite(value):  # inf (no limit) stays unset
+            scaled[option] = value * factor
+    return scaled
+
+
 def make_policy(name: str, **options: Any) -> Policy:
     """Build a policy by registry name or "package.module:ClassName"."""
     cls = policy_class(name)
@@ -101,5 +126,6 @@ __all__ = [
     "WeightedFairPolicy",
     "check_options",
     "make_policy",
+    "options_on_clock",
     "policy_class",
 ]

@@ -11,6 +11,7 @@ Bound: a ticket of tier k is overtaken only by tickets of tier j < k that arrive
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 from driftsched.core.request import Ticket
@@ -21,6 +22,7 @@ class AgingPolicy(HeapPolicy):
     """Priority tiers that age linearly with waiting time (see module docstring)."""
 
     name: ClassVar[str] = "aging"
+    time_options: ClassVar[Mapping[str, int]] = {"age_step_s": 1}
 
     def __init__(self, age_step_s: float = 10.0) -> None:
         if not age_step_s > 0:

@@ -7,6 +7,7 @@ caller contract: `now` is always passed in, never read.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from driftsched.core.policy import Policy
@@ -25,6 +26,9 @@ class HeapPolicy:
     """
 
     name: ClassVar[str] = "heap"
+    time_options: ClassVar[Mapping[str, int]] = {}
+    """Options measured in time, each with its power of seconds (1 for seconds, -1 for a rate per
+    second), so a service on a scaled clock can convert them (`policies.options_on_clock`)."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[Any, ...]] = []

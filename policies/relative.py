@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from driftsched.core.request import Ticket
@@ -40,6 +41,7 @@ class RelativeSjfPolicy(HeapPolicy):
     """Smallest estimated KV area first, within a head start proportional to size (module docstring)."""
 
     name: ClassVar[str] = "relative"
+    time_options: ClassVar[Mapping[str, int]] = {"area_per_s": -1, "horizon_s": 1, "max_wait_s": 1}
 
     def __init__(
         self,

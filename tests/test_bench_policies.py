@@ -27,5 +27,5 @@ def test_variant_options_reach_the_simulated_policy(monkeypatch):
     assert list(summaries) == list(variants)
     assert [type(p).name for p in built] == ["bounded", "bounded", "relative"]
     assert (built[0].horizon_s, built[0].size_ref) == (7, 500)
-    assert (built[1].horizon_s, built[1].size_ref) == (1200, 75_000)  # the defaults
+    assert (built[1].horizon_s, built[1].size_ref) == (600, 75_000)  # the defaults
     assert built[2].max_wait_s == 30

@@ -195,6 +195,30 @@ def test_policy_args_convert_workload_seconds_to_real_time():
     assert set(config.auth.demo_keys.values()) == {"a", "b", "bench-warmup"}
 
 
+def test_policy_args_run_the_simulated_policy_options_on_the_replicas_clock():
+    tenants = (TenantSpec("a", 0, 2.0), TenantSpec("b", 1, 1.0))
+    workload = Workload("w", _items(20), tenants)
+    base = CoreConfig.model_validate({
+        "tenants": [{"name": "x"}],
+        "scheduler": {"policy": "bounded", "policy_options": {"tenant_horizon_s": {"a": 10}},
+                      "preemption": {"enabled": True, "wait_s": 2.0, "min_run_s": 1.0}},
+    })
+    core = core_config_for(workload, PerfModel(), base)
+    from serve_app.config import parse_app_config
+
+    bounded = parse_app_config(policy_args({"core": {}}, core, "bounded", 0.1, 30.0, 20)).core.scheduler
+    options = bounded.policy_options
+    assert options == {"horizon_s": pytest.approx(60.0), "tenant_horizon_s": {"a": pytest.approx(1.0)}}
+    preemption = bounded.preemption
+    assert (preemption.wait_s, preemption.min_run_s) == (pytest.approx(0.2), pytest.approx(0.1))
+    # another policy gets its own defaults, not the configured policy's options (as in the simulator)
+    relative = parse_app_config(policy_args({"core": {}}, core, "relative", 0.1, 30.0, 20)).core.scheduler
+    assert relative.policy_options["area_per_s"] == pytest.approx(30_000.0)
+    assert "tenant_horizon_s" not in relative.policy_options
+    fifo = parse_app_config(policy_args({"core": {}}, core, "fifo", 0.1, 30.0, 20)).core.scheduler
+    assert fifo.policy_options == {}
+
+
 def test_fidelity_simulates_what_was_sent():
     workload = paper_workload(50, seed=1, replicas=1, load=1.0)
     sent = as_sent(workload)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftsched.core.errors import PolicyOptionsError, UnknownPolicyError
-from policies import POLICIES, Policy, make_policy
+from policies import POLICIES, Policy, make_policy, options_on_clock
 
 ALL = sorted(POLICIES)
 
@@ -227,3 +227,20 @@ def test_core_does_not_import_policies() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- options on a scaled clock --------------------------------------------------------------------
+
+
+def test_time_options_follow_the_clock_and_others_pass_unchanged():
+    assert options_on_clock("bounded", {}, 0.1) == {"horizon_s": pytest.approx(60.0)}
+    scaled = options_on_clock("bounded", {"size_ref": 500.0, "tenant_horizon_s": {"t": 10.0}}, 0.5)
+    assert scaled == {"size_ref": 500.0, "horizon_s": 300.0, "tenant_horizon_s": {"t": 5.0}}
+    relative = options_on_clock("relative", {"area_per_s": 100.0}, 0.5)
+    assert relative == {"area_per_s": 200.0, "horizon_s": 600.0}  # no wait cap stays no cap
+    assert options_on_clock("aging", {}, 2.0) == {"age_step_s": 20.0}
+    assert options_on_clock("sjf", {"size": "output"}, 0.1) == {"size": "output"}
+    for name in ALL:  # whatever it scales, the policy still accepts
+        make_policy(name, **options_on_clock(name, {}, 0.25))
+    with pytest.raises(ValueError, match="time_scale must be > 0"):
+        options_on_clock("bounded", {}, 0.0)

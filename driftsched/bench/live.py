@@ -7,7 +7,8 @@ For each policy the app is deployed from `--config` (default: the repository's c
   `bench-warmup` tenant whose warm-up requests are left out of every figure;
 * the core config the simulator would use for this workload (`core_config_for`), with every
   wall-clock quantity converted to real seconds: the replicas run `time_scale` real seconds per modelled
-  second, so rate quotas are divided by it and drift half-lives and the aging step multiplied by it;
+  second, so rate quotas are divided by it, and drift half-lives, the preemption waits and every
+  time-valued policy option (its default where the config gives none) are multiplied by it;
 * a fresh drift store (no snapshot file), so policies do not learn from each other's runs.
 
 Then: wait for every replica, one warm-up request per replica, the open-loop load (`loadgen`), a
@@ -33,11 +34,11 @@ from driftsched.bench.service import LocalServe, scrape_estimator
 from driftsched.core.config import CoreConfig
 from driftsched.sim.records import RunRecords
 from driftsched.sim.workload import Workload
+from policies import options_on_clock
 
 logger = logging.getLogger(__name__)
 
 WARMUP_TENANT = "bench-warmup"
-AGING_STEP_S = 10.0  # AgingPolicy's default, in modelled seconds
 _QUEUE_SLACK = 64
 
 
@@ -71,9 +72,14 @@ def _real_time_core(core: CoreConfig, policy: str, time_scale: float, queued: in
     drift["half_life_s"] *= time_scale
     drift["recent_half_life_s"] *= time_scale
     scheduler = data["scheduler"]
+    # the options the simulator gives this policy (simulator.py), on the replicas' clock
+    options = scheduler["policy_options"] if policy == scheduler["policy"] else {}
+    scheduler["policy_options"] = options_on_clock(policy, options, time_scale)
     scheduler["policy"] = policy
     scheduler["max_queued_total"] = queued
-    scheduler["policy_options"] = {"age_step_s": AGING_STEP_S * time_scale} if policy == "aging" else {}
+    preemption = scheduler["preemption"]
+    preemption["wait_s"] *= time_scale
+    preemption["min_run_s"] *= time_scale
     return data
 
 
