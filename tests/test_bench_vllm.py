@@ -1,5 +1,6 @@
-"""benchmarks/bench_vllm.py: the engine pinning (each vLLM engine process on a core of its own) and
-the choice of the engine's model (heavy enough that the engine, not the front-end, is the bottleneck)."""
+"""benchmarks/bench_vllm.py: the engine pinning (each vLLM engine process on a core of its own), the
+choice of the engine's model (heavy enough that the engine, not the front-end, is the bottleneck), and
+the order and pooling of the set-ups' replays."""
 
 from __future__ import annotations
 
@@ -18,6 +19,29 @@ finally:
     sys.path.pop(0)
 
 CORES = sorted(os.sched_getaffinity(0))
+
+
+def test_seeds_interleave_the_setups_so_each_runs_in_every_position_equally():
+    setups = ["a", "b", "c"]
+    orders = [bench.interleaved(setups, i) for i in range(6)]
+    assert all(sorted(order) == setups for order in orders)
+    for position in range(3):
+        column = [order[position] for order in orders]
+        assert sorted(column) == ["a", "a", "b", "b", "c", "c"]
+    assert orders[0] == setups and orders[1] == ["b", "c", "a"]
+
+
+def test_pooled_figures_rest_on_every_seed_and_differ_from_the_median_of_seeds():
+    seed_1 = [("free", 1.0)] * 9 + [("free", 50.0)]  # one slow request each seed: p99 50
+    seed_2 = [("free", 2.0)] * 10                       # none: p99 2
+    seed_3 = [("free", 3.0)] * 10
+    per_seed = [bench.figures(s, 100.0) for s in (seed_1, seed_2, seed_3)]
+    median = bench.median_figures(per_seed)
+    pooled = bench.figures(seed_1 + seed_2 + seed_3, median["tokens_per_s"])
+    assert median["per_tenant"]["free"]["p99"] == 3.0
+    assert pooled["per_tenant"]["free"]["p99"] == 50.0  # the worst of 30 is still the 99th percentile
+    assert pooled["per_tenant"]["free"]["p50"] == 2.0
+    assert pooled["per_tenant"]["batch"]["p50"] != pooled["per_tenant"]["batch"]["p50"]  # none: nan
 
 
 def _pin_in_child(engines: int, queue: multiprocessing.Queue) -> None:
