@@ -192,6 +192,7 @@ def test_policy_args_convert_workload_seconds_to_real_time():
     assert config.core.tenants[0].requests_per_minute == pytest.approx(600.0)
     assert config.core.estimator.drift.half_life_s == pytest.approx(core.estimator.drift.half_life_s * 0.1)
     assert config.replicas.time_scale == 0.1 and config.gateway.drift_snapshot_path is None
+    assert config.replicas.stream_interval_s == pytest.approx(0.05)  # 0.5 modelled seconds
     assert set(config.auth.demo_keys.values()) == {"a", "b", "bench-warmup"}
 
 
@@ -323,4 +324,7 @@ def test_bench_live_two_policies_end_to_end(tmp_path):
         assert match["compared"] > 0 and 0.0 <= match["share"] <= 1.0
     rows = (out / "requests.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 60
+    simulated = (out / "requests_simulated.csv").read_text().splitlines()
+    assert simulated[0] == rows[0] and len(simulated) == 1 + 2 * 60  # the same columns, every item
+    assert {line.split(",")[0] for line in simulated[1:]} == {"fifo", "sjf"}
     assert (out / "latency_cdf.png").exists()
