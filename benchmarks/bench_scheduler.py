@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from driftsched.core.clock import ManualClock
 from driftsched.core.config import CATEGORIES, CoreConfig, TenantConfig
-from driftsched.core.request import Request, SizeClass, Ticket
+from driftsched.core.request import Request, Ticket
 from driftsched.core.scheduler import Scheduler
 from policies import POLICIES, make_policy
 
@@ -52,7 +52,6 @@ def make_tickets(n: int, seed: int) -> list[Ticket]:
             i % 4,
             1 + i % 3,
             "chat",
-            SizeClass.MEDIUM,
             rng.randint(10, 3000),
             2048,
             e := rng.uniform(1, 2000),

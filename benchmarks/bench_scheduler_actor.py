@@ -5,31 +5,27 @@ One private Ray on 127.0.0.1 runs the real `SchedulerActor` (named privately, op
 of them report `--slots` free slots each, plus one request of their own that they are running, so none
 is ever idle.
 
-**The standing queue.** N `acquire` calls of a `backlog` tenant are parked first (tickets made by the
-core's `Intake`, as the ingress makes them). Their prompts are larger than any replica's free KV, so by
-the placement's fit rule they wait, queued, for the whole run (a busy replica never takes them), and the
-callers' tickets (small prompts and estimates, the top tier) rank ahead of them under `sjf` and
-`priority`. Every call the actor serves therefore carries N queued tickets: the policy's heap, the
-deadline heap, N parked futures and timers on its event loop, the dispatcher finding the head fits
-nowhere. The parked calls are started inside the actor (`BenchSchedulerActor.park` runs the same
-``acquire`` coroutine a Ray call runs), because submitting 100k calls through Ray to one actor takes
-minutes on two cores; ``--park-over-ray`` submits them as real Ray calls instead.
+**The standing queue.** N tickets of a `backlog` tenant are submitted first (made by the core's
+`Intake`, as the ingress makes them) under a client of their own that never collects its answers.
+Their prompts are larger than any replica's free KV, so by the placement's fit rule they wait, queued,
+for the whole run (a busy replica never takes them), and the callers' tickets (small prompts and
+estimates, the top tier) rank ahead of them under `sjf` and `priority`. Every call the actor serves
+therefore carries N queued tickets: the policy's heap, the deadline heap, N routes to an outbox, the
+dispatcher finding the head fits nowhere. They go in ``submit`` calls of 10,000 tickets, as an
+ingress's batching client would send them.
 
 **The callers.** C caller loops (asyncio tasks in the driver process) each do: make a ticket, await
-an acquire, send a release fire-and-forget with the ingress's timings. A release frees the slot at
-once (simulated capacity), so the queue stays at N. Each (N, C) is run two ways:
+an acquire, send a release fire-and-forget with the ingress's timings. The callers spread over K
+`SchedulerClient`s (``--clients``; deployments/scheduler_client.py, as K ingress replicas would have,
+here all in the driver process), which coalesce them into ``submit`` / ``poll`` / ``release_many``
+calls, as `serve_app/gateway.py` does. A release frees the slot at once (simulated capacity), so the
+queue stays at N.
 
-* *direct*: one ``acquire`` call (parked until granted) and one ``release`` call per grant, the
-  unbatched calls;
-* *batched* (``--clients K``, default 1; 0 skips it): the callers spread over K `SchedulerClient`s
-  (deployments/scheduler_client.py, as K ingress replicas would have, here all in the driver process),
-  which coalesce them into ``submit`` / ``poll`` / ``release_many`` calls, as `serve_app/gateway.py`
-  does. Its rows also give the Ray calls the clients made per grant.
-
-Printed per (N, C) and way: grants/s over `--duration` seconds, p50/p99 grant latency (acquire called
-to grant received, in the caller), and the scheduler actor's CPU time per grant (its whole process:
-Ray's threads and the Python code). With C below the slots a caller never waits for capacity, so the
-latency is the scheduler's own delay (Ray's call overhead, the actor's loop, the dispatch).
+Printed per (N, C): grants/s over `--duration` seconds, p50/p99 grant latency (acquire called to grant
+received, in the caller), the scheduler actor's CPU time per grant (its whole process: Ray's threads
+and the Python code), and the Ray calls the clients made per grant. With C below the slots a caller
+never waits for capacity, so the latency is the scheduler's own delay (Ray's call overhead, the
+actor's loop, the dispatch).
 
 ``--floor`` adds, for the first N, the same loops making two empty calls (``ping``) per "grant": what
 Ray's call path alone allows on the machine. ``--local`` drives the same class without Ray (one
@@ -38,7 +34,7 @@ code, the ceiling the Ray shell sits under. ``--profile`` prints cProfile's top 
 actor's event loop (inside the Ray actor, or in-process with ``--local``).
 
     python benchmarks/bench_scheduler_actor.py [--queued 1000,10000,100000] [--callers 1,8,64,256]
-        [--duration 4] [--clients 1] [--only-batched] [--quick] [--floor] [--local] [--profile]
+        [--duration 4] [--clients 1] [--quick] [--floor] [--local] [--profile]
 """
 
 from __future__ import annotations
@@ -58,7 +54,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from deployments.scheduler_actor import AcquireResult, AcquireStatus, SchedulerActor
+from deployments.scheduler_actor import AcquireResult, AcquireStatus, SchedulerActor, Submission
 from deployments.scheduler_client import SchedulerClient
 from deployments.telemetry import RequestTimings
 from driftsched.core.config import CoreConfig
@@ -70,6 +66,8 @@ KV_TOKENS = 4096  # each simulated replica's free KV; a backlog prompt is larger
 CALLER_PROMPT, BACKLOG_PROMPT = 100, 6000
 PARKED_TIMEOUT_S = 3600.0  # the backlog never expires during a run
 CALL_TIMEOUT_S = 60.0
+BACKLOG_CLIENT = "backlog"  # the standing queue's client: it never polls
+BACKLOG_CALL = 10_000  # tickets per submit of the standing queue
 
 
 def core_config(policy: str, queued: int) -> dict[str, Any]:
@@ -110,24 +108,23 @@ def replica_capacity(slots: int, index: int) -> Capacity:
 
 
 class BenchSchedulerActor(SchedulerActor):
-    """The real actor plus what the benchmark needs: parking the backlog in-process, CPU time, profiles."""
+    """The real actor plus what the benchmark needs: withdrawing the backlog, CPU time, profiles.
+
+    Its clients are never dropped (`client_grace_s` 1e9): the backlog's client does not poll."""
 
     def __init__(self, core_config: dict[str, Any], replica_timeout_s: float) -> None:
         super().__init__(core_config, replica_timeout_s, client_grace_s=1e9)
-        self._parked: list[asyncio.Future[AcquireResult]] = []
         self._profile: cProfile.Profile | None = None
 
-    async def park(self, tickets: list[Ticket], queue_timeout_s: float) -> int:
-        """Start an ``acquire`` for each ticket, as a Ray call would; returns how many are queued."""
-        self._parked += [asyncio.ensure_future(self.acquire(t, queue_timeout_s)) for t in tickets]
-        await asyncio.sleep(0)
-        return self._core.num_queued
-
-    async def unpark(self) -> None:
-        for task in self._parked:
-            task.cancel()
-        await asyncio.gather(*self._parked, return_exceptions=True)
-        self._parked = []
+    async def withdraw(self, client_id: str) -> int:
+        """Cancel everything still waiting for `client_id` and drop its answers; how many were queued."""
+        box = self._outboxes.box(client_id, self._clock())
+        waiting = list(box.waiting)
+        for rid in waiting:
+            self._withdraw(rid)
+        self._pump()
+        box.take()
+        return len(waiting)
 
     async def cpu_seconds(self) -> float:
         """CPU time of this process so far (Ray's threads and the event loop)."""
@@ -156,9 +153,9 @@ class Cell:
     seconds: float
     latencies: list[float]
     actor_cpu_s: float
-    path: str = "direct"
+    path: str
     calls: int = 0
-    """Ray calls the batching clients made (batched cells)."""
+    """Ray calls the batching clients made (none for the floor's pings)."""
 
     def row(self) -> str:
         lat = sorted(self.latencies) or [float("nan")]
@@ -175,7 +172,7 @@ HEADER = (f"{'queued':>9} {'callers':>8} {'path':>11} {'grants/s':>10} {'p50 ms'
           f"{'actor CPU/grant':>14} {'calls/grant':>11}")
 
 Acquire = Callable[[Ticket, int], Awaitable[AcquireResult]]
-Release = Callable[[str, str, RequestTimings, int], None]
+Release = Callable[[str, str, RequestTimings, int], None]  # each given the caller's index
 
 
 async def drive(acquire: Acquire, release: Release, tickets: Tickets, callers: int,
@@ -205,33 +202,22 @@ async def drive(acquire: Acquire, release: Release, tickets: Tickets, callers: i
 
 async def measure(actor: Any, call: Callable[[Any], Awaitable[Any]], args: argparse.Namespace,
                   tickets: Tickets, queued: int, handle: Any) -> list[Cell]:
-    """Register the replicas, park the backlog, then one cell per caller count and way.
+    """Register the replicas, queue the backlog, then one cell per caller count.
 
     `call(x)` awaits a method call's result: a Ray ObjectRef, or a coroutine in-process; `handle` is
     what a `SchedulerClient` calls (``handle.method.remote(...)``)."""
     await asyncio.gather(*(call(actor.report(f"replica-{i}", replica_capacity(args.slots, i)))
                            for i in range(args.replicas)))
     began = time.perf_counter()
-    backlog = [tickets.make(backlog=True) for _ in range(queued)]
-    if args.park_over_ray:
-        parked = [actor.acquire(t, PARKED_TIMEOUT_S) for t in backlog]
-    else:
-        for i in range(0, queued, 10_000):
-            await call(actor.park(backlog[i:i + 10_000], PARKED_TIMEOUT_S))
-    while (await call(actor.table_sizes()))["core_queued"] < queued:
-        await asyncio.sleep(0.2)
-    print(f"  ({queued:,} acquire calls parked in {time.perf_counter() - began:.1f}s)", flush=True)
-
-    def acquire(ticket: Ticket, _caller: int) -> Awaitable[AcquireResult]:
-        return asyncio.wait_for(call(actor.acquire(ticket, CALL_TIMEOUT_S)), CALL_TIMEOUT_S + 5)
+    for start in range(0, queued, BACKLOG_CALL):
+        chunk = [Submission(tickets.make(backlog=True), PARKED_TIMEOUT_S)
+                 for _ in range(min(BACKLOG_CALL, queued - start))]
+        answers = await call(actor.submit(BACKLOG_CLIENT, chunk))
+        if answers.results:  # each must wait: granted, it would not be a standing queue
+            raise RuntimeError(f"backlog tickets answered at once: {list(answers.results.values())[:3]}")
+    print(f"  ({queued:,} tickets queued in {time.perf_counter() - began:.1f}s)", flush=True)
 
     releasing: set[asyncio.Future[Any]] = set()
-
-    def release(rid: str, replica: str, timings: RequestTimings, _caller: int) -> None:  # fire and forget
-        task = asyncio.ensure_future(call(actor.release(rid, replica, 1, timings)))
-        releasing.add(task)
-        task.add_done_callback(releasing.discard)
-
     clients = [SchedulerClient(handle) for _ in range(args.clients)]
 
     def batched_acquire(ticket: Ticket, caller: int) -> Awaitable[AcquireResult]:
@@ -251,41 +237,34 @@ async def measure(actor: Any, call: Callable[[Any], Awaitable[Any]], args: argpa
         releasing.add(task)
         task.add_done_callback(releasing.discard)
 
-    ways: list[tuple[str, Acquire, Release]] = []
-    if not args.only_batched:
-        ways.append(("direct", acquire, release))
-    if clients:
-        ways.append((f"batched x{len(clients)}", batched_acquire, batched_release))
+    path = f"batched x{len(clients)}"
     cells = []
     for callers in args.callers:
-        for path, way_acquire, way_release in ways:
-            calls = sum(sum(c.calls.values()) for c in clients)
-            if args.profile:
-                await call(actor.profile(True))
-            cpu = await call(actor.cpu_seconds())
-            grants, seconds, latencies = await drive(way_acquire, way_release, tickets, callers,
-                                                     args.duration)
-            cpu = await call(actor.cpu_seconds()) - cpu
-            await asyncio.gather(*(c.flushed() for c in clients))
-            calls = sum(sum(c.calls.values()) for c in clients) - calls
-            await asyncio.sleep(0.1)  # the last releases land
-            sizes = await call(actor.table_sizes())
-            if sizes["core_queued"] != queued or sizes["granted"]:
-                raise RuntimeError(f"the queue moved or grants leaked: {sizes}")
-            cells.append(Cell(queued, callers, grants, seconds, latencies, cpu, path,
-                              calls if path != "direct" else 0))
-            print(cells[-1].row(), flush=True)
-            if args.profile:
-                print(await call(actor.profile(False)), flush=True)
+        calls = sum(sum(c.calls.values()) for c in clients)
+        if args.profile:
+            await call(actor.profile(True))
+        cpu = await call(actor.cpu_seconds())
+        grants, seconds, latencies = await drive(batched_acquire, batched_release, tickets, callers,
+                                                 args.duration)
+        cpu = await call(actor.cpu_seconds()) - cpu
+        await asyncio.gather(*(c.flushed() for c in clients))
+        calls = sum(sum(c.calls.values()) for c in clients) - calls
+        await asyncio.sleep(0.1)  # the last releases land
+        sizes = await call(actor.table_sizes())
+        if sizes["core_queued"] != queued or sizes["granted"]:
+            raise RuntimeError(f"the queue moved or grants leaked: {sizes}")
+        cells.append(Cell(queued, callers, grants, seconds, latencies, cpu, path, calls))
+        print(cells[-1].row(), flush=True)
+        if args.profile:
+            print(await call(actor.profile(False)), flush=True)
         if args.floor and queued == args.queued[0]:  # two empty calls a grant: the transport's limit
             cpu = await call(actor.cpu_seconds())
             floor = await drive(ping, ping_release, tickets, callers, args.duration)
             floor_cell = Cell(queued, callers, *floor, await call(actor.cpu_seconds()) - cpu, "2 x ping")
             print(floor_cell.row(), flush=True)
-    if not args.park_over_ray:
-        await call(actor.unpark())
-    else:
-        del parked
+    withdrawn = await call(actor.withdraw(BACKLOG_CLIENT))
+    if withdrawn != queued:
+        raise RuntimeError(f"{withdrawn:,} backlog tickets were still queued, not {queued:,}")
     return cells
 
 
@@ -328,7 +307,7 @@ def run_ray(args: argparse.Namespace) -> list[Cell]:
         config = core_config(args.policy, queued)
         handle: Any = ray.remote(BenchSchedulerActor).options(
             name=f"bench-scheduler-{queued}", namespace="driftsched-bench", max_restarts=0,
-            max_concurrency=100_000 + (queued if args.park_over_ray else 0), num_cpus=0,
+            max_concurrency=100_000, num_cpus=0,
         ).remote(config, 1e9)
         try:
             return await measure(_Methods(handle), _await, args, Tickets(config), queued, handle)
@@ -363,16 +342,15 @@ def main() -> None:
     parser.add_argument("--policy", default="sjf", choices=("sjf", "priority"),
                         help="a policy that ranks the callers ahead of the backlog")
     parser.add_argument("--clients", type=int, default=1,
-                        help="batching SchedulerClients the callers spread over (0: direct calls only)")
-    parser.add_argument("--only-batched", action="store_true", help="skip the direct (unbatched) cells")
+                        help="batching SchedulerClients the callers spread over (ingress replicas)")
     parser.add_argument("--quick", action="store_true", help="smoke run: N=1000, C=1,8, 1 s cells")
     parser.add_argument("--local", action="store_true", help="drive the class in-process, no Ray")
     parser.add_argument("--profile", action="store_true", help="cProfile the actor's event loop")
-    parser.add_argument("--park-over-ray", action="store_true",
-                        help="park the backlog as real Ray calls (slow past ~10k on two cores)")
     parser.add_argument("--floor", action="store_true",
                         help="after each cell, the same loops with two empty calls (ping) per grant")
     args = parser.parse_args()
+    if args.clients < 1:
+        parser.error("--clients must be at least 1")
     if args.quick:
         args.queued, args.callers, args.duration = "1000", "1,8", 1.0
     args.queued = [int(n) for n in args.queued.split(",")]

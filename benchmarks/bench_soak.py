@@ -264,13 +264,13 @@ def main() -> None:
         import ray
         from ray import serve
 
-        from deployments.actors import NAMESPACE
+        from deployments.actors import NAMESPACE, ActorRole, actor_name
         from serve_app.app import build_app
         from serve_app.config import parse_app_config
 
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         fingerprint = parse_app_config(args).fingerprint()
-        scheduler = ray.get_actor(f"{APP_NAME}.scheduler.{fingerprint}", namespace=NAMESPACE)
+        scheduler = ray.get_actor(actor_name(APP_NAME, ActorRole.SCHEDULER, fingerprint), namespace=NAMESPACE)
         slots = 2 * opts.slots
         slack = 3 * slots + 64 + args["core"]["scheduler"]["max_queued_total"]
         ok = asyncio.run(soak(opts, local.root + "/v1", scheduler, opts.capacity_rps, slack))

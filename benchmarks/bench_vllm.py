@@ -51,11 +51,13 @@ replayed for N seeds and each figure is the median over them. `--out DIR` writes
 ``{"setups": {name: {"overall": {"p50", "p99"}, "per_tenant": {tenant: {"p50", "p99"}},
 "tokens_per_s"}}}`` (seconds; medians over seeds), the per-seed figures under ``"runs"``, and under
 ``"pooled"`` the same figures over every seed's requests together (a tenant's p99 in one seed is its
-worst request or two; pooled it rests on N times as many).
+worst request or two; pooled it rests on N times as many), and `DIR/results.md`, the same figures as a
+Markdown results page with the command line, commit and machine (`--results-md PATH` writes it there
+too: `docs/results/bench-vllm.md` for the documented run).
 
 Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--load 1.0 | --rate R] [--slots 4]
 [--seeds 1] [--engine-queue-slots N] [--no-pin-engine] [--model auto | HIDDENxLAYERS]
-[--engine-step-ms 5] [--out DIR]
+[--engine-step-ms 5] [--out DIR] [--results-md PATH]
 """
 
 from __future__ import annotations
@@ -484,6 +486,42 @@ def row(name: str, fig: dict[str, Any]) -> str:
     return f"{name:<20}{text}{fig['tokens_per_s']:>8.0f}"
 
 
+def results_table(summary: dict[str, Any], pooled: dict[str, Any] | None) -> str:
+    """The Markdown table: set-ups as row groups (all requests, then each tenant); medians over seeds,
+    and the pooled percentiles beside them when there were several seeds (`pooled`)."""
+    from driftsched.results import markdown_table
+
+    header = ["set-up", "tenant", "E2E p50 (s)", "E2E p99 (s)"]
+    header += ["pooled p50 (s)", "pooled p99 (s)"] if pooled else []
+    header += ["output tok/s"]
+    rows = []
+    for name, fig in summary.items():
+        for tenant in ("all", *TENANTS):
+            cells = fig["overall"] if tenant == "all" else fig["per_tenant"][tenant]
+            label = f"**{name}**" if tenant == "all" else ""
+            row = [label, tenant, f"{cells['p50']:.2f}", f"{cells['p99']:.2f}"]
+            if pooled:
+                both = pooled[name]["overall"] if tenant == "all" else pooled[name]["per_tenant"][tenant]
+                row += [f"{both['p50']:.2f}", f"{both['p99']:.2f}"]
+            row.append(f"{fig['tokens_per_s']:,.0f}" if tenant == "all" else "")
+            rows.append(row)
+    return markdown_table(header, rows, align="ll" + "r" * (len(header) - 2))
+
+
+def results_page(summary: dict[str, Any], pooled: dict[str, Any] | None, seeds: list[int], setup: str,
+                 command: str) -> str:
+    """results.md (see `driftsched.results`): provenance, the table, what the figures are."""
+    from driftsched import results
+
+    notes = [
+        f"{len(seeds)} seed(s) {seeds[0]}..{seeds[-1]}: each figure is the median over the seeds"
+        + ("; pooled: the percentile over every seed's requests together." if pooled else "."),
+        "E2E: request sent to `[DONE]`, seconds of wall time on this machine. Output tok/s: the load's "
+        "output tokens / (last completion - first arrival).",
+    ]
+    return results.page(results.provenance(command, setup), results_table(summary, pooled), notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=360)
@@ -507,7 +545,9 @@ def main() -> None:
                         help="comma-separated subset of " + ", ".join(SETUPS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=1, help="replay seeds seed..seed+N-1; report medians")
-    parser.add_argument("--out", type=Path, default=None, help="write DIR/summary.json")
+    parser.add_argument("--out", type=Path, default=None, help="write DIR/summary.json and DIR/results.md")
+    parser.add_argument("--results-md", type=Path, default=None, metavar="PATH",
+                        help="also write the Markdown results page to PATH (docs/results/bench-vllm.md)")
     args = parser.parse_args()
     setups = args.setups.split(",")
     if unknown := set(setups) - set(SETUPS):
@@ -602,6 +642,14 @@ def main() -> None:
                "args": {k: str(v) for k, v in vars(args).items()}}
         (args.out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
         print(f"summary in {args.out / 'summary.json'}")
+    from driftsched.results import command_line, write_page
+
+    setup = (f"vLLM CPU build, tiny random Llama {hidden}x{layers}, {args.replicas} replica(s) x "
+             f"{args.slots} slots; engine pinning {pinning.reason}")
+    text = results_page(summary, pooled_figures if len(seeds) > 1 else None, seeds, setup,
+                        command_line("python benchmarks/bench_vllm.py", sys.argv[1:]))
+    for path in write_page(text, [args.out / "results.md" if args.out else None, args.results_md]):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

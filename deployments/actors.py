@@ -1,10 +1,13 @@
 """Finding (or creating) the application's named scheduler and drift actors, and calling them safely.
 
-Both actors are named, detached Ray actors with ``max_restarts=-1``: Ray restarts a dead one within
-about a second, and a handle stays valid across the restart (calls made while it restarts wait for
-it). Whichever component starts first creates them (``get_if_exists``), so the application builder has
-no side effects. Their names carry the application name and a fingerprint of the configuration, so a
-redeploy with a new configuration gets fresh actors.
+Both actors are named, detached Ray actors with ``max_restarts=-1``: Ray restarts a dead one, and a
+handle stays valid across the restart (calls made while it restarts wait for it). Whichever component
+starts first creates them (``get_if_exists``), so the application builder has no side effects. Their
+names (`actor_name`) carry the application name, the role and a fingerprint of the configuration, so
+a redeploy with a new configuration gets fresh actors.
+
+The scheduler actor sends drift observations to the drift actor through a `DriftActorLink`, which it
+is given at creation: the drift actor's name and what creating it needs.
 
 `call` wraps one remote call with a deadline: a call that fails because the actor died is retried
 until the deadline, then raises `ActorUnavailable`.
@@ -13,12 +16,15 @@ until the deadline, then raises `ActorUnavailable`.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ray
+from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from deployments.drift_actor import DriftActor
@@ -34,6 +40,64 @@ class ActorUnavailable(Exception):
     """A scheduler or drift actor did not answer before the caller's deadline."""
 
 
+class ActorRole(enum.StrEnum):
+    """The application's named actors."""
+
+    SCHEDULER = "scheduler"
+    DRIFT = "drift"
+
+
+def actor_name(app: str, role: ActorRole, fingerprint: str) -> str:
+    """The Ray name of `app`'s `role` actor under the configuration `fingerprint` (in `NAMESPACE`)."""
+    return f"{app}.{role}.{fingerprint}"
+
+
+@dataclass(slots=True)
+class DriftActorLink:
+    """How the scheduler actor reaches the drift actor: its name, and what creating it needs.
+
+    A `deployments.drift_feed.DriftSink`. The handle is looked up (or the actor created) at the first
+    ``merge``, inside the scheduler actor's process."""
+
+    name: str
+    drift_config: dict[str, Any]
+    snapshot_path: str | None
+    _handle: Any = field(default=None, repr=False, compare=False)
+
+    async def merge(self, sender: str, seq: int, snapshot: dict[str, Any]) -> bool:
+        if self._handle is None:
+            self._handle = drift_actor(self.name, self.drift_config, self.snapshot_path)
+        applied: bool = await self._handle.merge.remote(sender, seq, snapshot)
+        return applied
+
+
+@dataclass(slots=True, frozen=True)
+class ActorNames:
+    """Where a component finds the application's actors, and what it needs to create them.
+
+    The app name is only known inside a Serve replica, so the names are made there."""
+
+    fingerprint: str
+    core_config: dict[str, Any]
+    drift_snapshot_path: str | None
+    replica_timeout_s: float
+
+    def name(self, role: ActorRole) -> str:
+        return actor_name(serve.get_replica_context().app_name, role, self.fingerprint)
+
+    def scheduler(self) -> Any:
+        drift = DriftActorLink(self.name(ActorRole.DRIFT), self._drift_config(), self.drift_snapshot_path)
+        return scheduler_actor(self.name(ActorRole.SCHEDULER), self.core_config, self.replica_timeout_s,
+                               drift=drift)
+
+    def drift(self) -> Any:
+        return drift_actor(self.name(ActorRole.DRIFT), self._drift_config(), self.drift_snapshot_path)
+
+    def _drift_config(self) -> dict[str, Any]:
+        drift: dict[str, Any] = self.core_config.get("estimator", {}).get("drift", {})
+        return drift
+
+
 def _named(cls: type, name: str, *args: Any) -> Any:
     remote_cls = ray.remote(cls)
     return remote_cls.options(  # type: ignore[attr-defined]
@@ -43,9 +107,9 @@ def _named(cls: type, name: str, *args: Any) -> Any:
 
 
 def scheduler_actor(name: str, core_config: dict[str, Any], replica_timeout_s: float,
-                    client_grace_s: float | None = None) -> Any:
-    """The application's scheduler actor (created on first use)."""
-    return _named(SchedulerActor, name, core_config, replica_timeout_s, client_grace_s)
+                    client_grace_s: float | None = None, drift: DriftActorLink | None = None) -> Any:
+    """The application's scheduler actor (created on first use); `drift`: where it sends observations."""
+    return _named(SchedulerActor, name, core_config, replica_timeout_s, client_grace_s, drift)
 
 
 def drift_actor(name: str, drift_config: dict[str, Any], snapshot_path: str | None) -> Any:

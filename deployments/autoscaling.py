@@ -25,7 +25,7 @@ from typing import Any
 import ray
 from ray.serve.config import AutoscalingConfig, AutoscalingContext, AutoscalingPolicy
 
-from deployments.actors import NAMESPACE
+from deployments.actors import NAMESPACE, ActorRole, actor_name
 from driftsched.core.autoscale import AutoscaleConfig, QueueAwareScaler, ScaleDecision
 from driftsched.core.backlog import Backlog
 
@@ -55,7 +55,7 @@ class QueueAwarePolicy:
             self._task = None
         if self._task is None and now - self._last_poll >= self._config.poll_interval_s:
             self._last_poll = now
-            name = f"{ctx.app_name}.scheduler.{self._fingerprint}"
+            name = actor_name(ctx.app_name, ActorRole.SCHEDULER, self._fingerprint)
             serving = [replica.unique_id for replica in ctx.running_replicas]
             self._task = asyncio.get_running_loop().create_task(self._poll(name, serving))
         fresh = now - self._received <= _STALE_POLLS * self._config.poll_interval_s

@@ -26,6 +26,7 @@ __all__ = [
     "EngineErrorCode",
     "EngineFailure",
     "EngineTiming",
+    "FinishReason",
     "GenerationRequest",
     "TokenDelta",
     "Usage",
@@ -86,6 +87,15 @@ class EngineTiming:
     preemptions: int = 0
 
 
+class FinishReason(enum.StrEnum):
+    """How an engine's stream of one request ended (the last delta's `finish_reason`)."""
+
+    STOP = "stop"  # a stop condition: end of sequence, a stop string
+    LENGTH = "length"  # max_tokens reached
+    ERROR = "error"  # the engine could not serve it: the delta's `error` says why
+    PREEMPTED = "preempted"  # taken off this engine by the scheduler, to resume elsewhere
+
+
 class EngineErrorCode(enum.StrEnum):
     """Why an engine could not serve a request (the ingress maps each to an HTTP answer)."""
 
@@ -107,15 +117,15 @@ class EngineFailure:
 class TokenDelta:
     """New text of one request.
 
-    The last delta carries `finish_reason`: "stop" or "length" with `usage` (and `timing` where the
-    engine measures it), "error" with `error` set and no usage, or "preempted" when the scheduler took
+    The last delta carries `finish_reason`: STOP or LENGTH with `usage` (and `timing` where the
+    engine measures it), ERROR with `error` set and no usage, or PREEMPTED when the scheduler took
     the request off this engine to resume it elsewhere (no usage; the gateway resumes it). `token_ids`
     are the delta's token ids where the engine has them (vLLM), so a resumed run can continue exactly.
     """
 
     text: str
     num_tokens: int
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timing: EngineTiming | None = None
     error: EngineFailure | None = None
@@ -130,10 +140,8 @@ class Engine(Protocol):
         """Start background work (model load, step loop)."""
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta, None]:
-        """Token deltas of one request; the final delta has a finish reason and usage."""
-
-    async def abort(self, request_id: str) -> None:
-        """Stop a request (client gone); a no-op for unknown ids."""
+        """Token deltas of one request; the final delta has a finish reason. Closing the generator
+        early (the caller went away) stops the request inside the engine."""
 
     async def preempt(self, request_id: str) -> bool:
         """Stop a running request so its stream ends with a "preempted" delta; False if unknown."""

@@ -23,7 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 class ReplicaConfig(BaseModel):
     """LLM replicas: how many, which engine, the vLLM engine arguments and the simulated engine's knobs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
     engine: Literal["sim", "vllm"] = "sim"
     """Engine backend: "sim" (simulated L4, runs anywhere) or "vllm" (vLLM's async engine)."""
@@ -36,8 +36,9 @@ class ReplicaConfig(BaseModel):
     or a directory; a value starting with "." is a path relative to the project root."""
     served_model_name: str = Field(default="driftsched-sim", min_length=1)
     """Name reported by /v1/models and accepted in the `model` field."""
-    max_num_seqs: int = Field(default=32, ge=1, le=1024)
-    """Engine slots: sequences running at once on one replica (vLLM's max_num_seqs)."""
+    max_num_seqs: int = Field(default=64, ge=1, le=1024)
+    """Engine slots: sequences running at once on one replica (vLLM's max_num_seqs). The default is
+    config.l4.yaml's: one L4 serving Llama-3.1-8B FP8, the replica the simulator models by default."""
     engine_queue_slots: int = Field(default=0, ge=0, le=1024)
     """Requests a replica takes beyond `max_num_seqs`, queued inside its engine: when a sequence
     finishes, the engine starts the next one at its next step instead of leaving the slot idle for a
@@ -45,8 +46,8 @@ class ReplicaConfig(BaseModel):
     there can be passed by nothing the scheduler grants later, and a better-ranked request placed
     there waits for a running one to finish instead of preempting it (preemption starts only once the
     engine queue is full too). 0 (default) hands over one slot at a time."""
-    max_num_batched_tokens: int = Field(default=2048, ge=16)
-    """Token budget of one engine step (chunked prefill)."""
+    max_num_batched_tokens: int = Field(default=4096, ge=16)
+    """Token budget of one engine step (chunked prefill). The default is config.l4.yaml's."""
     time_scale: float = Field(default=1.0, gt=0, le=100)
     """Real seconds per modelled second: 1.0 is an L4 in real time, 0.02 is 50x faster."""
     stream_interval_s: float = Field(default=0.01, gt=0, le=1)
@@ -60,8 +61,6 @@ class ReplicaConfig(BaseModel):
     """Seed of the simulated output-length RNG."""
     heartbeat_s: float = Field(default=0.5, gt=0, le=10)
     """How often a replica reports its capacity to the scheduler."""
-    drift_push_s: float = Field(default=1.0, gt=0, le=60)
-    """How often a replica sends its batch of drift observations to the drift actor."""
     num_cpus: float = Field(default=0.1, ge=0)
     """CPUs reserved per replica actor (a simulated replica needs little CPU; vLLM wants a few)."""
     accelerator_type: str | None = None

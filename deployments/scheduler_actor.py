@@ -2,48 +2,51 @@
 
 Hot path, batched per ingress (its `SchedulerClient`, deployments/scheduler_client.py, makes them):
 
-1. ``submit(client_id, [(ticket, queue_timeout_s), ...])`` admits each ticket (quotas, queue caps)
-   and routes it to the client's outbox (deployments/outbox.py); it returns the answers known at once
-   (rejections, grants this call's dispatch made, anything else the outbox held).
+1. ``submit(client_id, [Submission(ticket, queue_timeout_s), ...])`` admits each ticket (quotas, queue
+   caps) and routes it to the client's outbox (deployments/outbox.py); it returns the answers known at
+   once (rejections, grants this call's dispatch made, anything else the outbox held).
 2. ``poll(client_id, wait_s)`` is the client's long poll: it returns its outbox as soon as an answer
    is there (a grant naming the replica, "expired" when a ticket's queue deadline passes first, or
    "cancelled"), or empty after `wait_s`.
-3. ``release_many([(request_id, replica_id, output_tokens, timings), ...])`` frees the slots, settles
-   the tenants' token quotas, and records the ingress's timings for /metrics.
+3. ``release_many([Release(request_id, replica_id, output_tokens, timings), ...])`` frees the slots,
+   settles the tenants' token quotas, records the ingress's timings for /metrics, and hands each
+   finished request's observation (its ticket's estimates, the observed length) to the drift feed
+   (deployments/drift_feed.py), which batches them to the drift statistics actor.
 
 One call of each kind carries whatever the ingress gathered while the previous one was under way, so
 the calls per request fall as the load rises. ``submit`` is idempotent per request id (a granted one
 gets its grant again, a waiting one nothing new), so a client may always submit again; a client that
-stops polling for `client_grace_s` has its outbox dropped and what it held freed. The unbatched
-``acquire(ticket, queue_timeout_s)`` (park until answered) and ``release`` do the same for one request.
+stops polling for `client_grace_s` has its outbox dropped and what it held freed.
 
 Replicas call ``report`` each heartbeat (that is also how they register, and re-register after this
 actor restarts); its answer names the requests the dispatcher preempted there, which the replica stops
 (their streams end "preempted"). The ingress then calls ``resume(ticket, replica, generated)``: the
-request goes back to the queue with its generated tokens appended to its prompt and waits for a new
-grant like ``acquire``. ``cancel`` withdraws a request wherever it is (client disconnect). The actor holds no
-scheduling logic: which ticket goes next and to which replica is the core's `Dispatcher` (the policy's
-order placed by the `Placement` fit rule on what the heartbeats report), the same object the simulator
-drives.
+request goes back to the queue with its generated tokens appended to its prompt, and the call waits
+for its new grant. ``cancel`` withdraws a request wherever it is (client disconnect). The actor holds
+no scheduling logic: which ticket goes next and to which replica is the core's `Dispatcher` (the
+policy's order placed by the `Placement` fit rule on what the heartbeats report), the same object the
+simulator drives.
 
 Restart: the actor is a named Ray actor restarted by Ray (max_restarts=-1). A restarted instance starts
 empty, with a new epoch: in-flight calls fail on the caller's side, and clients that see the failure or
 the new epoch submit their outstanding requests again, within their deadlines; replicas re-register
-within one heartbeat, and their running requests are counted from the reports.
+within one heartbeat, and their running requests are counted from the reports. The new instance feeds
+drift under a new sender name; the old one's acknowledged batches stay applied, its unacknowledged
+batch is lost, and a request it granted is released here without a ticket, so teaches drift nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from deployments.drift_feed import DRIFT_PUSH_S, DriftFeed, DriftSink
 from deployments.outbox import Outbox, Outboxes
-from deployments.telemetry import RequestBook, RequestTimings
+from deployments.telemetry import Outcome, RequestBook, RequestTimings
 from deployments.usage import TenantUsage, tenant_usage
 from driftsched.core.backlog import Backlog, BacklogMeter
 from driftsched.core.clock import monotonic_clock
@@ -62,7 +65,7 @@ _MAINTENANCE_S = 0.2
 
 
 class AcquireStatus(enum.StrEnum):
-    """How an ``acquire`` (or ``resume``) ended."""
+    """How a submitted (or resumed) request's wait for a slot ended."""
 
     GRANTED = "granted"  # a replica slot: `replica_id`
     REJECTED = "rejected"  # refused by admission: `reason`, `detail`, `retry_after_s`
@@ -72,7 +75,7 @@ class AcquireStatus(enum.StrEnum):
 
 @dataclass(slots=True, frozen=True)
 class AcquireResult:
-    """Outcome of ``acquire``/``resume``; also what a parked waiter's future is answered with."""
+    """The answer to a submitted or resumed request (what its outbox or its ``resume`` call gets)."""
 
     status: AcquireStatus
     replica_id: str | None = None
@@ -86,6 +89,36 @@ _EXPIRED = AcquireResult(AcquireStatus.EXPIRED, detail="queue deadline passed")
 _CANCELLED = AcquireResult(AcquireStatus.CANCELLED)
 
 
+@dataclass(slots=True, frozen=True)
+class Submission:
+    """One request of a ``submit``: its ticket and how long it may wait for a slot."""
+
+    ticket: Ticket
+    queue_timeout_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class Answers:
+    """What ``submit`` and ``poll`` return: the client's outbox epoch and the answers it held."""
+
+    epoch: str
+    """Changes when the actor restarted or dropped the outbox: the client then submits again."""
+    results: dict[str, AcquireResult]
+    """Request id -> its answer."""
+
+
+@dataclass(slots=True, frozen=True)
+class Release:
+    """One request of a ``release_many``: the slot it held and how it ended."""
+
+    request_id: str
+    replica_id: str
+    """The granted replica; "" for a request that never got one (it expired while queued)."""
+    output_tokens: int | None
+    """Output tokens over all its runs when it finished; None when it ended otherwise (no observation)."""
+    timings: RequestTimings | None = None
+
+
 @dataclass(slots=True)
 class SchedulerView:
     """Everything /metrics needs from the scheduler, in one call."""
@@ -94,18 +127,20 @@ class SchedulerView:
     replicas: dict[str, dict[str, float]]
     histograms: dict[tuple[str, str], Any]
     tokens: dict[str, int]
-    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    outcomes: dict[tuple[str, Outcome], int] = field(default_factory=dict)
     autoscale: dict[str, Any] | None = None
     """The autoscaling policy's last decision (`backlog`'s `decision`), None without autoscaling."""
 
 
 class SchedulerActor:
-    """Thin adapter: core scheduler + capacity ledger + parked waiters (see module docstring)."""
+    """Thin adapter: core scheduler + capacity ledger + client outboxes + drift feed (module docstring)."""
 
     def __init__(self, core_config: dict[str, Any], replica_timeout_s: float = 5.0,
-                 client_grace_s: float | None = None) -> None:
+                 client_grace_s: float | None = None, drift: DriftSink | None = None,
+                 drift_push_s: float = DRIFT_PUSH_S) -> None:
         """`client_grace_s`: how long a batching client may go without polling before its outbox is
-        dropped and what it held freed (default: the ledger's grace for an unused grant)."""
+        dropped and what it held freed (default: the ledger's grace for an unused grant). `drift`:
+        where finished requests' observations go, every `drift_push_s` (None: nowhere)."""
         config = parse_core_config(core_config)
         policy = make_policy(config.scheduler.policy, **config.scheduler.policy_options)
         self._clock = monotonic_clock
@@ -126,43 +161,21 @@ class SchedulerActor:
         self._meter = BacklogMeter({t.name: t.latency_slo_s for t in config.tenants})
         self._autoscale: dict[str, Any] | None = None
         self._serving: set[str] | None = None  # replicas Serve routes to; None: all (no autoscaling)
+        self._drift = drift
+        self._feed = DriftFeed(config.estimator.drift, f"scheduler:{self._epoch}", push_s=drift_push_s)
+        self._feeding: asyncio.Task[None] | None = None
         logger.info("scheduler actor started with policy %s", policy.name)
-
-    async def acquire(self, ticket: Ticket, queue_timeout_s: float) -> AcquireResult:
-        """Admit `ticket` and wait for a grant. Idempotent per request id: a retried call (after the
-        first one's reply was lost) joins the wait already under way, or gets the grant already made."""
-        self._ensure_maintenance()
-        now = self._clock()
-        rid = ticket.request_id
-        granted = self._granted.get(rid)
-        if granted is not None:
-            return AcquireResult(AcquireStatus.GRANTED, granted)
-        pending = self._waiters.get(rid)
-        if pending is not None and not pending.done():
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(pending), queue_timeout_s + 0.01)
-            except TimeoutError:
-                answer = _EXPIRED
-            return self._outcome(answer, now)
-        ticket.arrival_time, ticket.deadline = now, now + queue_timeout_s  # this actor's clock
-        admission = self._core.admit(ticket)
-        if not admission.admitted:
-            return AcquireResult(AcquireStatus.REJECTED, None, admission.reason, admission.detail,
-                                 admission.retry_after_s)
-        self._meter.admitted(now, ticket.remaining_estimate)
-        return await self._wait_for_grant(ticket.request_id, queue_timeout_s, now)
 
     # -- batched hot path (deployments/scheduler_client.py) ------------------------------------
 
-    async def submit(
-        self, client_id: str, items: list[tuple[Ticket, float]],
-    ) -> tuple[str, dict[str, AcquireResult]]:
-        """Admit each (ticket, queue timeout) like ``acquire``, answering into `client_id`'s outbox;
-        returns the outbox's epoch and every answer it holds after one dispatch (see module docstring)."""
+    async def submit(self, client_id: str, items: list[Submission]) -> Answers:
+        """Admit each ticket and route it to `client_id`'s outbox; returns the outbox's epoch and every
+        answer it holds after one dispatch (see module docstring). Idempotent per request id."""
         self._ensure_maintenance()
         now = self._clock()
         box = self._outboxes.box(client_id, now)
-        for ticket, queue_timeout_s in items:
+        for item in items:
+            ticket, queue_timeout_s = item.ticket, item.queue_timeout_s
             rid = ticket.request_id
             granted = self._granted.get(rid)
             if granted is not None:
@@ -172,7 +185,7 @@ class SchedulerActor:
             if route is not None:  # already waiting (a re-submit): its answer comes here
                 self._outboxes.route(rid, box, route[1])
                 continue
-            if rid in self._waiters:  # parked by an unbatched ``acquire``: answered there
+            if rid in self._waiters:  # waiting in a ``resume`` call: answered there
                 continue
             ticket.arrival_time, ticket.deadline = now, now + queue_timeout_s  # this actor's clock
             admission = self._core.admit(ticket)
@@ -183,21 +196,21 @@ class SchedulerActor:
             self._meter.admitted(now, ticket.remaining_estimate)
             self._outboxes.route(rid, box, now)
         self._pump()
-        return box.epoch, box.take()
+        return Answers(box.epoch, box.take())
 
-    async def poll(self, client_id: str, wait_s: float) -> tuple[str, dict[str, AcquireResult]]:
+    async def poll(self, client_id: str, wait_s: float) -> Answers:
         """`client_id`'s outbox epoch and answers: at once if it holds any, else the first ones
         within `wait_s` (none: {}). One poll per client at a time; a newer one supersedes it."""
         self._ensure_maintenance()
         box = self._outboxes.box(client_id, self._clock())
-        return box.epoch, await box.poll(wait_s, self._clock)
+        return Answers(box.epoch, await box.poll(wait_s, self._clock))
 
-    async def release_many(
-        self, items: list[tuple[str, str, int | None, RequestTimings | None]],
-    ) -> None:
-        """``release`` for each (request id, replica id, output tokens, timings), then one dispatch."""
-        for request_id, replica_id, output_tokens, timings in items:
-            self._release(request_id, replica_id, output_tokens, timings)
+    async def release_many(self, items: list[Release]) -> None:
+        """Free each request's slot and settle its tenant's quota; feed the finished ones' observations
+        to drift; then one dispatch."""
+        self._ensure_maintenance()
+        for item in items:
+            self._release(item)
         self._pump()
 
     # -- unbatched calls -------------------------------------------------------------------------
@@ -259,28 +272,24 @@ class SchedulerActor:
             return replace(answer, queue_wait_s=self._clock() - since)
         return answer
 
-    async def release(
-        self, request_id: str, replica_id: str, output_tokens: int | None,
-        timings: RequestTimings | None = None,
-    ) -> None:
-        self._release(request_id, replica_id, output_tokens, timings)
-        self._pump()
-
-    def _release(self, request_id: str, replica_id: str, output_tokens: int | None,
-                 timings: RequestTimings | None) -> None:
+    def _release(self, item: Release) -> None:
+        request_id, output_tokens = item.request_id, item.output_tokens
         self._granted.pop(request_id, None)
         ticket = self._core.in_flight_ticket(request_id)
         freed = ticket.prompt_tokens + (output_tokens or 0) if ticket is not None else 0
-        self._ledger.release(replica_id, request_id, freed, self._clock())
+        self._ledger.release(item.replica_id, request_id, freed, self._clock())
         if output_tokens is None:
             self._core.abort(request_id)
         else:
-            # drift is observed by the replicas; an unknown id was granted by an earlier instance
-            with contextlib.suppress(UnknownRequestError):
+            if ticket is not None:  # else it was granted by an earlier instance of this actor
+                # The drift actor holds the statistics (the feed sends them there); the core's own
+                # tracker is not read in this process.
                 self._core.complete(request_id, output_tokens, observe=False)
+                if self._drift is not None:
+                    self._feed.observe(ticket, output_tokens)
             self._meter.completed(self._clock(), output_tokens)
-        if timings is not None:
-            self._book.record(timings)
+        if item.timings is not None:
+            self._book.record(item.timings)
 
     async def cancel(self, request_id: str) -> None:
         self._withdraw(request_id)
@@ -357,6 +366,7 @@ class SchedulerActor:
             "dispatcher_running": len(self._dispatcher._running),
             "book_histograms": len(self._book.histograms),
             "book_outcomes": len(self._book.outcomes),
+            "drift_pending": self._feed.pending,
         }
 
     # -- internals -------------------------------------------------------------------------------
@@ -414,8 +424,11 @@ class SchedulerActor:
             self._withdraw(rid)
 
     def _ensure_maintenance(self) -> None:
+        """Keep the background loops up (maintenance, the drift feed); each logs its own failures."""
         if self._maintenance is None or self._maintenance.done():
             self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+        if self._drift is not None and (self._feeding is None or self._feeding.done()):
+            self._feeding = asyncio.get_running_loop().create_task(self._feed.run(self._drift))
 
     async def _maintain(self) -> None:
         while True:

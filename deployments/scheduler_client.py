@@ -30,7 +30,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from deployments.actors import ActorUnavailable
-from deployments.scheduler_actor import AcquireResult, AcquireStatus
+from deployments.scheduler_actor import AcquireResult, AcquireStatus, Answers, Release, Submission
 from deployments.telemetry import RequestTimings
 from driftsched.core.request import Ticket
 
@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 _LOST = (RayActorError, GetTimeoutError, TimeoutError)  # the call never answered: the actor died
 _EXPIRED_HERE = AcquireResult(AcquireStatus.EXPIRED, detail="queue deadline passed before it was sent")
-
-Release = tuple[str, str, int | None, RequestTimings | None]
 
 
 @dataclass(slots=True)
@@ -93,8 +91,9 @@ class SchedulerClient:
 
     def release(self, request_id: str, replica_id: str, output_tokens: int | None,
                 timings: RequestTimings | None) -> None:
-        """Fire-and-forget release, sent with the next ``release_many``."""
-        self._releases.append((request_id, replica_id, output_tokens, timings))
+        """Fire-and-forget release, sent with the next ``release_many`` (`output_tokens`: the finished
+        request's observed length, None when it ended otherwise)."""
+        self._releases.append(Release(request_id, replica_id, output_tokens, timings))
         if self._releasing is None:
             self._flush_releases()
 
@@ -110,7 +109,7 @@ class SchedulerClient:
         if self._submitting is None and self._unsent:
             self._submitting = asyncio.get_running_loop().create_task(self._submit())
 
-    def _take_unsent(self) -> list[tuple[Ticket, float]]:
+    def _take_unsent(self) -> list[Submission]:
         """The unsent acquires still waiting, with the queue time each has left; those with none left
         are answered "expired" here, as the actor would answer them."""
         now, batch = time.monotonic(), []
@@ -123,19 +122,19 @@ class SchedulerClient:
                 entry.future.set_result(_EXPIRED_HERE)
                 continue
             entry.sent = True
-            batch.append((entry.ticket, left))
+            batch.append(Submission(entry.ticket, left))
         self._unsent.clear()
         return batch
 
     async def _submit(self) -> None:
         # Built when the task first runs: every acquire made in the same event-loop turn joins it.
         batch = self._take_unsent()
-        sent = [ticket.request_id for ticket, _ in batch]
+        sent = [item.ticket.request_id for item in batch]
         try:
             if not batch:
                 return
             self.calls["submit"] += 1
-            epoch, answers = await self._ask(self.scheduler.submit.remote(self.client_id, batch))
+            answers: Answers = await self._ask(self.scheduler.submit.remote(self.client_id, batch))
         except _LOST as exc:
             logger.warning("scheduler submit of %d acquires failed (%s); sending again", len(batch),
                            type(exc).__name__)
@@ -146,7 +145,7 @@ class SchedulerClient:
             for rid in sent:
                 self._fail(rid, exc)
         else:
-            self._answered(epoch, answers, sent)
+            self._answered(answers, sent)
             self._start_polling()
         finally:
             self._submitting = None
@@ -162,8 +161,8 @@ class SchedulerClient:
         while self._acquires:
             try:
                 self.calls["poll"] += 1
-                epoch, answers = await self._ask(self.scheduler.poll.remote(self.client_id, self.poll_s),
-                                                 self.poll_s + self.restart_grace_s)
+                answers: Answers = await self._ask(self.scheduler.poll.remote(self.client_id, self.poll_s),
+                                                   self.poll_s + self.restart_grace_s)
             except _LOST as exc:
                 logger.warning("scheduler poll failed (%s); submitting %d outstanding acquires again",
                                type(exc).__name__, len(self._acquires))
@@ -174,7 +173,7 @@ class SchedulerClient:
                 logger.exception("scheduler poll failed")
                 await asyncio.sleep(self.retry_s)
                 continue
-            self._answered(epoch, answers)
+            self._answered(answers)
 
     # -- release ---------------------------------------------------------------------------------
 
@@ -206,8 +205,9 @@ class SchedulerClient:
 
     # -- answers ---------------------------------------------------------------------------------
 
-    def _answered(self, epoch: str, answers: dict[str, AcquireResult], sent: Sequence[str] = ()) -> None:
-        for rid, answer in answers.items():  # an answer nobody waits for is dropped: see _give_up
+    def _answered(self, answers: Answers, sent: Sequence[str] = ()) -> None:
+        epoch = answers.epoch
+        for rid, answer in answers.results.items():  # an answer nobody waits for is dropped: see _give_up
             entry = self._acquires.pop(rid, None)
             if entry is not None and not entry.future.done():
                 entry.future.set_result(answer)

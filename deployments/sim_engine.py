@@ -27,7 +27,7 @@ import math
 import random
 from collections.abc import AsyncGenerator
 
-from deployments.engine import Capacity, GenerationRequest, TokenDelta, Usage
+from deployments.engine import Capacity, FinishReason, GenerationRequest, TokenDelta, Usage
 from driftsched.sim.engine import ContinuousBatchEngine, EngineSequence
 from driftsched.sim.perf_model import PerfModel
 
@@ -89,7 +89,8 @@ class SimulatedEngine:
             kv_usage=1.0 - engine.free_kv_tokens / engine.kv_capacity if engine.kv_capacity else 0.0,
         )
 
-    async def abort(self, request_id: str) -> None:
+    def _forget(self, request_id: str) -> None:
+        """Drop a request from the engine (freeing its KV) and from the streams; a no-op if unknown."""
         seq = self._seqs.pop(request_id, None)
         if seq is not None:
             self._engine.abort(seq)
@@ -100,7 +101,7 @@ class SimulatedEngine:
         queue = self._queues.get(request_id)
         if queue is None:
             return False
-        await self.abort(request_id)
+        self._forget(request_id)
         queue.put_nowait(_PREEMPTED)
         return True
 
@@ -117,20 +118,20 @@ class SimulatedEngine:
             while done < target:
                 n = await queue.get()
                 if n == _PREEMPTED:
-                    yield TokenDelta("", 0, "preempted")
+                    yield TokenDelta("", 0, FinishReason.PREEMPTED)
                     return
                 if n < 0:
                     raise RuntimeError("simulated engine stopped")
                 text = "".join(" " + _WORDS[(done + i) % len(_WORDS)] for i in range(n))
                 done += n
                 if done >= target:
-                    finish = "length" if target >= request.max_tokens else "stop"
+                    finish = FinishReason.LENGTH if target >= request.max_tokens else FinishReason.STOP
                     usage = Usage(request.prompt_tokens, done)
                     yield TokenDelta(text, n, finish, usage)
                 else:
                     yield TokenDelta(text, n)
         finally:
-            await self.abort(rid)  # no-op once finished; frees KV when the caller went away
+            self._forget(rid)  # no-op once finished; frees KV when the caller went away
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ answers. Buckets are fixed; the book is a plain value (dicts and lists) that cro
 from __future__ import annotations
 
 import bisect
+import enum
 from dataclasses import dataclass, field
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -47,6 +48,17 @@ class Histogram:
         return LATENCY_BUCKETS_S[-1]
 
 
+class Outcome(enum.StrEnum):
+    """How a request that reached the scheduler ended, as /metrics and /v1/usage count it."""
+
+    OK = "ok"  # finished; the client got every token
+    CLIENT_DISCONNECT = "client_disconnect"  # the client went away first
+    REPLICA_ERROR = "replica_error"  # its replica failed, stalled or ended the stream early
+    ENGINE_ERROR = "engine_error"  # the engine refused or failed it
+    TIMEOUT = "timeout"  # no slot within the queue deadline (first run, or a resumed one), or a stall
+    RESUME_FAILED = "resume_failed"  # preempted or failed over, and could not be queued again
+
+
 @dataclass(slots=True)
 class RequestTimings:
     """What an ingress measured for one request (seconds; None where the stage was not reached)."""
@@ -62,8 +74,7 @@ class RequestTimings:
     output_tokens: int = 0
     prompt_tokens: int = 0
     """The client's prompt tokens (of a granted request; resumed runs' re-sent tokens not counted)."""
-    outcome: str = "ok"
-    """ok, client_disconnect, replica_error, engine_error, timeout."""
+    outcome: Outcome = Outcome.OK
 
 
 class RequestBook:
@@ -74,7 +85,7 @@ class RequestBook:
         self.histograms: dict[tuple[str, str], Histogram] = {}
         self.tokens: dict[str, int] = {}
         self.prompt_tokens: dict[str, int] = {}
-        self.outcomes: dict[tuple[str, str], int] = {}
+        self.outcomes: dict[tuple[str, Outcome], int] = {}
 
     def record(self, timings: RequestTimings) -> None:
         tenant = timings.tenant

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.telemetry import LATENCY_KINDS, RequestBook
+from deployments.telemetry import LATENCY_KINDS, Outcome, RequestBook
 from driftsched.core.scheduler import Scheduler
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
@@ -26,8 +26,8 @@ class TenantUsage:
     requests: dict[str, Any]
     """Lifetime counters: admitted, dispatched, completed, cancelled, expired, preempted, and
     rejected by reason (quota, queue full, overload)."""
-    outcomes: dict[str, int]
-    """Granted requests by how they ended (ok, client_disconnect, replica_error, timeout, ...)."""
+    outcomes: dict[Outcome, int]
+    """Requests by how they ended (ok, client_disconnect, replica_error, timeout, ...)."""
     tokens: dict[str, int]
     queued: int
     running: int

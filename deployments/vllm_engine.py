@@ -34,6 +34,7 @@ from deployments.engine import (
     EngineErrorCode,
     EngineFailure,
     EngineTiming,
+    FinishReason,
     GenerationRequest,
     TokenDelta,
     Usage,
@@ -41,7 +42,7 @@ from deployments.engine import (
 
 logger = logging.getLogger(__name__)
 
-_FINISH = {"stop": "stop", "length": "length"}
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}  # vLLM's reasons the client sees
 _QUEUE_EWMA = 0.2  # weight of the newest request in the running mean of vLLM queue time
 
 
@@ -97,7 +98,6 @@ class VllmEngine:
         self._active: dict[str, int] = {}  # running request id -> tokens generated so far
         self._preempted: set[str] = set()
         self._queue_s = 0.0
-        self.aborted = 0
 
     # -- Engine protocol -------------------------------------------------------------------------
 
@@ -137,10 +137,6 @@ class VllmEngine:
             engine_queue_s=self._queue_s,
         )
 
-    async def abort(self, request_id: str) -> None:
-        if self._engine is not None and request_id in self._active:
-            await self._engine.abort(request_id)
-
     async def preempt(self, request_id: str) -> bool:
         if self._engine is None or request_id not in self._active:
             return False
@@ -179,7 +175,6 @@ class VllmEngine:
             self._active.pop(rid, None)
             self._preempted.discard(rid)
             if not finished and self._engine is not None:
-                self.aborted += 1
                 with contextlib.suppress(Exception):
                     await self._engine.abort(rid)
 
@@ -222,7 +217,7 @@ class VllmEngine:
                 continue
             reason = completion.finish_reason
             if request.request_id in self._preempted:
-                yield TokenDelta(completion.text, len(ids), "preempted", token_ids=ids)
+                yield TokenDelta(completion.text, len(ids), FinishReason.PREEMPTED, token_ids=ids)
                 return
             if reason not in _FINISH:
                 yield _failure(EngineErrorCode.ENGINE_ABORTED, f"the engine ended the request ({reason})")
@@ -245,4 +240,4 @@ class VllmEngine:
 
 
 def _failure(code: EngineErrorCode, message: str) -> TokenDelta:
-    return TokenDelta("", 0, "error", error=EngineFailure(code, message))
+    return TokenDelta("", 0, FinishReason.ERROR, error=EngineFailure(code, message))

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from driftsched.results import command_line
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftsched", description="QoS-aware multi-tenant LLM scheduling")
@@ -29,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_live_arguments(live)
     live.set_defaults(handler=bench.run_live)
 
+    from driftsched.docs import command as docs
+
+    docs_parser = sub.add_parser(
+        "docs", help="regenerate docs/configuration.md and sync the results included in README.md and docs/"
+    )
+    docs.add_arguments(docs_parser)
+    docs_parser.set_defaults(handler=docs.run)
+
     from driftsched import tiny_model
 
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random Llama + tokenizer for vLLM on CPU")
@@ -38,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = command_line("driftsched", argv)  # what results pages record
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

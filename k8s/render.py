@@ -16,9 +16,12 @@ What the Kubernetes deployment adds to config.l4.yaml, and nothing else:
   A Serve config's `autoscaling_config` takes precedence over the `num_replicas` the app builder
   passes in code, so `args.replicas.num_replicas` stays the *upper* bound the app's sizing checks use.
 
-It also writes `k8s/base/state.yaml`, a ReadWriteMany PersistentVolumeClaim (GKE Filestore) mounted
-at `STATE_MOUNT` in every Ray pod: the drift actor may be restarted on any node, so its snapshot
-(`gateway.drift_snapshot_path`, which must lie under `STATE_MOUNT`) has to be on storage they share.
+The drift snapshot (`gateway.drift_snapshot_path`) must be where every pod reaches it, as the drift
+actor may be restarted on any node: config.l4.yaml names a key in the Redis that the RayService already
+runs for GCS fault tolerance (k8s/base/redis.yaml, on a persistent disk), and `rayservice` refuses any
+other location (`DRIFT_SNAPSHOT_URL`). Every Ray container gets the Redis password from its Secret in
+the variable the snapshot store reads (`REDIS_PASSWORD_ENV`). KubeRay's clean-up of a deleted
+RayService deletes only the keys of the GCS's storage namespace, so the statistics outlive the cluster.
 
 The cluster it describes (one RayService):
 
@@ -29,7 +32,8 @@ The cluster it describes (one RayService):
   maximum. `accelerator_type:L4` among its Ray resources lets the autoscaler see that this group
   satisfies the replicas' `accelerator_type: L4` demand before any such node exists.
 
-Importable without Ray: it needs only PyYAML.
+Importable without Ray: it needs PyYAML and the app's typed config (pydantic), which supplies the
+defaults of every setting config.l4.yaml leaves out.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ from typing import Any
 
 import yaml
 
+from deployments.snapshot_store import REDIS_PASSWORD_ENV
+from serve_app.config import AppConfig, parse_app_config
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "config.l4.yaml"
 BASE_MANIFEST = ROOT / "k8s" / "base" / "rayservice.yaml"
 DEV_PATCH = ROOT / "k8s" / "overlays" / "dev" / "rayservice-patch.yaml"
-STATE_MANIFEST = ROOT / "k8s" / "base" / "state.yaml"
 
 NAME = "driftsched"
 RAY_VERSION = "2.60.0"  # tests/test_k8s.py checks it against pyproject.toml and the Dockerfile
@@ -60,12 +66,8 @@ HF_TOKEN_SECRET = ("driftsched-hf-token", "token")
 REDIS_SECRET = ("driftsched-redis", "password")
 REDIS_ADDRESS = "driftsched-redis:6379"  # k8s/base/redis.yaml; or a Memorystore address
 
-# Shared state (the drift snapshot): one Filestore share, the same path in every Ray pod.
-STATE_CLAIM = "driftsched-state"
-STATE_MOUNT = "/var/lib/driftsched"
-STATE_STORAGE_CLASS = "standard-rwx"  # GKE's Filestore CSI driver, basic HDD tier
-STATE_SIZE = "1Ti"  # the basic HDD tier's minimum on most GKE versions
-RAY_UID_GID = "1000:100"  # the `ray` user and `users` group of the rayproject/ray image
+DRIFT_SNAPSHOT_KEY = "driftsched:drift-snapshot"
+DRIFT_SNAPSHOT_URL = f"redis://{REDIS_ADDRESS}/{DRIFT_SNAPSHOT_KEY}"  # the GCS fault-tolerance Redis
 
 GKE_L4_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -106,6 +108,11 @@ def app_args(serve_config: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+def typed_args(args: dict[str, Any]) -> AppConfig:
+    """The application's args as the app builder reads them: what the file leaves out is the default."""
+    return parse_app_config(args)
+
+
 def llm_deployment(serve_config: dict[str, Any]) -> dict[str, Any]:
     """The LLMReplica entry under the application's `deployments:`."""
     (app,) = serve_config["applications"]
@@ -120,12 +127,12 @@ def llm_deployment(serve_config: dict[str, Any]) -> dict[str, Any]:
 
 def autoscaling_for(args: dict[str, Any]) -> dict[str, Any]:
     """Serve autoscaling of LLMReplica: 1 .. replicas.num_replicas, on slot occupancy."""
-    replicas = args["replicas"]
+    replicas = typed_args(args).replicas
     return {
         "min_replicas": MIN_LLM_REPLICAS,
         "initial_replicas": MIN_LLM_REPLICAS,
-        "max_replicas": replicas["num_replicas"],
-        "target_ongoing_requests": max(1, round(TARGET_SLOT_FRACTION * replicas["max_num_seqs"])),
+        "max_replicas": replicas.num_replicas,
+        "target_ongoing_requests": max(1, round(TARGET_SLOT_FRACTION * replicas.max_num_seqs)),
         "upscale_delay_s": UPSCALE_DELAY_S,
         "downscale_delay_s": DOWNSCALE_DELAY_S,
     }
@@ -140,7 +147,7 @@ def pool_max(serve_config: dict[str, Any]) -> int:
     """The most LLM replicas (L4 nodes) the Serve config may run."""
     args = app_args(serve_config)
     if queue_aware(args):
-        return int(args["replicas"]["autoscaling"]["max_replicas"])
+        return typed_args(args).replicas.autoscaling.max_replicas
     return int(llm_deployment(serve_config)["autoscaling_config"]["max_replicas"])
 
 
@@ -187,30 +194,30 @@ def _secret_env(name: str, secret: tuple[str, str], optional: bool = False) -> d
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
-STATE_VOLUME_MOUNT = {"name": "state", "mountPath": STATE_MOUNT}
-
-
 def _container(
     name: str, args: dict[str, Any], resources: dict[str, Any], ports: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """A Ray container: the project image; the tenant keys, metrics token and HF token from Secrets."""
+    auth = typed_args(args).auth
     return {
         "name": name,
         "image": IMAGE,
         "imagePullPolicy": "IfNotPresent",
         "env": [
             # The ingress reads tenant keys from this variable (config: auth.keys_env).
-            _secret_env(args["auth"]["keys_env"], API_KEYS_SECRET),
+            *([_secret_env(auth.keys_env, API_KEYS_SECRET)] if auth.keys_env else []),
             # GET /metrics answers only this token (auth.metrics_token_env); Prometheus sends it.
-            _secret_env(args["auth"]["metrics_token_env"], METRICS_TOKEN_SECRET),
+            *([_secret_env(auth.metrics_token_env, METRICS_TOKEN_SECRET)] if auth.metrics_token_env else []),
             # Gated model weights; optional so that an ungated model needs no Secret.
             _secret_env("HF_TOKEN", HF_TOKEN_SECRET, optional=True),
+            # The drift actor (on any pod) writes its snapshot to the GCS fault-tolerance Redis.
+            _secret_env(REDIS_PASSWORD_ENV, REDIS_SECRET),
         ],
         "ports": ports,
         "resources": resources,
         # Ray stops cleanly before the pod goes away (Serve drains, replicas deregister).
         "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, dict(STATE_VOLUME_MOUNT)],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
     }
 
 
@@ -225,22 +232,8 @@ def _pod(component: str, container: dict[str, Any], shm: str, **spec: Any) -> di
     return {
         "metadata": {"labels": {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": component}},
         "spec": {
-            # A new Filestore share's root belongs to root: let the `ray` user write to it.
-            "initContainers": [
-                {
-                    "name": "state-permissions",
-                    "image": IMAGE,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["chown", RAY_UID_GID, STATE_MOUNT],
-                    "securityContext": {"runAsUser": 0},
-                    "volumeMounts": [dict(STATE_VOLUME_MOUNT)],
-                }
-            ],
             "containers": [container],
-            "volumes": [
-                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
-                {"name": "state", "persistentVolumeClaim": {"claimName": STATE_CLAIM}},
-            ],
+            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}],
             **spec,
         },
     }
@@ -263,11 +256,11 @@ HEAD_PORTS = [
 def rayservice(serve_config: dict[str, Any]) -> dict[str, Any]:
     """The RayService for a Serve config, sized from it."""
     args = app_args(serve_config)
-    snapshot = str(args.get("gateway", {}).get("drift_snapshot_path") or "")
-    if not snapshot.startswith(STATE_MOUNT + "/"):
+    snapshot = args.get("gateway", {}).get("drift_snapshot_path")
+    if snapshot != DRIFT_SNAPSHOT_URL:
         raise ValueError(
-            f"gateway.drift_snapshot_path is {snapshot or None!r}; set it to a file under {STATE_MOUNT}/ "
-            "(the shared volume every Ray pod mounts), or a restarted drift actor loses its statistics"
+            f"gateway.drift_snapshot_path is {snapshot!r}; set it to {DRIFT_SNAPSHOT_URL} (the RayService's "
+            "Redis, which every pod reaches), or a drift actor restarted on another node loses its statistics"
         )
     llm = llm_deployment(serve_config)
     actor = llm.get("ray_actor_options", {})
@@ -351,20 +344,6 @@ def dev_patch(dev_config: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def state_claim() -> dict[str, Any]:
-    """The shared volume's claim: ReadWriteMany, so head and workers on any node mount it at once."""
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": STATE_CLAIM, "labels": {"app.kubernetes.io/name": NAME}},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": STATE_STORAGE_CLASS,
-            "resources": {"requests": {"storage": STATE_SIZE}},
-        },
-    }
-
-
 # ---------------------------------------------------------------- Files
 
 
@@ -392,7 +371,6 @@ def render(source: Path = SOURCE) -> dict[Path, str]:
     return {
         BASE_MANIFEST: header + dump(rayservice(prod)),
         DEV_PATCH: header + dump(dev_patch(dev_serve_config(prod))),
-        STATE_MANIFEST: header + dump(state_claim()),
     }
 
 

@@ -1,4 +1,8 @@
-"""Scheduling policies, chosen by name from `POLICIES` or as "module:Class" for out-of-tree ones."""
+"""Scheduling policies, chosen by name from `POLICIES` or as "module:Class" for out-of-tree ones.
+
+Every registered class subclasses the core's `Policy` protocol (`RankedPolicy` where it can rank
+running tickets), so mypy checks each one against it; an out-of-tree class is checked at run time.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 
 from driftsched.core.errors import PolicyOptionsError, UnknownPolicyError
 from policies.aging import AgingPolicy
-from policies.base import HeapPolicy, Policy
+from policies.base import HeapPolicy, Policy, PolicyContext, RankedPolicy
 from policies.bounded import BoundedSjfPolicy
 from policies.fifo import FifoPolicy
 from policies.priority import PriorityPolicy
@@ -21,7 +25,7 @@ from policies.relative import RelativeSjfPolicy
 from policies.sjf import SjfPolicy
 from policies.weighted import WeightedFairPolicy
 
-POLICIES: dict[str, type[Any]] = {
+POLICIES: dict[str, type[Policy]] = {
     "fifo": FifoPolicy,
     "priority": PriorityPolicy,
     "weighted": WeightedFairPolicy,
@@ -32,9 +36,9 @@ POLICIES: dict[str, type[Any]] = {
 }
 
 
-def policy_class(name: str) -> type[Any]:
+def policy_class(name: str) -> type[Policy]:
     """The policy class registered as `name`, or imported from "package.module:ClassName"."""
-    cls = POLICIES.get(name)
+    cls: type[Policy] | None = POLICIES.get(name)
     if cls is None and ":" in name:
         module_name, _, class_name = name.partition(":")
         try:
@@ -48,7 +52,7 @@ def policy_class(name: str) -> type[Any]:
     return cls
 
 
-def check_options(cls: type[Any], options: dict[str, Any]) -> None:
+def check_options(cls: type[Policy], options: Mapping[str, Any]) -> None:
     """Check `options` against the annotated parameters of ``cls.__init__``, before calling it.
 
     Strict: no coercion ("10" is not a number, true is not 10), no infinities or NaN, no names the
@@ -74,6 +78,24 @@ def check_options(cls: type[Any], options: dict[str, Any]) -> None:
         raise PolicyOptionsError(
             f"bad options for policy {cls.__name__}: {problems} (its options: {valid})"
         ) from None
+
+
+def resolve_options(name: str, options: Mapping[str, Any], context: PolicyContext) -> dict[str, Any]:
+    """The options policy `name` runs with in a service described by `context`: `options`, over what
+    the class derives from the service (its ``derived_options(context)`` classmethod, if it has one).
+
+    What a config gives wins; a per-tenant mapping it gives wins tenant by tenant, so naming one tenant
+    does not drop what the others derive.
+    """
+    derive = getattr(policy_class(name), "derived_options", None)
+    resolved: dict[str, Any] = dict(derive(context)) if derive is not None else {}
+    for option, value in options.items():
+        derived = resolved.get(option)
+        if isinstance(derived, Mapping) and isinstance(value, Mapping):
+            resolved[option] = {**derived, **value}
+        else:
+            resolved[option] = value
+    return resolved
 
 
 def options_on_clock(name: str, options: Mapping[str, Any], time_scale: float) -> dict[str, Any]:
@@ -107,10 +129,9 @@ def make_policy(name: str, **options: Any) -> Policy:
         policy = cls(**options)
     except TypeError as exc:
         raise PolicyOptionsError(f"bad options {options!r} for policy {name!r}: {exc}") from None
-    if not isinstance(policy, Policy):
+    if not isinstance(policy, Policy):  # an out-of-tree class that does not subclass the protocol
         raise UnknownPolicyError(f"{name!r} does not implement the Policy interface")
-    policy_typed: Policy = policy
-    return policy_typed
+    return policy
 
 
 __all__ = [
@@ -120,7 +141,9 @@ __all__ = [
     "FifoPolicy",
     "HeapPolicy",
     "Policy",
+    "PolicyContext",
     "PriorityPolicy",
+    "RankedPolicy",
     "RelativeSjfPolicy",
     "SjfPolicy",
     "WeightedFairPolicy",
@@ -128,4 +151,5 @@ __all__ = [
     "make_policy",
     "options_on_clock",
     "policy_class",
+    "resolve_options",
 ]

@@ -1,7 +1,8 @@
 """A heap-backed base for policies that order tickets by a static key.
 
-The protocol every policy implements (`Policy`) lives in the core (`driftsched.core.policy`), with its
-caller contract: `now` is always passed in, never read.
+The protocol every policy implements (`Policy`, or `RankedPolicy` where it can rank running tickets)
+lives in the core (`driftsched.core.policy`), with its caller contract: `now` is always passed in, never
+read. Every policy here subclasses the protocol, so mypy checks that it conforms.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import heapq
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from driftsched.core.policy import Policy
+from driftsched.core.policy import Policy, PolicyContext, RankedPolicy
 from driftsched.core.request import Ticket
 
-__all__ = ["HeapPolicy", "Policy"]
+__all__ = ["HeapPolicy", "Policy", "PolicyContext", "RankedPolicy"]
 
 
-class HeapPolicy:
+class HeapPolicy(RankedPolicy):
     """A min-heap of `(key..., seq, n, ticket)` with lazy removal; subclasses define `key`.
 
     `n` counts insertions, so even tickets sharing a `seq` never compare the tickets themselves.
@@ -29,6 +30,11 @@ class HeapPolicy:
     time_options: ClassVar[Mapping[str, int]] = {}
     """Options measured in time, each with its power of seconds (1 for seconds, -1 for a rate per
     second), so a service on a scaled clock can convert them (`policies.options_on_clock`)."""
+
+    @classmethod
+    def derived_options(cls, context: PolicyContext) -> dict[str, Any]:
+        """Options taken from the service when a config does not give them (none by default)."""
+        return {}
 
     def __init__(self) -> None:
         self._heap: list[tuple[Any, ...]] = []

@@ -25,20 +25,23 @@ they pass, so under a sustained backlog the largest requests wait longer than un
 1/(1 − s) times, s being the small requests' share of the work) and a smaller `horizon_s` buys the
 tail back with the median. Ordering cannot shrink a backlog that outlives the queue timeout.
 
-The defaults come from the paper workload's sweep (`benchmarks/bench_policies.py`): `size_ref` is the
-area of a short chat answer (a 256-token prompt, 200 tokens out), so Q&A sits near u = 0.1, chats
-near 0.7 and code or long-form above 0.9. `horizon_s` is the queue deadline (the simulator's 600 s):
-a queued request lives that long at most, so small requests can still pass the whole backlog, while a
-code request is passed by a chat only if the chat arrived within about 150 s of it (300 s with twice
-the horizon, which kept up to 5% more of the median gain and a longer tail: load 1.0 p99 1.11x
-FIFO's against 1.02x). Set it to `gateway.queue_timeout_s` (the shipped configs: 60 s).
+Defaults. `size_ref` is the area of a short chat answer (a 256-token prompt, 200 tokens out), so Q&A
+sits near u = 0.1, chats near 0.7 and code or long-form above 0.9. `horizon_s` is the queue timeout
+(`derived_options`: the gateway's `queue_timeout_s`, or the simulator's deadline): a queued request
+lives that long at most, so a longer horizon would order a large request behind work that arrives
+after its own deadline (it could then only expire), and a shorter one gives up size order among
+requests that could all still be served. A tenant with a
+`latency_slo_s` gets it as its own horizon: its requests then wait behind at most that much later
+traffic. `tenant_horizon_s`, where given, wins tenant by tenant.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S
+from driftsched.core.policy import PolicyContext
 from driftsched.core.request import Ticket
 from policies.base import HeapPolicy
 from policies.sjf import kv_area
@@ -52,12 +55,12 @@ class BoundedSjfPolicy(HeapPolicy):
 
     def __init__(
         self,
-        horizon_s: float = 600.0,
+        horizon_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         size_ref: float = 75_000.0,
         tenant_horizon_s: Mapping[str, float] | None = None,
     ) -> None:
         if not horizon_s > 0:
-            raise ValueError(f"horizon_s must be > 0 seconds, got {horizon_s}; try 600, the queue timeout")
+            raise ValueError(f"horizon_s must be > 0 seconds, got {horizon_s}; use the queue timeout")
         if not size_ref > 0:
             raise ValueError(f"size_ref must be > 0 token-steps, got {size_ref}; try 75000")
         caps = dict(tenant_horizon_s or {})
@@ -68,6 +71,11 @@ class BoundedSjfPolicy(HeapPolicy):
         self.horizon_s = horizon_s
         self.size_ref = size_ref
         self.tenant_horizon_s = caps
+
+    @classmethod
+    def derived_options(cls, context: PolicyContext) -> dict[str, Any]:
+        """The horizon is the queue timeout; a tenant's, its latency objective (module docstring)."""
+        return {"horizon_s": context.queue_timeout_s, "tenant_horizon_s": dict(context.latency_slo_s)}
 
     def offset_s(self, ticket: Ticket) -> float:
         """How much later than its arrival this ticket is ordered (below the bound)."""

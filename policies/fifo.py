@@ -6,10 +6,11 @@ import bisect
 from collections import deque
 from typing import ClassVar
 
+from driftsched.core.policy import RankedPolicy
 from driftsched.core.request import Ticket
 
 
-class FifoPolicy:
+class FifoPolicy(RankedPolicy):
     """Admission order (`seq`); a deque with lazy removal, O(1) per operation."""
 
     name: ClassVar[str] = "fifo"

@@ -10,11 +10,11 @@ Unlike `bounded`, whose offset saturates (every large request gets about the sam
 run in arrival order), the offset keeps growing with size: a 2,000-token code answer is ordered behind
 a 1,000-token article that arrived a little later. On the KV-bound engine this is also what keeps the
 replicas packed under a backlog: the largest requests are admitted last, so fewer fresh prompts are
-preempted and recomputed when the cache fills (measured in `benchmarks/bench_policies.py`).
+preempted and recomputed when the cache fills (`benchmarks/bench_policies.py` compares the policies).
 
 **Wait cap.** Once the oldest queued ticket has waited `max_wait_s`, it goes next, whatever its size:
 overdue tickets run in arrival order. Off by default (inf): under a sustained backlog every ticket
-becomes overdue and the order falls back to FIFO, losing the packing gain (see the README figures).
+becomes overdue and the order falls back to FIFO, losing the packing gain.
 
 Bound: a ticket i is dispatched after a ticket j that arrived later only if j was dispatched while i
 had waited less than `max_wait_s`, and ``a_j + o_j < a_i + o_i``, i.e. j arrived less than

@@ -16,10 +16,11 @@ from __future__ import annotations
 import heapq
 from typing import Any, ClassVar
 
+from driftsched.core.policy import Policy
 from driftsched.core.request import Ticket
 
 
-class WeightedFairPolicy:
+class WeightedFairPolicy(Policy):
     """Token-accounted weighted fair queueing across tenants (see module docstring)."""
 
     name: ClassVar[str] = "weighted"

@@ -10,8 +10,9 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
+from deployments.actors import ActorNames
 from deployments.autoscaling import serve_autoscaling_config
-from deployments.replica import ActorNames, LLMReplica
+from deployments.replica import LLMReplica
 from driftsched.core.errors import ConfigError, UnknownPolicyError
 from policies import make_policy, policy_class
 from serve_app.config import parse_app_config
@@ -37,7 +38,10 @@ def build_app(args: dict[str, Any]) -> Application:
     """Validate the args and bind the ingress to the LLM replicas."""
     config = parse_app_config(args)
     check_policy(config.core.scheduler.policy, config.core.scheduler.policy_options)
-    config = config.model_copy(update={"replicas": config.replicas.resolved()})
+    # the policy's options completed from this deployment (bounded's horizon = the queue timeout)
+    config = config.model_copy(
+        update={"core": config.scheduler_core(), "replicas": config.replicas.resolved()}
+    )
     replicas, gateway = config.replicas, config.gateway
     actors = ActorNames(
         fingerprint=config.fingerprint(),

@@ -9,12 +9,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deployments.replica_config import ReplicaConfig, perf_model_for
-from driftsched.core.config import CoreConfig
+from deployments.snapshot_store import open_snapshot_store
+from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig
 from driftsched.core.errors import ConfigError
+from driftsched.core.policy import PolicyContext
+from policies import resolve_options
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 class AuthConfig(_Strict):
@@ -39,8 +42,9 @@ class AuthConfig(_Strict):
 class GatewayConfig(_Strict):
     """Ingress behaviour: deadlines, drift refresh, and Serve sizing."""
 
-    queue_timeout_s: float = Field(default=30.0, gt=0)
-    """Longest a request may wait for a replica slot; past it the answer is 504."""
+    queue_timeout_s: float = Field(default=DEFAULT_QUEUE_TIMEOUT_S, gt=0)
+    """Longest a request may wait for a replica slot; past it the answer is 504. `bounded` takes it as
+    its horizon unless `core.scheduler.policy_options.horizon_s` is given."""
     stall_timeout_s: float = Field(default=60.0, gt=0)
     """Longest wait for the next token from a replica before the request fails."""
     start_timeout_s: float = Field(default=10.0, gt=0)
@@ -53,14 +57,25 @@ class GatewayConfig(_Strict):
     drift_refresh_s: float = Field(default=1.0, gt=0)
     """How often each ingress refreshes its local copy of the drift statistics."""
     drift_snapshot_path: str | None = None
-    """File where the drift actor persists its statistics; none keeps them in memory only. On a
-    multi-node cluster it must be on storage every node mounts at this path (k8s: the shared volume)."""
+    """Where the drift actor persists its statistics, so a restarted one starts from them: a file path,
+    or redis://host[:port]/key for a Redis string (password from the environment variable
+    DRIFTSCHED_REDIS_PASSWORD of the actor's process); none keeps them in memory only. On a multi-node
+    cluster a file must be on storage every node mounts; the k8s manifests use the RayService's Redis."""
     replica_timeout_s: float = Field(default=5.0, gt=0)
     """A replica silent this long is dropped by the scheduler with its grants."""
     ingress_replicas: int = Field(default=1, ge=1)
+    """Replicas of the HTTP ingress deployment (OpenAI endpoints, auth, errors, streaming)."""
     ingress_max_ongoing_requests: int = Field(default=20_000, ge=1)
     """Per ingress replica; must exceed the requests that can wait, or Serve's FIFO bypasses the policy."""
     ingress_num_cpus: float = Field(default=0.2, ge=0)
+    """CPUs reserved per ingress replica actor."""
+
+    @field_validator("drift_snapshot_path")
+    @classmethod
+    def _snapshot_location(cls, value: str | None) -> str | None:
+        if value is not None:
+            open_snapshot_store(value, env={})  # raises ValueError naming the fix; no I/O
+        return value
 
 
 class AppConfig(_Strict):
@@ -118,6 +133,17 @@ class AppConfig(_Strict):
                 f"core.scheduler.max_request_tokens ({limit}) exceeds {where} ({context}): admitted "
                 "requests could never run; lower core.scheduler.max_request_tokens"
             )
+
+    def scheduler_core(self) -> CoreConfig:
+        """The core config the scheduler runs: `core`, with the policy's options completed from this
+        deployment (`policies.resolve_options`: e.g. `bounded`'s horizon from `gateway.queue_timeout_s`,
+        a tenant's from its `latency_slo_s`). Imports the policy, an out-of-tree one too."""
+        scheduler = self.core.scheduler
+        context = PolicyContext.of(self.core, self.gateway.queue_timeout_s)
+        options = resolve_options(scheduler.policy, scheduler.policy_options, context)
+        return self.core.model_copy(
+            update={"scheduler": scheduler.model_copy(update={"policy_options": options})}
+        )
 
     def fingerprint(self) -> str:
         """Short hash of everything but the keys: names this configuration's actors."""

@@ -3,9 +3,11 @@
 Actor calls per request on the hot path: at most two, fewer under load — ``acquire`` (admission +
 wait for a grant) and ``release`` (fire-and-forget, carrying the observed length and timings) go
 through this ingress's `SchedulerClient`, which coalesces them with every other request's into batched
-``submit`` / ``poll`` / ``release_many`` calls (deployments/scheduler_client.py). Tokens come straight back
-from the granted replica through a streaming `DeploymentHandle`. Classification and estimation run
-here, from a local copy of the drift statistics refreshed in the background (no per-request call).
+``submit`` / ``poll`` / ``release_many`` calls (deployments/scheduler_client.py); the scheduler actor
+feeds the observed length to the drift statistics from there. Tokens come straight back from the
+granted replica through a streaming `DeploymentHandle`, which is sent the request and nothing of its
+estimate. Classification and estimation run here, from a local copy of the drift statistics
+refreshed in the background (no per-request call).
 
 Every wait has a deadline: acquiring waits at most the queue timeout (plus a little for a scheduler
 restart), and each token at most the stall timeout. A request that ends any way — finished, client
@@ -15,6 +17,7 @@ gone, replica failure, timeout — releases its slot exactly once.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 import uuid
@@ -25,13 +28,12 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RequestCancelledError
 
 from deployments.actors import ActorUnavailable, call
-from deployments.engine import GenerationRequest, TokenDelta, Usage
-from deployments.replica import EstimateKey
+from deployments.engine import FinishReason, GenerationRequest, TokenDelta, Usage
 from deployments.scheduler_actor import AcquireResult, AcquireStatus
 from deployments.scheduler_client import SchedulerClient
-from deployments.telemetry import RequestTimings
+from deployments.telemetry import Outcome, RequestTimings
 from driftsched.core.intake import Intake
-from driftsched.core.request import Request
+from driftsched.core.request import Request, Ticket
 from serve_app.config import GatewayConfig
 from serve_app.errors import (
     ErrorCode,
@@ -64,10 +66,19 @@ class Prepared:
     """A validated, classified, estimated request, ready to acquire a slot."""
 
     request: GenerationRequest
-    estimate: EstimateKey
-    ticket: object
+    ticket: Ticket
+    """What the scheduler queues: category, raw and corrected estimates, and the rest."""
     tenant: str
     started: float
+
+
+class RunEnd(enum.StrEnum):
+    """How one run of a request on a replica ended (`Gateway._forward_run`)."""
+
+    DONE = "done"  # finished: the final delta is on the lease
+    ERROR = "error"  # an engine failure, already on the lease as an error
+    PREEMPTED = "preempted"  # the scheduler took it off the replica: resume
+    FAILED = "failed"  # the replica was lost: resume elsewhere
 
 
 @dataclass(slots=True)
@@ -132,21 +143,19 @@ class Gateway:
             list(sampling.stop), target_tokens if self.benchmark_mode else None,
             top_p=sampling.top_p, seed=sampling.seed, prompt_token_ids=prompt.token_ids,
         )
-        estimate = EstimateKey(tenant, ticket.category, ticket.bucket, ticket.raw_estimate,
-                               ticket.corrected_estimate)
-        return Prepared(gen, estimate, ticket, tenant, started)
+        return Prepared(gen, ticket, tenant, started)
 
     async def acquire(self, prepared: Prepared) -> tuple[str, float]:
         """Wait for a grant: (replica id, queue wait); GatewayError for 429/503/504."""
         timeout = self.config.queue_timeout_s
         try:  # a cancellation (client went away while queued) is withdrawn by the client
-            result = await self.client.acquire(prepared.ticket, timeout)  # type: ignore[arg-type]
+            result = await self.client.acquire(prepared.ticket, timeout)
         except ActorUnavailable:
             raise scheduler_unavailable() from None
         if result.status is AcquireStatus.GRANTED and result.replica_id is not None:
             return result.replica_id, result.queue_wait_s
         if result.status is AcquireStatus.EXPIRED:
-            self.release(prepared, "", None, RequestTimings(prepared.tenant, outcome="timeout"))
+            self.release(prepared, "", None, RequestTimings(prepared.tenant, outcome=Outcome.TIMEOUT))
         raise acquire_error(result, timeout)
 
     def release(self, prepared: Prepared, replica_id: str, output_tokens: int | None,
@@ -170,7 +179,8 @@ class Gateway:
         from the next grant. The client sees one stream and one `usage` (its own prompt, every
         generated token).
         """
-        timings = RequestTimings(prepared.tenant, queue_wait_s=queue_wait_s, outcome="client_disconnect",
+        timings = RequestTimings(prepared.tenant, queue_wait_s=queue_wait_s,
+                                 outcome=Outcome.CLIENT_DISCONNECT,
                                  prompt_tokens=prepared.request.prompt_tokens)
         output_tokens: int | None = None
         run, produced, failovers = prepared.request, _Produced(), 0
@@ -178,33 +188,34 @@ class Gateway:
         try:
             while True:
                 handle = self.llm.options(stream=True)  # type: ignore[attr-defined]
-                response = handle.generate.remote(run, prepared.estimate, target_replica=replica_id)
+                response = handle.generate.remote(run, target_replica=replica_id)
                 end = await self._forward_run(prepared, replica_id, response, produced, timings, out,
                                               may_fail_over=failovers < _MAX_FAILOVERS)
-                if end == "error":
+                if end is RunEnd.ERROR:
                     return  # released as not completed: an engine failure teaches drift nothing
-                if end == "done":
+                if end is RunEnd.DONE:
                     output_tokens = timings.output_tokens
                     break
                 response.cancel()
-                failed = end == "failed"
+                failed = end is RunEnd.FAILED
                 failovers += failed
                 replica_id = await self._resume(prepared, replica_id, timings.output_tokens, failed)
                 run = resumed_request(prepared.request, "".join(produced.text), produced.token_ids,
                                       timings.output_tokens)
             out.put_nowait(None)
         except GatewayError as err:  # could not resume within the queue deadline
-            timings.outcome = "timeout" if err.code is ErrorCode.QUEUE_TIMEOUT else "resume_failed"
+            queue_timeout = err.code is ErrorCode.QUEUE_TIMEOUT
+            timings.outcome = Outcome.TIMEOUT if queue_timeout else Outcome.RESUME_FAILED
             out.put_nowait(err)
         except StopAsyncIteration:
-            timings.outcome = "replica_error"
+            timings.outcome = Outcome.REPLICA_ERROR
             out.put_nowait(GatewayError(ErrorCode.REPLICA_ERROR, "the replica ended early"))
         except TimeoutError:
-            timings.outcome = "timeout"
+            timings.outcome = Outcome.TIMEOUT
             out.put_nowait(GatewayError(ErrorCode.REPLICA_STALLED,
                                         f"no token for {self.config.stall_timeout_s:g}s"))
         except (RayActorError, RayTaskError, RequestCancelledError) as exc:
-            timings.outcome = "replica_error"
+            timings.outcome = Outcome.REPLICA_ERROR
             logger.warning("request %s failed on replica %s: %s", prepared.request.request_id,
                            replica_id, type(exc).__name__)
             out.put_nowait(GatewayError(ErrorCode.REPLICA_FAILED,
@@ -212,7 +223,7 @@ class Gateway:
         except asyncio.CancelledError:  # the client went away: nobody reads `out` any more
             raise
         except Exception:  # never end the pump without a terminal item: the client would wait for ever
-            timings.outcome = "replica_error"
+            timings.outcome = Outcome.REPLICA_ERROR
             logger.exception("request %s failed on replica %s", prepared.request.request_id, replica_id)
             out.put_nowait(GatewayError(ErrorCode.INTERNAL, "the request failed inside the gateway; retry"))
         finally:
@@ -223,10 +234,9 @@ class Gateway:
     async def _forward_run(self, prepared: Prepared, replica_id: str, response: Any,
                            produced: _Produced, timings: RequestTimings,
                            out: asyncio.Queue[TokenDelta | GatewayError | None],
-                           may_fail_over: bool) -> str:
-        """Forward one run's deltas onto `out`; returns how it ended: "done", "error" (an engine
-        failure, already on `out`), "preempted", or "failed" (its replica was lost; only when
-        `may_fail_over`, else the error propagates)."""
+                           may_fail_over: bool) -> RunEnd:
+        """Forward one run's deltas onto `out`; returns how it ended (`RunEnd`; FAILED only when
+        `may_fail_over`, else the replica's loss propagates as its error)."""
         started = False
         while True:
             # A granted replica that never answers is unreachable (dead, or no longer routable): give
@@ -240,22 +250,22 @@ class Gateway:
                     raise  # a stall mid-stream is the replica's answer, not its loss
                 logger.warning("request %s: replica %s lost (%s); resuming elsewhere",
                                prepared.request.request_id, replica_id, type(exc).__name__)
-                return "failed"
+                return RunEnd.FAILED
             started = True
             if delta.error is not None:
-                timings.outcome = "engine_error"
+                timings.outcome = Outcome.ENGINE_ERROR
                 out.put_nowait(engine_error(delta.error.code, delta.error.message))
-                return "error"
+                return RunEnd.ERROR
             if delta.num_tokens or delta.text:
                 if timings.ttft_s is None:
                     timings.ttft_s = time.monotonic() - prepared.started
                 timings.output_tokens += delta.num_tokens
                 produced.text.append(delta.text)
                 produced.token_ids.extend(delta.token_ids or ())
-            if delta.finish_reason == "preempted":
+            if delta.finish_reason == FinishReason.PREEMPTED:
                 if delta.num_tokens or delta.text:
                     out.put_nowait(replace(delta, finish_reason=None))
-                return "preempted"
+                return RunEnd.PREEMPTED
             if delta.finish_reason is not None:
                 if delta.usage is not None:  # the client's own prompt, every generated token
                     delta = replace(delta, usage=Usage(prepared.request.prompt_tokens, timings.output_tokens))
@@ -263,9 +273,9 @@ class Gateway:
                     timings.engine_queue_s = delta.timing.queued_s
                     timings.engine_ttft_s = delta.timing.first_token_s
                 out.put_nowait(delta)
-                timings.outcome = "ok"
+                timings.outcome = Outcome.OK
                 timings.e2e_s = time.monotonic() - prepared.started
-                return "done"
+                return RunEnd.DONE
             out.put_nowait(delta)
 
     async def _resume(self, prepared: Prepared, replica_id: str, generated: int, failed: bool) -> str:

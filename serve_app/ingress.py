@@ -29,8 +29,8 @@ from ray import serve
 from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException
 
-from deployments.actors import ActorUnavailable, call
-from deployments.replica import ActorNames
+from deployments.actors import ActorNames, ActorUnavailable, call
+from deployments.drift_actor import DriftSnapshot
 from driftsched.core.drift import DriftTracker
 from driftsched.core.intake import Intake
 from serve_app.config import AppConfig
@@ -220,8 +220,8 @@ class Ingress:
         lease = self.gateway.start(prepared, replica, queue_wait)
         shaper = ResponseShaper(chat, self.model_name)
         headers = {"x-driftsched-request-id": prepared.request.request_id,
-                   "x-driftsched-category": prepared.estimate.category,
-                   "x-driftsched-estimated-tokens": f"{prepared.estimate.corrected:.1f}",
+                   "x-driftsched-category": prepared.ticket.category,
+                   "x-driftsched-estimated-tokens": f"{prepared.ticket.corrected_estimate:.1f}",
                    "x-driftsched-replica": replica}
         try:
             first = await lease.next()
@@ -275,7 +275,8 @@ class Ingress:
         while True:
             await asyncio.sleep(self.config.gateway.drift_refresh_s)
             try:
-                boot, merges, snap = await asyncio.wait_for(self.drift.snapshot.remote(), 5.0)
+                latest: DriftSnapshot = await asyncio.wait_for(self.drift.snapshot.remote(), 5.0)
+                boot, merges, snap = latest.boot_id, latest.changes, latest.state
                 if seen is not None and boot != seen[0] and self._drift_copy:
                     # A new instance: offer the pre-restart copy even if batches reached it first;
                     # the actor lays the first copy under them (or ignores it: see DriftActor).

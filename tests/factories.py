@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from driftsched.core.clock import ManualClock
 from driftsched.core.config import CoreConfig, TenantConfig
-from driftsched.core.request import SizeClass, Ticket
+from driftsched.core.request import Ticket
 from driftsched.core.scheduler import Scheduler
 from policies import make_policy
 
@@ -24,7 +24,6 @@ def make_ticket(
         tier=tier,
         weight=weight,
         category="chat",
-        size_class=SizeClass.MEDIUM,
         prompt_tokens=prompt_tokens,
         max_tokens=4096,
         raw_estimate=estimate,

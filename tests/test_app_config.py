@@ -3,18 +3,20 @@ naming the field; every config this project ships or builds still passes."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import app_args, vllm_replicas
+from pydantic import BaseModel
 
+from benchmarks import bench_gateway
 from driftsched.bench.live import load_app_args, policy_args
-from driftsched.core.config import parse_core_config
+from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, TenantConfig, parse_core_config
 from driftsched.core.errors import ConfigError
 from policies import POLICIES
 from serve_app.app import build_app
+from serve_app.config import AppConfig, parse_app_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,6 +98,29 @@ def test_a_bad_policy_option_fails_the_build_naming_it(policy, options, needle):
     assert needle in message
 
 
+def test_the_scheduler_runs_bounded_with_options_derived_from_the_deployment():
+    tenants = [{"name": "gold", "latency_slo_s": 4.0}, {"name": "bronze"}, {"name": "tiny"}]
+    args = app_args(**{"core.scheduler.policy": "bounded", "core.tenants": tenants,
+                       "gateway.queue_timeout_s": 25.0})
+    core = parse_app_config(args).scheduler_core()
+    assert core.scheduler.policy_options == {"horizon_s": 25.0, "tenant_horizon_s": {"gold": 4.0}}
+    args["core"]["scheduler"]["policy_options"] = {"horizon_s": 10.0}  # what the config gives wins
+    assert parse_app_config(args).scheduler_core().scheduler.policy_options["horizon_s"] == 10.0
+    args["core"]["scheduler"]["policy"] = "fifo"  # a policy that derives nothing gets nothing
+    args["core"]["scheduler"]["policy_options"] = {}
+    assert parse_app_config(args).scheduler_core().scheduler.policy_options == {}
+
+
+def test_the_code_defaults_are_the_shipped_scheduling():
+    config = parse_app_config({"core": {"tenants": [{"name": "a"}]}})
+    assert config.core.scheduler.policy == "bounded"
+    assert config.core.scheduler.preemption.enabled is False
+    assert config.gateway.queue_timeout_s == DEFAULT_QUEUE_TIMEOUT_S
+    assert config.scheduler_core().scheduler.policy_options == {
+        "horizon_s": DEFAULT_QUEUE_TIMEOUT_S, "tenant_horizon_s": {}
+    }
+
+
 def test_vllm_context_must_hold_the_largest_admitted_request(tmp_path):
     args = app_args(replicas=vllm_replicas("/nonexistent/model", tmp_path))
     assert "exceeds replicas.engine_args.max_model_len (512)" in _build(args)
@@ -117,6 +142,27 @@ def test_shipped_configs_build(name):
     build_app(_shipped(name))
 
 
+def _defaults_repeated(model: type[BaseModel], given: dict[str, Any], path: str) -> list[str]:
+    """The settings under `given` (a mapping for `model`) whose value is the code's default."""
+    found = []
+    for key, value in given.items():
+        field, where = model.model_fields[key], f"{path}.{key}"
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel) and isinstance(value, dict):
+            found += _defaults_repeated(nested, value, where)
+        elif key == "tenants":
+            for i, tenant in enumerate(value):
+                found += _defaults_repeated(TenantConfig, tenant, f"{where}.{i}")
+        elif value == field.get_default(call_default_factory=True):
+            found.append(where)
+    return found
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config.cpu.yaml", "config.l4.yaml"])
+def test_shipped_configs_say_only_what_differs_from_the_code(name):
+    assert _defaults_repeated(AppConfig, _shipped(name), "args") == []
+
+
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_the_configs_tests_and_benchmarks_build_are_valid(policy):
     build_app(app_args(**{"core.scheduler.policy": policy}))
@@ -126,9 +172,4 @@ def test_the_configs_tests_and_benchmarks_build_are_valid(policy):
 
 
 def test_the_benchmark_configs_are_valid():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_gateway
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     build_app(bench_gateway._driftsched_args())

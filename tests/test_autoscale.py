@@ -224,7 +224,8 @@ def test_simulation_adds_and_retires_replicas_mid_run() -> None:
 
     perf = PerfModel(max_num_seqs=16)
     workload = paper_workload(600, seed=1, replicas=2, load=1.0, perf=perf, with_text=False)
-    sim = Simulation(workload, "fifo", perf, 1, core_config_for(workload, perf))
+    # a deadline no request reaches here (one replica for a while at load 1.0): every one finishes
+    sim = Simulation(workload, "fifo", perf, 1, core_config_for(workload, perf), queue_timeout_s=3600.0)
     end = workload.items[-1].arrival_s
     added: list[int] = []
     sim.at(end * 0.2, lambda: added.append(sim.add_replica()))
@@ -245,18 +246,18 @@ def test_simulation_adds_and_retires_replicas_mid_run() -> None:
 def test_scheduler_grants_only_to_replicas_serve_routes_to() -> None:
     import asyncio
 
-    from deployments.scheduler_actor import AcquireStatus, SchedulerActor
+    from deployments.scheduler_actor import AcquireStatus, Release, SchedulerActor, Submission
     from driftsched.core.placement import Capacity
 
     async def scenario() -> tuple[object, ...]:
         actor = SchedulerActor({"tenants": [{"name": "a"}], "scheduler": {"policy": "fifo"}})
         await actor.report("old", Capacity(4, 4, 20_000, (), 20_000))
-        first = await actor.acquire(make_ticket(1), 5.0)
+        first = (await actor.submit("c", [Submission(make_ticket(1), 5.0)])).results["r1"]
         await actor.backlog(10.0, None, ["new"])  # Serve stops "old" and routes to "new"
         await actor.report("old", Capacity(4, 3, 20_000, ("r1",), 20_000))  # roomier than "new"
         await actor.report("new", Capacity(2, 2, 10_000, (), 10_000))
-        second = await actor.acquire(make_ticket(2), 5.0)
-        await actor.release("r1", "old", 10)  # what ran on the stopped replica ends as usual
+        second = (await actor.submit("c", [Submission(make_ticket(2), 5.0)])).results["r2"]
+        await actor.release_many([Release("r1", "old", 10)])  # what ran on the stopped replica ends
         summary = await actor.backlog(10.0)
         return first, second, summary
 

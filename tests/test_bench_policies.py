@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-try:
-    import bench_policies as bench
-finally:
-    sys.path.pop(0)
+from benchmarks import bench_policies as bench
 
 
 def test_variant_options_reach_the_simulated_policy(monkeypatch):

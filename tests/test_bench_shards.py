@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks import bench_shards
 from driftsched.sim.perf_model import PerfModel
 from driftsched.sim.records import from_simulation
 from driftsched.sim.simulator import Simulation, core_config_for
 from driftsched.sim.workload import paper_workload
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-try:
-    import bench_shards
-finally:
-    sys.path.pop(0)
 
 PERF = PerfModel()
 WORKLOAD = paper_workload(400, seed=3, replicas=2, load=1.0)

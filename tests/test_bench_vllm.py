@@ -9,15 +9,10 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-try:
-    import bench_vllm as bench
-finally:
-    sys.path.pop(0)
+from benchmarks import bench_vllm as bench
 
 CORES = sorted(os.sched_getaffinity(0))
 
@@ -139,6 +134,7 @@ def test_the_tiny_model_refuses_shapes_vllm_cannot_run(tmp_path, hidden, layers)
         build_tiny_model(tmp_path, hidden_size=hidden, num_layers=layers)
 
 
+@pytest.mark.slow
 def test_the_step_probe_times_real_vllm(tiny_model_dir, tmp_path):  # the fixture skips without vLLM
     step_ms = bench.probe_step_ms(tiny_model_dir, 2, tmp_path, CORES[-1])
     assert 0.1 < step_ms < 1000  # the default tiny model steps in about 1-6 ms on 2 cores

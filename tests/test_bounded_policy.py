@@ -11,8 +11,9 @@ from factories import make_ticket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from driftsched.core.policy import PolicyContext
 from driftsched.core.request import Ticket
-from policies import BoundedSjfPolicy, make_policy
+from policies import BoundedSjfPolicy, make_policy, resolve_options
 from policies.sjf import kv_area
 
 HORIZON = 100.0
@@ -166,3 +167,21 @@ def test_rank_is_the_static_heap_order(name, options):
 def test_bad_options_say_what_to_use(options, message):
     with pytest.raises(ValueError, match=message):
         make_policy("bounded", **options)
+
+
+def test_the_horizon_is_the_queue_timeout_and_a_tenants_its_latency_objective():
+    context = PolicyContext(queue_timeout_s=45.0, latency_slo_s={"slo": 5.0, "other": 30.0})
+    derived = resolve_options("bounded", {}, context)
+    assert derived == {"horizon_s": 45.0, "tenant_horizon_s": {"slo": 5.0, "other": 30.0}}
+    policy = make_policy("bounded", **derived)
+    assert policy.bound_s(make_ticket(1, tenant="slo")) == 5.0  # type: ignore[attr-defined]
+    assert policy.bound_s(make_ticket(2, tenant="none")) == 45.0  # type: ignore[attr-defined]
+
+
+def test_given_options_win_over_derived_ones_tenant_by_tenant():
+    context = PolicyContext(queue_timeout_s=45.0, latency_slo_s={"slo": 5.0, "other": 30.0})
+    given = {"horizon_s": 20.0, "tenant_horizon_s": {"other": 2.0, "new": 1.0}}
+    assert resolve_options("bounded", given, context) == {
+        "horizon_s": 20.0,
+        "tenant_horizon_s": {"slo": 5.0, "other": 2.0, "new": 1.0},
+    }

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from driftsched.core.classify import Classifier
-from driftsched.core.config import ClassifierConfig, load_core_config, parse_core_config
+from driftsched.core.config import load_core_config, parse_core_config
 from driftsched.core.errors import ConfigError
-from driftsched.core.request import SizeClass
 
 YAML = """
 tenants:
@@ -45,10 +44,7 @@ def test_yaml_round_trip(tmp_path):
             {"tenants": [{"name": "a"}], "estimator": {"drift": {"shift_min_samples": 40}}},
             "lower shift_min_samples or enlarge shift_window",
         ),
-        (
-            {"tenants": [{"name": "a"}], "classifier": {"short_below": 600}},
-            "lower short_below or raise long_from",
-        ),
+        ({"tenants": [{"name": "a"}], "classifier": {"short_below": 600}}, "short_below"),
     ],
 )
 def test_validation_messages_state_value_and_fix(data, message):
@@ -80,12 +76,3 @@ def test_non_mapping_yaml_is_refused(tmp_path):
 def test_category_rules(given, prompt, max_tokens, text, expected):
     assert Classifier().category(given, prompt, max_tokens, text) == expected
 
-
-def test_size_class_thresholds():
-    c = Classifier(ClassifierConfig(short_below=100, long_from=400))
-    assert [c.size_class(x) for x in (99, 100, 399, 400)] == [
-        SizeClass.SHORT,
-        SizeClass.MEDIUM,
-        SizeClass.MEDIUM,
-        SizeClass.LONG,
-    ]

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,11 @@ import openai
 import pytest
 from conftest import METRICS_TOKEN, _free_port, app_args, scheduler_handle
 
+from k8s import dashboard, kustomize
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # k8s/ is not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from k8s import dashboard, kustomize  # noqa: E402
-
 MODEL = "driftsched-sim"
-ARGS = app_args(**{
+ARGS = app_args(benchmark_mode=True, **{
     "core.scheduler.policy": "priority",
     "core.scheduler.preemption": {"enabled": True, "wait_s": 0.3, "min_run_s": 0.1,
                                   "max_per_request": 1, "near_end_tokens": 32},
@@ -194,6 +190,7 @@ async def _second_round(base_url: str) -> list[int]:
     return list(await asyncio.gather(*short, *refused, *long))
 
 
+@pytest.mark.slow
 def test_every_panel_query_returns_series_from_a_real_prometheus(
     serve_cluster: Any, prometheus_binary: str, tmp_path: Path
 ) -> None:

@@ -2,7 +2,8 @@
 
 Pushes are idempotent per (sender, batch number); a seed after a restart goes under the batches of the
 new boot and never counts a batch twice; the snapshot file round-trips and wins over seeds; a corrupt
-file starts the actor empty.
+file starts the actor empty, and so does a store that stays unreachable (after a few tries). The Redis
+store is tested on a real Redis in tests/test_snapshot_store.py.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deployments.drift_actor import DriftActor
+from deployments.drift_actor import RESTORE_TRIES, DriftActor
 from driftsched.core.config import DriftConfig
 from driftsched.core.drift import DriftTracker
 
@@ -45,8 +47,7 @@ def count(state: dict[str, Any]) -> int:
 
 
 async def state_of(actor: DriftActor) -> dict[str, Any]:
-    _boot, _changes, state = await actor.snapshot()
-    return state
+    return (await actor.snapshot()).state
 
 
 def reference(obs: list[Observation]) -> DriftTracker:
@@ -137,10 +138,9 @@ def test_a_seed_brings_the_snapshot_version_forward_so_every_ingress_refreshes()
     async def scenario() -> tuple[int, int]:
         actor = DriftActor(DRIFT)
         await actor.merge("r1:x", 1, batch(observations(2)))
-        _, changes_before, _ = await actor.snapshot()
+        changes_before = (await actor.snapshot()).changes
         await actor.seed(batch(observations(5, start=-10)))
-        _, changes_after, _ = await actor.snapshot()
-        return changes_before, changes_after
+        return changes_before, (await actor.snapshot()).changes
 
     before, after = asyncio.run(scenario())
     assert after > before
@@ -201,9 +201,36 @@ def test_a_corrupt_snapshot_file_starts_empty_with_a_log(tmp_path: Path, text: s
     assert any("cannot restore drift snapshot" in r.getMessage() for r in caplog.records)
 
 
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_store_is_tried_a_few_times_then_the_actor_starts_empty_and_takes_a_seed(
+    caplog: Any,
+):
+    location = f"redis://127.0.0.1:{closed_port()}/driftsched:drift"  # connection refused
+
+    async def scenario() -> tuple[list[bool], int]:
+        actor = DriftActor(DRIFT, location, persist_every_s=60, restore_retry_s=0.01)
+        answers = await asyncio.gather(  # calls that arrive during the restore all wait for it
+            actor.merge("s:1", 1, batch(observations(2))), actor.seed(batch(observations(30, start=-40))))
+        return list(answers), count(await state_of(actor))
+
+    with caplog.at_level(logging.WARNING, logger="deployments.drift_actor"):
+        answers, total = asyncio.run(scenario())
+    assert answers == [True, True] and total == 32  # the seed went under the batch of this boot
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("retrying" in m for m in messages) == RESTORE_TRIES - 1
+    assert sum("starting empty" in m for m in messages) == 1
+
+
 # ---------------------------------------------------------------- through Ray
 
 
+@pytest.mark.slow
 def test_statistics_survive_a_ray_restart_of_the_actor(serve_cluster: Any):
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
@@ -212,17 +239,17 @@ def test_statistics_survive_a_ray_restart_of_the_actor(serve_cluster: Any):
 
     actor = drift_actor(f"test.drift.{time.monotonic_ns()}", DRIFT, None)
     assert ray.get(actor.merge.remote("r1:x", 1, batch(observations(10))))
-    boot, _, copy = ray.get(actor.snapshot.remote())
+    first = ray.get(actor.snapshot.remote())
+    boot, copy = first.boot_id, first.state
     ray.kill(actor, no_restart=False)
     new_boot, deadline = boot, time.monotonic() + 30
     while new_boot == boot and time.monotonic() < deadline:  # the same handle, a new instance
         try:
-            new_boot, _, _ = ray.get(actor.snapshot.remote(), timeout=5)
+            new_boot = ray.get(actor.snapshot.remote(), timeout=5).boot_id
         except (RayActorError, GetTimeoutError):
             time.sleep(0.2)
     assert new_boot != boot
     assert ray.get(actor.merge.remote("r1:x", 2, batch(observations(3, start=10))))
     assert ray.get(actor.seed.remote(copy))  # what an ingress does when it sees the new boot
-    _, _, state = ray.get(actor.snapshot.remote())
-    assert count(state) == 13
+    assert count(ray.get(actor.snapshot.remote()).state) == 13
     ray.kill(actor, no_restart=True)

@@ -14,7 +14,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from deployments.engine import EngineErrorCode, EngineFailure, GenerationRequest, TokenDelta, Usage
-from deployments.scheduler_actor import AcquireResult, AcquireStatus
+from deployments.scheduler_actor import AcquireResult, AcquireStatus, Release
 from driftsched.core.config import parse_core_config
 from driftsched.core.intake import Intake
 from serve_app.config import GatewayConfig
@@ -69,7 +69,7 @@ class FakeLLM:
     def generate(self) -> FakeLLM:
         return self
 
-    def remote(self, run: GenerationRequest, estimate: Any, target_replica: str) -> FakeResponse:
+    def remote(self, run: GenerationRequest, target_replica: str) -> FakeResponse:
         self.runs.append((target_replica, run))
         response = FakeResponse(self.scripts[target_replica].pop(0))
         self.responses.append(response)
@@ -88,13 +88,14 @@ class FakeScheduler:
         self.grants = list(grants or [])
         self.resume_error = resume_error
         self.resumes: list[tuple[str, int, bool]] = []
-        self.releases: list[tuple[str, int | None, str]] = []
+        self.releases: list[tuple[str, int | None, str | None]] = []
         self.release_many = _Method(self._release_many)
         self.resume = _Method(self._resume)
 
-    def _release_many(self, items: list[tuple[str, str, int | None, Any]]) -> Any:
+    def _release_many(self, items: list[Release]) -> Any:
         """Records at the call, as a Ray call is sent at once; returns the awaitable reply."""
-        self.releases += [(replica, tokens, timings.outcome) for _rid, replica, tokens, timings in items]
+        self.releases += [(item.replica_id, item.output_tokens, item.timings and item.timings.outcome)
+                          for item in items]
         return asyncio.sleep(0)
 
     async def _resume(self, ticket: Any, replica: str, generated: int, timeout: float,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,10 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # k8s/ is not an installed package; `pytest` alone may not add the root
-    sys.path.insert(0, str(ROOT))
+from deployments.snapshot_store import REDIS_PASSWORD_ENV, RedisSnapshotStore, open_snapshot_store
+from k8s import kustomize, render
 
-from k8s import kustomize, render  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 K8S = ROOT / "k8s"
 CRD = ROOT.parent / "shared" / "k8s-schemas" / "ray.io_rayservices.v1.7.0.yaml"
@@ -180,12 +178,12 @@ def test_slot_based_autoscaling_is_added_only_when_queue_aware_scaling_is_off() 
     (llm,) = [d for d in deployed["applications"][0]["deployments"] if d["name"] == render.LLM_DEPLOYMENT]
     autoscaling = llm.pop("autoscaling_config")
     assert deployed == source
-    args = render.app_args(source)
-    assert autoscaling["max_replicas"] == args["replicas"]["num_replicas"]
+    replicas = render.typed_args(render.app_args(source)).replicas  # defaults where the file is silent
+    assert autoscaling["max_replicas"] == replicas.num_replicas
     llm["autoscaling_config"] = autoscaling
-    assert render.pool_max(deployed) == args["replicas"]["num_replicas"]
+    assert render.pool_max(deployed) == replicas.num_replicas
     assert autoscaling["min_replicas"] >= 1, "with no replica nothing reaches LLMReplica to scale it up"
-    assert autoscaling["target_ongoing_requests"] <= args["replicas"]["max_num_seqs"]
+    assert autoscaling["target_ongoing_requests"] <= replicas.max_num_seqs
 
 
 def test_dev_serve_config_differs_from_prod_only_in_size_and_model() -> None:
@@ -194,7 +192,8 @@ def test_dev_serve_config_differs_from_prod_only_in_size_and_model() -> None:
     dev_replicas = dev["applications"][0]["args"].pop("replicas")
     prod_replicas = prod["applications"][0]["args"].pop("replicas")
     assert dev == prod
-    changed = {k for k in prod_replicas if dev_replicas[k] != prod_replicas[k]}
+    keys = prod_replicas.keys() | dev_replicas.keys()  # dev may set what prod leaves at the default
+    changed = {k for k in keys if dev_replicas.get(k) != prod_replicas.get(k)}
     assert changed == {"num_replicas", "model", "served_model_name", "autoscaling"}
     assert dev_replicas["autoscaling"]["max_replicas"] == render.DEV_MAX_L4
 
@@ -230,8 +229,8 @@ def test_cluster_matches_the_serve_config(overlay: Path) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_secrets_reach_every_ray_container(overlay: Path) -> None:
     service = _rayservice(overlay)
-    auth = render.app_args(yaml.safe_load(service["spec"]["serveConfigV2"]))["auth"]
-    keys_env, token_env = auth["keys_env"], auth["metrics_token_env"]
+    auth = render.typed_args(render.app_args(yaml.safe_load(service["spec"]["serveConfigV2"]))).auth
+    keys_env, token_env = auth.keys_env, auth.metrics_token_env
     cluster = service["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     for pod in pods:
@@ -282,21 +281,27 @@ def test_prod_scrapes_app_and_ray_metrics_and_exposes_tenant_traffic() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_drift_snapshot_is_on_a_volume_every_ray_pod_shares(overlay: Path) -> None:
+def test_drift_snapshot_is_in_the_gcs_redis_every_pod_reaches_no_volume_of_its_own(overlay: Path) -> None:
     resources = kustomize.build(overlay)
-    claims = {r["metadata"]["name"]: r for r in resources if r["kind"] == "PersistentVolumeClaim"}
-    assert claims[render.STATE_CLAIM]["spec"]["accessModes"] == ["ReadWriteMany"]
+    claims = [r["metadata"]["name"] for r in resources if r["kind"] == "PersistentVolumeClaim"]
+    assert claims == ["driftsched-redis"]  # Redis's own disk, and nothing for the drift snapshot
     service = _rayservice(overlay)
-    snapshot = render.app_args(yaml.safe_load(service["spec"]["serveConfigV2"]))["gateway"][
+    cluster = service["spec"]["rayClusterConfig"]
+    gcs = cluster["gcsFaultToleranceOptions"]
+    location = render.app_args(yaml.safe_load(service["spec"]["serveConfigV2"]))["gateway"][
         "drift_snapshot_path"
     ]
-    cluster = service["spec"]["rayClusterConfig"]
+    store = open_snapshot_store(location, {})
+    assert isinstance(store, RedisSnapshotStore)
+    assert f"{store.host}:{store.port}" == gcs["redisAddress"]  # the GCS fault-tolerance Redis
+    services = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Service"}
+    redis_service = services[store.host]
+    assert store.port in [p["port"] for p in redis_service["spec"]["ports"]]
     pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
-    for pod in pods:
-        (volume,) = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
-        assert volume["persistentVolumeClaim"]["claimName"] == render.STATE_CLAIM
-        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
-        assert Path(snapshot).is_relative_to(mount["mountPath"]), "the same file from every node"
+    for pod in pods:  # the drift actor may (re)start on any of them
+        assert not [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env[REDIS_PASSWORD_ENV]["valueFrom"] == gcs["redisPassword"]["valueFrom"]
 
 
 def test_render_refuses_a_node_local_drift_snapshot() -> None:

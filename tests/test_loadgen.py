@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _items(n: int, gap: float = 0.01) -> list[WorkloadItem]:
     return [
-        WorkloadItem(i * gap, ("a", "b")[i % 2], "chat", 40, 64, 5 + i % 3, None, None) for i in range(n)
+        WorkloadItem(i * gap, ("a", "b")[i % 2], "chat", 40, 64, 5 + i % 3, None) for i in range(n)
     ]
 
 
@@ -61,7 +61,7 @@ def test_the_body_carries_the_intake_fields_and_the_declared_category():
         assert (body["prompt"], body["max_tokens"]) == (fields.prompt_text, item.max_tokens)
         assert fields.prompt_tokens == approx_tokens(fields.prompt_text) >= item.prompt_tokens
         assert body["model"] == "m" and body["driftsched_target_tokens"] <= item.max_tokens
-        assert "priority" not in body and fields.priority is None  # the API has no such field
+        assert "priority" not in body  # the API has no such field: a tenant's tier comes with its key
     unknown = WorkloadItem(0.0, "a", "", 40, 64, 5)  # not a category the service knows: none declared
     assert intake_fields(unknown).category is None and "category" not in request_body(unknown, target)
 
@@ -208,8 +208,8 @@ def test_policy_args_run_the_simulated_policy_options_on_the_replicas_clock():
     from serve_app.config import parse_app_config
 
     bounded = parse_app_config(policy_args({"core": {}}, core, "bounded", 0.1, 30.0, 20)).core.scheduler
-    options = bounded.policy_options
-    assert options == {"horizon_s": pytest.approx(60.0), "tenant_horizon_s": {"a": pytest.approx(1.0)}}
+    options = bounded.policy_options  # the horizon the simulator derives, 300 modelled s: the gateway's 30
+    assert options == {"horizon_s": pytest.approx(30.0), "tenant_horizon_s": {"a": pytest.approx(1.0)}}
     preemption = bounded.preemption
     assert (preemption.wait_s, preemption.min_run_s) == (pytest.approx(0.2), pytest.approx(0.1))
     # another policy gets its own defaults, not the configured policy's options (as in the simulator)

@@ -9,8 +9,17 @@ from factories import make_ticket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S
 from driftsched.core.errors import PolicyOptionsError, UnknownPolicyError
-from policies import POLICIES, Policy, make_policy, options_on_clock
+from policies import (
+    POLICIES,
+    Policy,
+    PolicyContext,
+    RankedPolicy,
+    make_policy,
+    options_on_clock,
+    resolve_options,
+)
 
 ALL = sorted(POLICIES)
 
@@ -233,9 +242,12 @@ def test_core_does_not_import_policies() -> None:
 
 
 def test_time_options_follow_the_clock_and_others_pass_unchanged():
-    assert options_on_clock("bounded", {}, 0.1) == {"horizon_s": pytest.approx(60.0)}
+    assert options_on_clock("bounded", {"horizon_s": 600.0}, 0.1) == {"horizon_s": pytest.approx(60.0)}
+    default = options_on_clock("bounded", {}, 0.1)  # the constructor's default, converted too
+    assert default == {"horizon_s": pytest.approx(0.1 * DEFAULT_QUEUE_TIMEOUT_S)}
     scaled = options_on_clock("bounded", {"size_ref": 500.0, "tenant_horizon_s": {"t": 10.0}}, 0.5)
-    assert scaled == {"size_ref": 500.0, "horizon_s": 300.0, "tenant_horizon_s": {"t": 5.0}}
+    assert scaled == {"size_ref": 500.0, "horizon_s": 0.5 * DEFAULT_QUEUE_TIMEOUT_S,
+                      "tenant_horizon_s": {"t": 5.0}}
     relative = options_on_clock("relative", {"area_per_s": 100.0}, 0.5)
     assert relative == {"area_per_s": 200.0, "horizon_s": 600.0}  # no wait cap stays no cap
     assert options_on_clock("aging", {}, 2.0) == {"age_step_s": 20.0}
@@ -244,3 +256,22 @@ def test_time_options_follow_the_clock_and_others_pass_unchanged():
         make_policy(name, **options_on_clock(name, {}, 0.25))
     with pytest.raises(ValueError, match="time_scale must be > 0"):
         options_on_clock("bounded", {}, 0.0)
+
+
+# -- the protocol and the options a policy derives from the service --------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_registered_policy_declares_the_protocol(name):
+    cls = POLICIES[name]
+    assert Policy in cls.__mro__  # declared (mypy checks it), not merely shaped like one
+    ranked = callable(getattr(cls, "rank", None))
+    assert (RankedPolicy in cls.__mro__) == ranked  # a rank is declared, never found by accident
+
+
+def test_options_a_policy_does_not_derive_pass_unchanged():
+    context = PolicyContext(45.0, {"a": 5.0})
+    assert resolve_options("fifo", {}, context) == {}
+    assert resolve_options("aging", {"age_step_s": 5.0}, context) == {"age_step_s": 5.0}
+    for name in ALL:  # whatever it derives, the policy accepts
+        make_policy(name, **resolve_options(name, {}, context))

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from factories import make_ticket
 
-from deployments.scheduler_actor import AcquireStatus
+from deployments.scheduler_actor import AcquireStatus, Release, Submission
 from deployments.scheduler_client import SchedulerClient
 from driftsched.core.placement import Capacity
 from driftsched.core.request import RejectReason
+
+pytestmark = pytest.mark.slow
 
 CONFIG = {"tenants": [{"name": "a", "max_queued": 1000}],
           "scheduler": {"policy": "fifo", "max_queued_total": 1000}}
@@ -181,9 +183,9 @@ def test_a_client_that_stops_polling_has_its_outbox_dropped_and_grants_freed(act
         await actor.report.remote("r0", slots(1))
         t1, t2, t3 = make_ticket(1), make_ticket(2), make_ticket(3)
         # a client that submits, takes the grant it is answered with, then dies (never polls)
-        _, answers = await actor.submit.remote("ghost", [(t1, 30.0), (t2, 30.0), (t3, 30.0)])
-        assert answers["r1"].status is AcquireStatus.GRANTED
-        await actor.release_many.remote([("r1", "r0", 5, None)])  # r2 is granted into the outbox
+        answers = await actor.submit.remote("ghost", [Submission(t, 30.0) for t in (t1, t2, t3)])
+        assert answers.results["r1"].status is AcquireStatus.GRANTED
+        await actor.release_many.remote([Release("r1", "r0", 5)])  # r2 is granted into the outbox
         held = await sizes(actor)
         await asyncio.sleep(1.0 + 0.6)  # the grace, then the maintenance loop's next round
         dropped = await sizes(actor)

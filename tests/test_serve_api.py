@@ -15,7 +15,7 @@ from driftsched.core.config import CATEGORIES
 
 pytestmark = pytest.mark.slow
 
-ARGS = app_args(**{
+ARGS = app_args(benchmark_mode=True, **{
     "replicas.time_scale": 0.1,
     "core.scheduler.max_queued_total": 3,
     "core.scheduler.max_request_tokens": 8192,

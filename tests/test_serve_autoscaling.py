@@ -49,7 +49,7 @@ async def _burst(base_url: str, n: int) -> list[str]:
 
 
 def test_burst_scales_up_serves_the_queue_on_new_replicas_and_scales_back(serve_cluster):
-    args = app_args(**{"replicas.autoscaling": AUTOSCALING, "replicas.time_scale": 1.0,
+    args = app_args(benchmark_mode=True, **{"replicas.autoscaling": AUTOSCALING, "replicas.time_scale": 1.0,
                        "replicas.stream_interval_s": 0.05})
     base_url = serve_cluster.deploy(args)
     # A redeploy over an earlier app returns before the old version's replicas have all stopped.

@@ -15,7 +15,7 @@ MODEL = "driftsched-sim"
 
 
 def test_killing_the_scheduler_under_load_leaves_no_request_hanging(serve_cluster):
-    args = app_args(**{"core.scheduler.policy": "weighted", "replicas.time_scale": 0.1,
+    args = app_args(benchmark_mode=True, **{"core.scheduler.policy": "weighted", "replicas.time_scale": 0.1,
                        "gateway.queue_timeout_s": 8})
     base_url = serve_cluster.deploy(args)
     scheduler = scheduler_handle(args)

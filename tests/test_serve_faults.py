@@ -16,7 +16,7 @@ import time
 import openai
 import pytest
 import ray
-from conftest import app_args, scheduler_handle
+from conftest import app_actor, app_args, scheduler_handle
 
 pytestmark = pytest.mark.slow
 MODEL = "driftsched-sim"
@@ -48,7 +48,7 @@ async def _stream(client, i):
 
 
 def test_killing_a_replica_mid_stream_resumes_its_requests_elsewhere(serve_cluster):
-    args = app_args(**{"replicas.time_scale": 0.1, "replicas.max_num_seqs": 4,
+    args = app_args(benchmark_mode=True, **{"replicas.time_scale": 0.1, "replicas.max_num_seqs": 4,
                        "core.scheduler.policy": "fifo", "gateway.queue_timeout_s": 30})
     base_url = serve_cluster.deploy(args)
 
@@ -101,23 +101,18 @@ def _under_kill(base_url, kill):
 
 
 def _fault_args():
-    return app_args(**{"replicas.time_scale": 0.1, "replicas.max_num_seqs": 4,
+    return app_args(benchmark_mode=True, **{"replicas.time_scale": 0.1, "replicas.max_num_seqs": 4,
                        "core.scheduler.policy": "fifo", "gateway.queue_timeout_s": 40,
                        "gateway.ingress_replicas": 2})
 
 
-def _named_actor(role, args):
-    from deployments.actors import NAMESPACE
-    from serve_app.config import parse_app_config
-
-    return ray.get_actor(f"driftsched.{role}.{parse_app_config(args).fingerprint()}", namespace=NAMESPACE)
 
 
 @pytest.mark.parametrize("role", ["scheduler", "drift"])
 def test_killing_a_shared_actor_loses_no_request(serve_cluster, role):
     args = _fault_args()
     base_url = serve_cluster.deploy(args)
-    results = _under_kill(base_url, lambda: ray.kill(_named_actor(role, args), no_restart=False))
+    results = _under_kill(base_url, lambda: ray.kill(app_actor(args, role), no_restart=False))
     assert results == [("done", TARGET)] * 20, results
     assert ray.get(scheduler_handle(args).ping.remote(), timeout=10) == "fifo"  # restarted, serving
 

@@ -36,7 +36,7 @@ async def _stream(base_url, key, t0, **kwargs):
 
 
 def test_a_long_runner_is_preempted_for_a_higher_tier_and_resumes_in_one_stream(serve_cluster):
-    args = app_args(**{
+    args = app_args(benchmark_mode=True, **{
         "core.scheduler.policy": "priority",
         "core.scheduler.preemption": {"enabled": True, "wait_s": 0.3, "min_run_s": 0.1,
                                       "max_per_request": 1, "near_end_tokens": 32},

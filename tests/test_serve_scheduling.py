@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 import ray
-from conftest import app_args, scheduler_handle
+from conftest import app_actor, app_args, scheduler_handle
 
 pytestmark = pytest.mark.slow
 MODEL = "driftsched-sim"
@@ -43,7 +43,7 @@ async def _contend(base_url, waiting):
 
 
 def test_priority_serves_high_tier_before_queued_low_tier(serve_cluster):
-    args = app_args(**{"core.scheduler.policy": "priority", "replicas.time_scale": 0.2})
+    args = app_args(benchmark_mode=True, **{"core.scheduler.policy": "priority", "replicas.time_scale": 0.2})
     base_url = serve_cluster.deploy(args)
     small = {"prompt": "hi", "max_tokens": 30, "extra_body": {"driftsched_target_tokens": 20}}
     waiting = [("sk-test-bronze", small)] * 4 + [("sk-test-gold", small)] * 4  # low tier arrives first
@@ -56,7 +56,7 @@ def test_priority_serves_high_tier_before_queued_low_tier(serve_cluster):
 
 
 def test_sjf_lets_short_jobs_overtake_long_ones(serve_cluster):
-    args = app_args(**{"core.scheduler.policy": "sjf", "replicas.time_scale": 0.2})
+    args = app_args(benchmark_mode=True, **{"core.scheduler.policy": "sjf", "replicas.time_scale": 0.2})
     base_url = serve_cluster.deploy(args)
     long = {"prompt": "write a detailed essay about rivers", "max_tokens": 1000,
             "extra_body": {"driftsched_target_tokens": 400}}
@@ -73,8 +73,8 @@ def test_sjf_lets_short_jobs_overtake_long_ones(serve_cluster):
     assert max(shorts) < min(longs) + 0.5, (shorts, longs)
 
 
-def test_drift_from_both_replicas_reaches_shared_stats_and_changes_estimates(serve_cluster):
-    args = app_args(**{"core.scheduler.policy": "fifo"})
+def test_drift_of_requests_on_both_replicas_reaches_shared_stats_and_changes_estimates(serve_cluster):
+    args = app_args(benchmark_mode=True, **{"core.scheduler.policy": "fifo"})
     base_url = serve_cluster.deploy(args)
     client = openai.OpenAI(base_url=base_url, api_key="sk-test-gold", max_retries=0, timeout=30)
     ask = {"model": MODEL, "prompt": "what is the capital of Peru?", "max_tokens": 60}
@@ -94,12 +94,10 @@ def test_drift_from_both_replicas_reaches_shared_stats_and_changes_estimates(ser
                                for _ in range(12)))
 
     asyncio.run(burst())
-    from serve_app.config import parse_app_config
-
-    drift = ray.get_actor(f"driftsched.drift.{parse_app_config(args).fingerprint()}", namespace="driftsched")
+    drift = app_actor(args, "drift")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        _boot, _merges, snap = ray.get(drift.snapshot.remote())
+        snap = ray.get(drift.snapshot.remote()).state
         counts = {(t, c): int(values[1]) for t, c, *values in snap["errors"]}
         if counts.get(("gold", "qa"), 0) >= 13:
             break

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from driftsched.cli import main
+from driftsched.core.config import CoreConfig
 from driftsched.sim.perf_model import PerfModel
 from driftsched.sim.simulator import ORACLE, UNCORRECTED, Simulation, core_config_for
 from driftsched.sim.workload import paper_workload
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 PERF = PerfModel()
+NO_DEADLINE_S = 3600.0  # longer than any request waits in these runs: every one finishes
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +25,13 @@ def workload():
 
 
 def run(workload, policy, replicas=2):
-    return Simulation(workload, policy, PERF, replicas, core_config_for(workload, PERF)).run()
+    config = core_config_for(workload, PERF)
+    return Simulation(workload, policy, PERF, replicas, config, queue_timeout_s=NO_DEADLINE_S).run()
 
 
-@pytest.mark.parametrize("policy", ["fifo", "priority", "weighted", "sjf", "aging", ORACLE, UNCORRECTED])
+@pytest.mark.parametrize(
+    "policy", ["fifo", "priority", "weighted", "sjf", "aging", "bounded", ORACLE, UNCORRECTED]
+)
 def test_every_request_finishes_exactly_once_in_causal_order(workload, policy):
     r = run(workload, policy)
     arrival = np.array([it.arrival_s for it in workload.items])
@@ -37,6 +42,15 @@ def test_every_request_finishes_exactly_once_in_causal_order(workload, policy):
     counters = r.stats.counters
     assert sum(c.completed for c in counters.values()) == len(workload.items)
     assert sum(r.stats.queued.values()) == 0 and sum(r.stats.in_flight.values()) == 0
+
+
+def test_bounded_takes_its_horizons_from_the_run_as_the_service_does(workload):
+    data = core_config_for(workload, PERF).model_dump()
+    data["tenants"][0]["latency_slo_s"] = 7.0
+    sim = Simulation(workload, "bounded", PERF, 2, CoreConfig.model_validate(data), queue_timeout_s=45.0)
+    policy = sim.scheduler.policy
+    assert policy.horizon_s == 45.0  # type: ignore[attr-defined]
+    assert policy.tenant_horizon_s == {data["tenants"][0]["name"]: 7.0}  # type: ignore[attr-defined]
 
 
 def test_runs_are_deterministic(workload):

@@ -11,13 +11,14 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
+from driftsched import results
 from driftsched.bench import fidelity
 from driftsched.bench.loadgen import LoadOptions, Target, run_load, to_records
 from driftsched.bench.service import scrape_metrics, service_estimator
@@ -31,17 +32,15 @@ from driftsched.sim.report import (
     write_results,
     write_summary,
 )
+from driftsched.sim.results_table import LEGEND, results_table
+from driftsched.sim.setup import PAPER_TENANT_MAP, load_app_args, parse_mapping
 from driftsched.sim.simulator import core_config_for
 
-# The local demo config (config.yaml): its tenants' public keys, and where the paper tenants go by tier.
+__all__ = ["add_live_arguments", "add_loadgen_arguments", "parse_mapping", "run_live", "run_loadgen"]
+
+# The local demo config (config.yaml): its tenants' public keys (the paper tenants go by PAPER_TENANT_MAP).
 DEMO_KEYS = {"interactive": "sk-demo-interactive", "batch": "sk-demo-batch", "free": "sk-demo-free"}
 DEMO_METRICS_TOKEN = "demo-metrics-token-public"  # config.yaml's auth.demo_metrics_token
-DEMO_TENANT_MAP = {
-    "support-bot": "interactive",
-    "code-assist": "batch",
-    "docs-pipeline": "batch",
-    "content-studio": "free",
-}
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
 logger = logging.getLogger(__name__)
@@ -137,25 +136,16 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--no-fidelity", action="store_true", help="skip the simulated side-by-side")
+    parser.add_argument(
+        "--results-md",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the Markdown results page (always in OUT/results.md) to PATH "
+        "(the headline run: docs/results/bench-live.md)",
+    )
     # 0.25: at 0.1 the 2-core machine's front-end fell behind the modelled pace (makespan up to 1.29x)
     _add_pacing(parser, time_scale=0.25, timeout=150.0)
-
-
-def parse_mapping(values: list[str] | None, what: str) -> dict[str, str]:
-    """`a=b` pairs and/or JSON/YAML files of a mapping, merged in order."""
-    out: dict[str, str] = {}
-    for value in values or ():
-        if "=" in value and not Path(value).exists():
-            left, _, right = value.partition("=")
-            if not left or not right:
-                raise ValueError(f"{what}: expected NAME=VALUE, got {value!r}")
-            out[left] = right
-            continue
-        data = yaml.safe_load(Path(value).read_text())  # JSON is YAML
-        if not isinstance(data, dict):
-            raise ValueError(f"{what}: {value} must hold a mapping")
-        out.update({str(k): str(v) for k, v in data.items()})
-    return out
 
 
 def _options(args: argparse.Namespace) -> LoadOptions:
@@ -182,7 +172,7 @@ def run_loadgen(args: argparse.Namespace) -> int:
     tenant_map = (
         parse_mapping(args.tenant_map, "--tenant-map")
         if args.tenant_map
-        else {t: s for t, s in DEMO_TENANT_MAP.items() if s in keys}
+        else {t: s for t, s in PAPER_TENANT_MAP.items() if s in keys}
     )
     perf = perf_model.PerfModel(perf_model.MODEL_SHAPES[args.model])
     workload = build_workload(args, perf)
@@ -221,7 +211,7 @@ def run_loadgen(args: argparse.Namespace) -> int:
 
 
 def run_live(args: argparse.Namespace) -> int:
-    from driftsched.bench.live import LivePlan, load_app_args, run_policies
+    from driftsched.bench.live import LivePlan, run_policies
 
     _quiet_http_logs()
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -243,12 +233,18 @@ def run_live(args: argparse.Namespace) -> int:
         "time_scale": args.time_scale,
         "wall_s": time.perf_counter() - started,
     }
-    summary = write_results(runs, meta, args.out, plots=not args.no_plots)
+    objectives = {t.name: t.latency_slo_s for t in core.tenants}
+    summary = write_results(runs, meta, args.out, plots=not args.no_plots, objectives=objectives)
     print(
         f"{workload.name}: {len(workload.items)} requests per policy, live on {replicas} replicas "
         f"({model}), time scale {args.time_scale:g}, {meta['wall_s']:.0f} s; latencies in modelled s"
     )
     print(format_table(summary))
+    replicas_run = (
+        f"{replicas} simulated NVIDIA L4 replicas ({model}) at time scale {args.time_scale:g}"
+        if simulated else f"{replicas} replicas ({model})"
+    )
+    write_live_page(args, summary, policies, f"live Ray Serve app, {replicas_run}")
     if simulated and not args.no_fidelity:
         sims = fidelity.simulate(  # the gateway's queue deadline, in modelled seconds
             workload, policies, perf, replicas, core, queue_timeout_s=args.timeout / args.time_scale
@@ -270,6 +266,21 @@ def run_live(args: argparse.Namespace) -> int:
         )
     print(f"results in {args.out}/ (summary.json, requests.csv, requests_simulated.csv, *.png)")
     return 0
+
+
+def write_live_page(
+    args: argparse.Namespace, summary: dict[str, Any], policies: list[str], setup: str
+) -> None:
+    """results.md in --out, and at --results-md when given (see `driftsched.results`)."""
+    command = getattr(args, "command_line", None) or results.command_line("driftsched", sys.argv[1:])
+    facts = (
+        f"{summary['workload']} workload, {summary['requests']} requests per policy, seed {summary['seed']}, "
+        f"on the app of `{summary['config']}` with each policy in turn. Latencies in modelled seconds "
+        "(wall time / time scale)."
+    )
+    text = results.page(results.provenance(command, setup), results_table(summary, policies), [facts, LEGEND])
+    for path in results.write_page(text, [args.out / "results.md", args.results_md]):
+        print(f"wrote {path}")
 
 
 def _live_perf(base_args: dict[str, Any]) -> tuple[perf_model.PerfModel, int, str, bool]:

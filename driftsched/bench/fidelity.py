@@ -18,10 +18,10 @@ from dataclasses import replace
 from typing import Any
 
 from driftsched.bench.prompts import intake_fields
-from driftsched.core.config import CoreConfig
+from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig
 from driftsched.sim.perf_model import PerfModel
 from driftsched.sim.records import RunRecords, from_simulation
-from driftsched.sim.simulator import DEFAULT_QUEUE_TIMEOUT_S, Simulation
+from driftsched.sim.simulator import Simulation
 from driftsched.sim.workload import Workload
 
 _FIGURES = (("e2e_s", "p50"), ("e2e_s", "p99"), ("ttft_s", "p50"))
@@ -33,7 +33,7 @@ def as_sent(workload: Workload) -> Workload:
     for it in workload.items:
         f = intake_fields(it)
         items.append(replace(it, category=f.category or "", prompt_text=f.prompt_text,
-                             prompt_tokens=f.prompt_tokens, max_tokens=f.max_tokens, priority=f.priority))
+                             prompt_tokens=f.prompt_tokens, max_tokens=f.max_tokens))
     return Workload(workload.name, items, workload.tenants)
 
 

@@ -23,20 +23,21 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from driftsched.bench.loadgen import LoadOptions, Target, run_load, to_records
 from driftsched.bench.service import LocalServe, scrape_estimator
 from driftsched.core.config import CoreConfig
 from driftsched.sim.records import RunRecords
+from driftsched.sim.setup import load_app_args  # re-exported: benchmarks read shipped configs with it
 from driftsched.sim.workload import Workload
-from policies import options_on_clock
+from policies import PolicyContext, options_on_clock, resolve_options
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["LivePlan", "bench_key", "load_app_args", "policy_args", "run_policies", "warm_up"]
 
 WARMUP_TENANT = "bench-warmup"
 _QUEUE_SLACK = 64
@@ -46,34 +47,28 @@ def bench_key(tenant: str) -> str:
     return f"sk-bench-{tenant}"
 
 
-def load_app_args(path: Path) -> dict[str, Any]:
-    """The DriftSched app's `args:` from a Serve config file (or a file holding just the args)."""
-    data = yaml.safe_load(path.read_text())
-    if isinstance(data, dict) and "applications" in data:
-        for app in data["applications"]:
-            if str(app.get("import_path", "")).startswith("serve_app.app"):
-                return dict(app.get("args") or {})
-        raise ValueError(f"{path}: no application with import_path serve_app.app:build_app")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a Serve config or the app's args mapping")
-    return data
-
-
-def _real_time_core(core: CoreConfig, policy: str, time_scale: float, queued: int) -> dict[str, Any]:
-    """`core` (workload seconds) for a service running `time_scale` real seconds per modelled second."""
+def _real_time_core(
+    core: CoreConfig, policy: str, time_scale: float, queued: int, timeout_s: float
+) -> dict[str, Any]:
+    """`core` (workload seconds) for a service running `time_scale` real seconds per modelled second
+    whose gateway expires queued requests after `timeout_s` real seconds."""
     data = core.model_dump(mode="json")
     for tenant in data["tenants"]:
         tenant["max_queued"] = queued
         for quota in ("requests_per_minute", "tokens_per_minute"):
             if tenant.get(quota) is not None:
                 tenant[quota] = tenant[quota] / time_scale
+        if tenant.get("latency_slo_s") is not None:
+            tenant["latency_slo_s"] *= time_scale
     data["tenants"].append({"name": WARMUP_TENANT, "tier": 0, "weight": 1.0})
     drift = data["estimator"]["drift"]
     drift["half_life_s"] *= time_scale
     drift["recent_half_life_s"] *= time_scale
     scheduler = data["scheduler"]
-    # the options the simulator gives this policy (simulator.py), on the replicas' clock
+    # the options the simulator gives this policy (simulator.py: the configured ones and those it
+    # derives from the run's queue deadline and tenants), on the replicas' clock
     options = scheduler["policy_options"] if policy == scheduler["policy"] else {}
+    options = resolve_options(policy, options, PolicyContext.of(core, timeout_s / time_scale))
     scheduler["policy_options"] = options_on_clock(policy, options, time_scale)
     scheduler["policy"] = policy
     scheduler["max_queued_total"] = queued
@@ -93,7 +88,7 @@ def policy_args(
     """The app args of one policy's run (see module docstring)."""
     args = copy.deepcopy(base)
     queued = num_items + _QUEUE_SLACK
-    args["core"] = _real_time_core(core, policy, time_scale, queued)
+    args["core"] = _real_time_core(core, policy, time_scale, queued, timeout_s)
     args["benchmark_mode"] = True
     tenants = [t["name"] for t in args["core"]["tenants"]]
     args["auth"] = {"demo_keys": {bench_key(t): t for t in tenants}, "keys_env": None, "keys_file": None}

@@ -1,9 +1,9 @@
 """What the service sees of a workload item: `intake_fields`, and the prompt text it sends.
 
 `intake_fields` is the one definition of the inputs a live request carries into the intake (prompt text,
-declared category, ``max_tokens``, per-request priority). `driftsched loadgen` builds its HTTP body from
-it, and the simulator builds its core `Request` from it, so both sides classify and estimate identical
-inputs. Ray-free: it imports no Ray, Serve or HTTP client.
+declared category, ``max_tokens``; a request's tier comes with its tenant's key). `driftsched loadgen`
+builds its HTTP body from it, and the simulator builds its core `Request` from it, so both sides
+classify and estimate identical inputs. Ray-free: it imports no Ray, Serve or HTTP client.
 
 The prompt text opens with a lead that carries its category's content cue (the item's own text when it
 has one) and is padded with neutral three-letter words to the item's ``prompt_tokens`` as the simulated
@@ -60,10 +60,6 @@ class IntakeFields:
     classifies the prompt."""
     max_tokens: int
     """The body's ``max_tokens``."""
-    priority: int | None
-    """Per-request tier override. Always None: the HTTP API has no such field (a tenant's tier comes
-    with its key), so an item's ``priority`` reaches neither the service nor, through here, the
-    simulator."""
 
 
 def intake_fields(item: WorkloadItem) -> IntakeFields:
@@ -83,5 +79,4 @@ def intake_fields(item: WorkloadItem) -> IntakeFields:
         prompt_tokens=approx_tokens(text),
         category=item.category if item.category in CATEGORIES else None,
         max_tokens=item.max_tokens,
-        priority=None,
     )

@@ -115,12 +115,12 @@ class LocalServe:
         import ray
         from ray import serve
 
-        from deployments.actors import NAMESPACE
+        from deployments.actors import NAMESPACE, ActorRole, actor_name
 
         serve.delete(APP_NAME)
-        for role in ("scheduler", "drift"):
+        for role in ActorRole:
             with contextlib.suppress(ValueError):  # never created, or already gone
-                ray.kill(ray.get_actor(f"{APP_NAME}.{role}.{self._fingerprint}", namespace=NAMESPACE))
+                ray.kill(ray.get_actor(actor_name(APP_NAME, role, self._fingerprint), namespace=NAMESPACE))
 
 
 def scrape_metrics(root: str, token: str, timeout_s: float = 10.0) -> str:

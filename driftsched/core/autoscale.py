@@ -42,7 +42,7 @@ _EPS = 1e-9
 class AutoscaleConfig(BaseModel):
     """Queue-aware autoscaling of the LLM replicas (`replicas.autoscaling`); off: a fixed pool."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
     enabled: bool = False
     """Scale the replicas with the scheduler's backlog; off keeps `replicas.num_replicas` fixed."""

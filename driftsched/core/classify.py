@@ -1,4 +1,4 @@
-"""Workload classification: a category per request, a size class per estimate.
+"""Workload classification: a category per request.
 
 Category rules, first match wins (deterministic, admission-time features only):
 
@@ -11,8 +11,7 @@ Category rules, first match wins (deterministic, admission-time features only):
 4. `max_tokens` at or below `short_max_tokens` → `qa`;
 5. otherwise `chat`.
 
-Size class: `short` below `short_below` corrected tokens, `long` from `long_from`, else `medium`.
-It is taken from the *corrected* estimate, so drift correction also fixes misclassification.
+A request's size is not a class here: policies order by the drift-corrected estimate itself.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import re
 
 from driftsched.core.config import CATEGORIES, ClassifierConfig
-from driftsched.core.request import SizeClass
 
 _CUES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("code", re.compile(r"```|\bdef |\bclass |\bfunction\b|\bcode\b|\bpython\b|\bsql\b|\bbug\b")),
@@ -31,7 +29,7 @@ _CUE_SCAN_CHARS = 4000  # cues sit in the instruction; do not scan megabytes of 
 
 
 class Classifier:
-    """Rule-based category and size-class assignment (rules in the module docstring)."""
+    """Rule-based category assignment (rules in the module docstring)."""
 
     def __init__(self, config: ClassifierConfig | None = None) -> None:
         self.config = config or ClassifierConfig()
@@ -57,11 +55,3 @@ class Classifier:
         if max_tokens <= self.config.short_max_tokens:
             return "qa"
         return "chat"
-
-    def size_class(self, corrected_estimate: float) -> SizeClass:
-        """Short / medium / long from the corrected estimate."""
-        if corrected_estimate < self.config.short_below:
-            return SizeClass.SHORT
-        if corrected_estimate >= self.config.long_from:
-            return SizeClass.LONG
-        return SizeClass.MEDIUM

@@ -24,10 +24,14 @@ DEFAULT_PRIORS: dict[str, float] = {
     "longform": 768.0,
 }
 
+DEFAULT_QUEUE_TIMEOUT_S = 60.0
+"""Longest a request waits in its queue before it is answered 504: the gateway's `queue_timeout_s`
+default, the simulator's deadline, and what `bounded` takes as its horizon unless told otherwise."""
+
 
 class _Strict(BaseModel):
     # No setting has a meaning at infinity or NaN; refusing them here keeps NaN out of every bound check.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 def _known_categories(value: dict[str, float]) -> dict[str, float]:
@@ -54,7 +58,9 @@ class TenantConfig(_Strict):
     max_queued: int = 1000
     """Most requests this tenant may have waiting at once."""
     latency_slo_s: float | None = None
-    """Optional end-to-end latency objective, reported per tenant."""
+    """Optional end-to-end latency objective, reported per tenant. Under `bounded` it is also this
+    tenant's horizon (unless `policy_options.tenant_horizon_s` names the tenant): its requests are
+    passed by at most this many seconds' worth of later, smaller work."""
     output_scale: float = 1.0
     """Prior multiplier on every category's output estimate for this tenant (before any feedback)."""
 
@@ -87,19 +93,6 @@ class ClassifierConfig(_Strict):
     """A request with max_tokens at or below this and no other cue is `qa`."""
     long_prompt_tokens: int = Field(default=1500, ge=1)
     """A prompt at least this long with no other cue is `summarize`."""
-    short_below: float = 128
-    """Corrected estimates below this are size class `short`."""
-    long_from: float = 512
-    """Corrected estimates at or above this are size class `long`."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ClassifierConfig:
-        if not 0 < self.short_below < self.long_from:
-            raise ValueError(
-                f"need 0 < short_below < long_from, got short_below={self.short_below}, "
-                f"long_from={self.long_from}; lower short_below or raise long_from"
-            )
-        return self
 
 
 class DriftConfig(_Strict):
@@ -128,6 +121,7 @@ class DriftConfig(_Strict):
     """Learn finer factors per prompt-length bucket under each (tenant, category): half-octaves, then
     quarter-octaves, each shrunk toward the coarser one."""
     min_factor: float = 0.05
+    """Lower clamp on the correction factor (see `max_factor`)."""
     max_factor: float = 20.0
     """Clamp on the correction factor, so one outlier cannot zero or explode estimates."""
 
@@ -193,7 +187,12 @@ class PreemptionConfig(_Strict):
     """
 
     enabled: bool = False
-    """Off by default; the default config turns it on (policies without a rank never preempt)."""
+    """Off by default. A preempted request gives back its slot but not its work: it resumes by
+    prefilling its prompt and every token it generated again, work that lengthens the wait of everyone
+    behind it. With a replica's slots (`max_num_seqs`) the interactive tier's head seldom waits
+    `wait_s` for one, so preemption rarely fires and gains that tier little, while each firing costs a
+    recompute. Turn it on where a few slots are held by long runners and a tier's objective is at
+    risk. Policies without a rank (`weighted`) never preempt."""
     wait_s: float = 2.0
     """How long the head must have waited before anything is preempted for it."""
     min_run_s: float = 1.0
@@ -222,12 +221,17 @@ class PreemptionConfig(_Strict):
 class SchedulerConfig(_Strict):
     """Policy and system-wide admission limits."""
 
-    policy: str = Field(default="sjf", min_length=1)
-    """A registered policy name (fifo, priority, weighted, sjf, aging, bounded) or "module:Class".
-    The name and `policy_options` are checked by the entry points, which may import policies."""
+    policy: str = Field(default="bounded", min_length=1)
+    """A registered policy name (fifo, priority, weighted, sjf, aging, bounded, relative) or
+    "module:Class". `bounded` (smallest estimated KV area first within a head start bounded by the
+    queue timeout) keeps most of `sjf`'s median gain without letting the largest requests wait until
+    their deadline. The name and `policy_options` are checked by the entry points, which may import
+    policies."""
     policy_options: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for the policy's constructor (e.g. aging's `age_step_s`)."""
-    max_queued_total: int = Field(default=10_000, ge=1)
+    """Keyword arguments for the policy's constructor (e.g. aging's `age_step_s`). Options the policy
+    derives from the service are filled in where not given (`bounded`: `horizon_s` from the gateway's
+    `queue_timeout_s`, `tenant_horizon_s` from the tenants' `latency_slo_s`)."""
+    max_queued_total: int = Field(default=8000, ge=1)
     """Requests waiting across all tenants beyond which admission answers `system_overloaded`."""
     max_request_tokens: int = Field(default=32_768, ge=2)
     """Largest prompt_tokens + max_tokens accepted (the model's context length)."""
@@ -238,7 +242,9 @@ class SchedulerConfig(_Strict):
     kv_growth_tokens: int = 128
     """H: KV room held back per running request for its next H output tokens (fewer near its
     estimated end), and for a new request's first H, when placing work (`driftsched.core.placement`).
-    0 places by the prompt alone; the default was picked by a simulator sweep (README)."""
+    0 places by the prompt alone, so running requests grow into engine preemptions (recompute) once
+    the cache fills; a large H leaves cache idle that could hold more requests. The default sits between
+    the two (compare values with `benchmarks/bench_policies.py --scheduler '{"kv_growth_tokens": H}'`)."""
     preemption: PreemptionConfig = Field(default_factory=PreemptionConfig)
     """Preempt-and-resume settings (see `PreemptionConfig`)."""
 

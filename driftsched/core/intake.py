@@ -37,8 +37,6 @@ class Intake:
                 f"prompt_tokens + max_tokens = {request.prompt_tokens + request.max_tokens} exceeds "
                 f"the context limit {self.max_request_tokens}; shorten the prompt or lower max_tokens"
             )
-        elif request.priority is not None and not 0 <= request.priority <= 9:
-            problem = f"priority must be between 0 and 9, got {request.priority}"
         return None if problem is None else Admission(None, RejectReason.INVALID, problem)
 
     def ticket(self, request: Request, now: float) -> Ticket:
@@ -53,10 +51,9 @@ class Intake:
         return Ticket(
             request_id=request.request_id,
             tenant=request.tenant,
-            tier=tenant.tier if request.priority is None else request.priority,
+            tier=tenant.tier,
             weight=tenant.weight,
             category=category,
-            size_class=self.classifier.size_class(est.corrected),
             prompt_tokens=request.prompt_tokens,
             max_tokens=request.max_tokens,
             raw_estimate=est.raw,

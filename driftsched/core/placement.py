@@ -298,9 +298,6 @@ class Placement:
 
     # -- introspection ---------------------------------------------------------------------------
 
-    def has_free(self) -> bool:
-        return any(r.free_slots() > 0 for r in self._replicas.values())
-
     def replicas(self) -> Iterable[ReplicaState]:
         return self._replicas.values()
 

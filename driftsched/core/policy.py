@@ -1,16 +1,41 @@
-"""The policy protocol: what the scheduler asks of an ordering policy.
+"""The policy protocol: what the scheduler asks of an ordering policy, and what it may know of the service.
 
 Implementations live in the top-level `policies` package; the core depends only on this protocol, so it
 never imports them. Caller contract: `now` is passed in by the caller (the scheduler's injected clock, or
 the simulator's virtual clock); a policy never reads the time itself, so simulation and production order
 alike.
+
+A policy class may also take options it is not given from the service it runs in (`PolicyContext`): a
+classmethod ``derived_options(context) -> dict`` returns them, and the options a config gives win
+(`policies.resolve_options`). The service's settings then live in one place (e.g. `bounded`'s horizon is
+the queue timeout, not a second copy of it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
+from driftsched.core.config import CoreConfig
 from driftsched.core.request import Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """The service settings a policy may derive its unset options from."""
+
+    queue_timeout_s: float
+    """Longest a request waits in its queue before it expires (the gateway's `queue_timeout_s`, the
+    simulator's deadline)."""
+    latency_slo_s: Mapping[str, float] = field(default_factory=dict)
+    """Tenant -> its end-to-end latency objective, for the tenants that have one."""
+
+    @classmethod
+    def of(cls, config: CoreConfig, queue_timeout_s: float) -> PolicyContext:
+        """The context of a service running `config`'s tenants under `queue_timeout_s`."""
+        slos = {t.name: t.latency_slo_s for t in config.tenants if t.latency_slo_s is not None}
+        return cls(queue_timeout_s, slos)
 
 
 @runtime_checkable

@@ -10,14 +10,6 @@ import enum
 from dataclasses import dataclass, field
 
 
-class SizeClass(enum.StrEnum):
-    """Size class from the corrected output-token estimate."""
-
-    SHORT = "short"
-    MEDIUM = "medium"
-    LONG = "long"
-
-
 class RejectReason(enum.StrEnum):
     """Why admission refused a request (each maps to one HTTP status in the ingress)."""
 
@@ -40,8 +32,6 @@ class Request:
     arrival_time: float
     category: str | None = None
     """Category given by the caller, if any; otherwise the classifier picks one."""
-    priority: int | None = None
-    """Per-request tier override (0 is the highest); defaults to the tenant's tier."""
     prompt_text: str | None = None
     """Prompt text for content cues; used by the classifier only, never queued."""
     deadline: float | None = None
@@ -60,7 +50,6 @@ class Ticket:
     tier: int
     weight: float
     category: str
-    size_class: SizeClass
     prompt_tokens: int
     max_tokens: int
     raw_estimate: float

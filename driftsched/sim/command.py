@@ -1,29 +1,51 @@
 """`driftsched simulate`: build a workload, run every policy on it, report.
 
-The same core config (tenants from the workload, everything else from `--config` or defaults) is used
+The same core config (from `--config` or defaults; tenants as `driftsched.sim.setup` decides) is used
 for every policy, and each run gets a fresh scheduler, estimator and engines, so runs are independent
-and the whole command is deterministic for a given seed.
+and the whole command is deterministic for a given seed. Every run writes summary.json, requests.csv,
+the plots and results.md (`driftsched.results`: the table with its command line, commit and machine);
+``--results-md docs/results/simulate.md`` also writes that page where the docs include it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deployments.replica_config import ReplicaConfig
+from driftsched import results
 from driftsched.bench.prompts import intake_fields
-from driftsched.core.config import CoreConfig, load_core_config
+from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig
 from driftsched.sim import perf_model, traces
 from driftsched.sim.report import format_table, write_results, write_summary
+from driftsched.sim.results_table import LEGEND, results_table
 from driftsched.sim.seeds import aggregate, format_spread
-from driftsched.sim.simulator import DEFAULT_QUEUE_TIMEOUT_S, REFERENCES, Simulation, core_config_for
+from driftsched.sim.setup import ShippedSetup, load_setup, on_config_tenants, parse_mapping, tenant_map
+from driftsched.sim.simulator import (
+    ORACLE,
+    REFERENCES,
+    Simulation,
+    core_config_for,
+)
 from driftsched.sim.workload import Workload, paper_workload, scale_to_load
 
 TRACE_FORMATS = ("driftsched", "azure", "mooncake", "sharegpt")
 DEFAULT_POLICIES = "fifo,priority,weighted,sjf,aging"
 # Offered work 10% above what greedy (vLLM-style) admission sustains on the mix: sustained contention.
 DEFAULT_PAPER_LOAD = 1.1
+# Without --config: the replicas' own defaults (`ReplicaConfig`), as a config that names none gets.
+DEFAULT_REPLICAS = int(ReplicaConfig.model_fields["num_replicas"].default)
+DEFAULT_MODEL = str(ReplicaConfig.model_fields["model"].default)
+_DEFAULT_REPLICA = ReplicaConfig()
+DEFAULT_ENGINE = {
+    "max_num_seqs": _DEFAULT_REPLICA.max_num_seqs,
+    "max_num_batched_tokens": _DEFAULT_REPLICA.max_num_batched_tokens,
+    "engine_queue_slots": _DEFAULT_REPLICA.engine_queue_slots,
+}
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: int = 20_000) -> None:
@@ -64,28 +86,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policies",
         default=DEFAULT_POLICIES,
-        help=f"comma-separated policies (default {DEFAULT_POLICIES}); {', '.join(REFERENCES)} always run too",
-    )
-    parser.add_argument("--replicas", type=int, default=4, help="simulated L4 replicas (default 4)")
-    parser.add_argument(
-        "--model",
-        choices=sorted(perf_model.MODEL_SHAPES),
-        default="llama-3.1-8b-bf16",
-        help="model shape for the L4 performance model (default llama-3.1-8b-bf16)",
+        help=f"comma-separated policies (default {DEFAULT_POLICIES}); {', '.join(REFERENCES)} always run too "
+        "(in summary.json; in results.md only when named)",
     )
     parser.add_argument(
         "--config",
         type=Path,
         default=None,
-        help="YAML CoreConfig for estimator/classifier/scheduler settings "
-        "(its tenants are replaced by the workload's)",
+        help="a Serve config (e.g. config.l4.yaml), the app's args, or a bare core mapping: its scheduler, "
+        "estimator and classifier settings; a Serve config also gives the replicas, the model and the "
+        "queue deadline; its tenants are used when the workload's map onto them (see --tenant-map)",
+    )
+    parser.add_argument(
+        "--tenant-map",
+        action="append",
+        metavar="WORKLOAD=CONFIG|FILE",
+        help="workload tenant -> --config tenant, repeated, or a JSON/YAML file (default: same name, or "
+        "support-bot=interactive, code-assist=batch, docs-pipeline=batch, content-studio=free where the "
+        "config has those tenants; otherwise the workload's tenants replace the config's)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help=f"simulated L4 replicas (default: --config's replicas.num_replicas, else {DEFAULT_REPLICAS})",
+    )
+    parser.add_argument(
+        "--model",
+        choices=sorted(perf_model.MODEL_SHAPES),
+        default=None,
+        help=f"model shape for the L4 performance model (default: --config's replicas.model, else "
+        f"{DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--queue-timeout",
         type=float,
-        default=DEFAULT_QUEUE_TIMEOUT_S,
+        default=None,
         help="seconds a request may wait in its queue before it expires, as the gateway's "
-        f"queue_timeout_s answers 504 (default {DEFAULT_QUEUE_TIMEOUT_S:g})",
+        f"queue_timeout_s answers 504 (default: --config's gateway.queue_timeout_s, else "
+        f"{DEFAULT_QUEUE_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--seeds",
@@ -94,7 +133,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run seeds seed .. seed+N-1 (each in OUT/seed-S/) and report the median and spread (default 1)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory: summary.json, requests.csv, results.md, plots",
+    )
+    parser.add_argument(
+        "--results-md",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the Markdown results page to PATH (the headline run: docs/results/simulate.md)",
+    )
 
 
 def _trace_format(path: Path, given: str | None) -> str:
@@ -133,66 +184,137 @@ def build_workload(args: argparse.Namespace, perf: perf_model.PerfModel) -> Work
     return traces.load_sharegpt_lengths(args.trace, opts)
 
 
+@dataclass(frozen=True, slots=True)
+class SimSetup:
+    """What every seed of one `driftsched simulate` runs on: flags over `--config` over defaults."""
+
+    perf: perf_model.PerfModel
+    replicas: int
+    model: str
+    queue_timeout_s: float
+    base: CoreConfig | None
+    tenant_map: dict[str, str]
+    """``--tenant-map`` as given (empty: the default rule of `setup.tenant_map`)."""
+
+
+def resolve_setup(args: argparse.Namespace) -> SimSetup:
+    shipped = load_setup(args.config) if args.config else ShippedSetup(core=None)
+
+    def first(*values: Any) -> Any:  # the flag, else the config's, else the default
+        return next(v for v in values if v is not None)
+
+    model = first(args.model, shipped.model, DEFAULT_MODEL)
+    engine = dict(first(shipped.engine, DEFAULT_ENGINE))
+    replicas = first(args.replicas, shipped.replicas, DEFAULT_REPLICAS)
+    timeout = first(args.queue_timeout, shipped.queue_timeout_s, DEFAULT_QUEUE_TIMEOUT_S)
+    if replicas < 1 or not timeout > 0:
+        raise ValueError(f"need --replicas >= 1 and --queue-timeout > 0, got {replicas} and {timeout}")
+    perf = perf_model.PerfModel(perf_model.MODEL_SHAPES[model], **engine)
+    given = parse_mapping(getattr(args, "tenant_map", None), "--tenant-map")
+    return SimSetup(perf, replicas, model, timeout, shipped.core, given)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+    setup = resolve_setup(args)
     if args.seeds == 1:
-        summary = run_one(args, args.out)
+        summary = run_one(args, setup, args.out)
         print(format_table(summary))
-        print(f"results in {args.out}/ (summary.json, requests.csv, *.png)")
+        _write_page(args, setup, summary, f"seed {args.seed}")
+        print(f"results in {args.out}/ (summary.json, results.md, requests.csv, *.png)")
         return 0
     summaries = []
     for seed in range(args.seed, args.seed + args.seeds):
         one = argparse.Namespace(**{**vars(args), "seed": seed})
-        summaries.append(run_one(one, args.out / f"seed-{seed}"))
+        summaries.append(run_one(one, setup, args.out / f"seed-{seed}"))
     combined = aggregate(summaries)
     args.out.mkdir(parents=True, exist_ok=True)
     write_summary(combined, args.out)
-    print(f"median over seeds {args.seed}..{args.seed + args.seeds - 1}:")
+    seeds = f"seeds {args.seed}..{args.seed + args.seeds - 1}"
+    print(f"median over {seeds}:")
     print(format_table(combined["median"]))
     print("")
     print(format_spread(combined))
-    print(f"results in {args.out}/ (summary.json: median and spread; seed-*/ per seed)")
+    _write_page(args, setup, combined["median"], f"median of each figure over {seeds}")
+    print(f"results in {args.out}/ (summary.json: median and spread; results.md; seed-*/ per seed)")
     return 0
 
 
-def run_one(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def _write_page(args: argparse.Namespace, setup: SimSetup, summary: dict[str, Any], seeds: str) -> None:
+    """results.md in --out, and at --results-md when given."""
+    named = [p.strip() for p in args.policies.split(",") if p.strip()]
+    command = getattr(args, "command_line", None) or results.command_line("driftsched", sys.argv[1:])
+    source = results.provenance(command, f"modelled NVIDIA L4, {setup.model}, {setup.replicas} replicas")
+    mapping = summary.get("tenant_map")
+    tenants = (
+        "tenants: " + ", ".join(f"{w} → {c}" for w, c in mapping.items()) + " (the config's)"
+        if mapping else "tenants: the workload's"
+    )
+    facts = (
+        f"{summary['workload']} workload, {int(summary['requests'])} requests per policy, "
+        f"load {_load(summary.get('load'))}, {seeds}; queue deadline {setup.queue_timeout_s:g} s; {tenants}. "
+        "Latencies in modelled seconds."
+    )
+    notes = [facts, LEGEND]
+    if ORACLE in named:
+        notes.append(f"`{ORACLE}` is a simulator-only reference: SJF ordered by the true output length.")
+    text = results.page(source, results_table(summary, named), notes)
+    for path in results.write_page(text, [args.out / "results.md", args.results_md]):
+        print(f"wrote {path}")
+
+
+def _load(load: float | None) -> str:
+    return "as the trace's timestamps" if load is None else f"{load:g}"
+
+
+def run_one(args: argparse.Namespace, setup: SimSetup, out: Path) -> dict[str, Any]:
     """Every policy on one seed's workload; writes `out` and returns its summary."""
     from tqdm import tqdm
 
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     names += [r for r in REFERENCES if r not in names]
-    perf = perf_model.PerfModel(perf_model.MODEL_SHAPES[args.model])
-    base: CoreConfig | None = load_core_config(args.config) if args.config else None
-    workload = build_workload(args, perf)
-    config = core_config_for(workload, perf, base)
+    perf = setup.perf
+    load = args.load if args.load is not None or args.trace else DEFAULT_PAPER_LOAD
+    workload = build_workload(argparse.Namespace(**{**vars(args), "replicas": setup.replicas}), perf)
+    mapping = tenant_map(workload, setup.base, setup.tenant_map) if setup.base else None
+    if mapping is not None and setup.base is not None:
+        workload, config = on_config_tenants(workload, setup.base, mapping, perf.kv_capacity_tokens)
+    else:
+        config = core_config_for(workload, perf, setup.base)
     intake = [intake_fields(it) for it in workload.items]  # what the service would see, once
     runs = []
     started = time.perf_counter()
     with tqdm(total=len(workload.items) * len(names), unit="req", disable=None, leave=False) as bar:
         for name in names:
             sim = Simulation(
-                workload, name, perf, args.replicas, config, progress=bar.update,
-                queue_timeout_s=args.queue_timeout, intake=intake,
+                workload, name, perf, setup.replicas, config, progress=bar.update,
+                queue_timeout_s=setup.queue_timeout_s, intake=intake,
             )
             runs.append(sim.run())
     wall = time.perf_counter() - started
     meta: dict[str, Any] = {
         "workload": workload.name,
         "requests": len(workload.items),
-        "replicas": args.replicas,
-        "load": args.load,
+        "replicas": setup.replicas,
+        "load": load,
         "seed": args.seed,
-        "model": args.model,
-        "queue_timeout_s": args.queue_timeout,
+        "model": setup.model,
+        **({"config": str(args.config)} if args.config else {}),
+        **({"tenant_map": mapping} if mapping else {}),  # absent, not null: seeds.aggregate reads null as inf
+        "tenants": [t.name for t in config.tenants],
+        "queue_timeout_s": setup.queue_timeout_s,
         "kv_capacity_tokens": perf.kv_capacity_tokens,
         "wall_s": wall,
         "simulated_requests_per_wall_s": len(workload.items) * len(names) / wall,
     }
-    summary = write_results(runs, meta, out, plots=not args.no_plots, phase=workload.phases())
+    objectives = {t.name: t.latency_slo_s for t in config.tenants}
+    summary = write_results(
+        runs, meta, out, plots=not args.no_plots, phase=workload.phases(), objectives=objectives
+    )
     print(
-        f"{workload.name} seed {args.seed}: {len(workload.items)} requests, {args.replicas} replicas "
-        f"({args.model}), {len(names)} runs in {wall:.1f} s "
+        f"{workload.name} seed {args.seed}: {len(workload.items)} requests, {setup.replicas} replicas "
+        f"({setup.model}), {len(names)} runs in {wall:.1f} s "
         f"({meta['simulated_requests_per_wall_s']:,.0f} simulated req/s)"
     )
     return summary

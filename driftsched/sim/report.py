@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +107,62 @@ def group_oracle_errors(run: Run, phase: Sequence[int]) -> dict[str, float]:
     }
 
 
-def policy_summary(run: Run) -> dict[str, Any]:
-    """Latency percentiles overall and per tenant, counts, and run facts.
+def run_span_s(rec: RunRecords) -> float:
+    """Seconds from the first arrival to the last arrival or finish: the window goodput is over.
+
+    The same for every policy on one workload up to its drain, so goodputs compare as rates.
+    """
+    events = np.concatenate([rec.arrival, rec.finish])
+    events = events[~np.isnan(events)]
+    return float(events.max() - np.nanmin(rec.arrival)) if rec.arrival.size and events.size else 0.0
+
+
+def outcome_figures(
+    rec: RunRecords, mask: np.ndarray, span_s: float, objectives: Mapping[str, float]
+) -> dict[str, Any]:
+    """Shares, goodput, TTFT and SLO attainment of the requests in `mask` (all of a run's, or a tenant's).
+
+    Of the n requests sent: ``completed``, ``shed`` (refused at admission: quota, queue limits, size; a
+    live run's answers other than 200 and 504) and ``expired`` (left their queue at its deadline; a live
+    504) as shares of n. Goodput counts completed requests only: output tokens / span and requests /
+    span (`run_span_s`). TTFT is over completed requests. SLO attainment, present when a tenant in
+    `mask` has an objective o_t (``latency_slo_s``), is over those tenants' requests:
+    ``#{completed, e2e <= o_t} / n_t``, so a shed or expired request is a miss.
+    """
+    a = _arrays(rec)
+    n = int(mask.sum())
+    done = a["done"] & mask
+    expired = a["expired"] & mask
+    shed = ~rec.admitted & ~a["expired"] & mask
+    nan = float("nan")
+    out: dict[str, Any] = {
+        "requests": n,
+        "completed_share": done.sum() / n if n else nan,
+        "shed_share": shed.sum() / n if n else nan,
+        "expired_share": expired.sum() / n if n else nan,
+        "goodput_tokens_per_s": np.nansum(rec.output_tokens[done]) / span_s if span_s else nan,
+        "goodput_requests_per_s": done.sum() / span_s if span_s else nan,
+        "ttft_s": _pct(a["ttft"][done], 50, 99),
+    }
+    objective = np.array([objectives.get(str(t), np.nan) for t in a["tenant"]], dtype=float)
+    judged = mask & ~np.isnan(objective)
+    if judged.any():
+        met = judged & a["done"] & (a["e2e"] <= objective)
+        out["slo_attainment"] = float(met.sum() / judged.sum())
+    return {k: float(v) if isinstance(v, np.floating) else v for k, v in out.items()}
+
+
+def policy_summary(run: Run, objectives: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Latency percentiles overall and per tenant, outcome shares and goodput, counts, and run facts.
 
     E2E percentiles count every request that entered a queue: one that never finished (expired at its
     queue deadline, or failed after admission) is infinitely late. The mean, TTFT and wait are over
     completed requests. `rejected` counts requests refused at admission (quotas, caps, bad input).
+    `objectives` maps tenants to their end-to-end objective in seconds (`outcome_figures`).
     """
     rec = as_records(run)
+    objectives = {t: float(o) for t, o in (objectives or {}).items() if o is not None}
+    span = run_span_s(rec)
     a = _arrays(rec)
     done, expired = a["done"], a["expired"]
     failed = (rec.admitted | expired) & ~done
@@ -128,8 +176,12 @@ def policy_summary(run: Run) -> dict[str, Any]:
             "completed": int(mask.sum()),
             "expired": int((expired & mine).sum()),
             "rejected": int((~rec.admitted & ~expired & mine).sum()),
+            **outcome_figures(rec, mine, span, objectives),
         }
+    overall = outcome_figures(rec, np.ones(len(rec), dtype=bool), span, objectives)
     return {
+        "outcomes": {k: v for k, v in overall.items() if k != "ttft_s"},
+        "span_s": span,
         "e2e_s": {
             **_censored_pct(e2e, int(failed.sum()), 50, 90, 99),
             "mean": float(e2e.mean()) if e2e.size else float("nan"),
@@ -179,11 +231,16 @@ def comparisons(policies: dict[str, dict[str, Any]], estimator: dict[str, Any]) 
 
 
 def summarize(
-    results: Sequence[Run], meta: dict[str, Any], phase: Sequence[int] | None = None
+    results: Sequence[Run],
+    meta: dict[str, Any],
+    phase: Sequence[int] | None = None,
+    objectives: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    """The summary.json document; `phase` (drift phase per request) adds the group oracle."""
+    """The summary.json document; `phase` (drift phase per request) adds the group oracle;
+    `objectives` (tenant -> end-to-end objective, s) adds SLO attainment."""
     runs = [as_records(r) for r in results]
-    policies = {run.policy: policy_summary(run) for run in runs}
+    slo = {t: float(o) for t, o in (objectives or {}).items() if o is not None}
+    policies = {run.policy: policy_summary(run, slo) for run in runs}
     named = [r for r in runs if r.policy not in REFERENCES]
     source = next((r for r in named if r.policy == "sjf"), named[0] if named else runs[0])
     estimator: dict[str, Any] = dict(estimator_errors(source))
@@ -191,6 +248,7 @@ def summarize(
         estimator["group_oracle"] = group_oracle_errors(source, phase)
     return {
         **meta,
+        **({"latency_slo_s": slo} if slo else {}),
         "estimator": {**estimator, "from_policy": source.policy},
         "policies": policies,
         "comparisons": comparisons(policies, estimator),
@@ -373,11 +431,12 @@ def write_results(
     out: Path,
     plots: bool = True,
     phase: Sequence[int] | None = None,
+    objectives: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """Write summary.json, requests.csv and the plots under `out`; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
     runs = [as_records(r) for r in results]
-    summary = summarize(runs, meta, phase)
+    summary = summarize(runs, meta, phase, objectives)
     write_summary(summary, out)
     write_requests_csv(runs, out / "requests.csv")
     if plots:

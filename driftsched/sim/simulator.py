@@ -12,12 +12,15 @@ The simulator is the service on virtual time:
 
 * **the same intake inputs**: each request carries exactly what a live request built from the same
   workload item carries (`driftsched.bench.prompts.intake_fields`: synthesised prompt text, the declared
-  category, ``max_tokens``, priority), never the item's true length;
+  category, ``max_tokens``), never the item's true length;
 * **the same dispatch and placement**: after every arrival and every engine step the core `Dispatcher`
   grants the policy's head to the replica the `Placement` fit rule picks (a free slot and KV room for
   the prompt, from what the engines report), as the scheduler actor does with heartbeats;
 * **the same deadlines**: a ticket still queued ``queue_timeout_s`` after its arrival expires, as the
-  gateway's ``queue_timeout_s`` makes it answer 504; expired requests are failures in the results.
+  gateway's ``queue_timeout_s`` makes it answer 504; expired requests are failures in the results;
+* **the same policy options**: what a policy derives from the service (`policies.resolve_options`:
+  `bounded`'s horizon from the queue timeout, a tenant's from its latency objective) it derives here
+  from this run's ``queue_timeout_s`` and tenants.
 
 An engine that cannot admit more fuses decode iterations up to its next event or the next arrival.
 
@@ -38,21 +41,21 @@ import numpy as np
 from driftsched.bench.prompts import IntakeFields, intake_fields
 from driftsched.core.backlog import Backlog, BacklogMeter
 from driftsched.core.clock import ManualClock
-from driftsched.core.config import CoreConfig, TenantConfig
+from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig, TenantConfig
 from driftsched.core.dispatch import Dispatcher
 from driftsched.core.placement import Capacity, Placement
+from driftsched.core.policy import PolicyContext
 from driftsched.core.request import Request
 from driftsched.core.scheduler import Scheduler
 from driftsched.core.stats import SchedulerStats
 from driftsched.sim.engine import ContinuousBatchEngine, EngineSequence
 from driftsched.sim.perf_model import PerfModel
 from driftsched.sim.workload import Workload, WorkloadItem
-from policies import make_policy
+from policies import make_policy, resolve_options
 
 ORACLE = "sjf-oracle"
 UNCORRECTED = "sjf-uncorrected"
 REFERENCES = (ORACLE, UNCORRECTED)
-DEFAULT_QUEUE_TIMEOUT_S = 600.0
 
 
 @dataclass(slots=True)
@@ -128,7 +131,8 @@ class Simulation:
                 config = CoreConfig.model_validate(data)
         else:  # the configured options belong to the configured policy; any other runs on its defaults
             options = config.scheduler.policy_options if policy == config.scheduler.policy else {}
-            policy_obj = make_policy(policy, **options)
+            context = PolicyContext.of(config, queue_timeout_s)  # and each derives from this run
+            policy_obj = make_policy(policy, **resolve_options(policy, options, context))
         self.clock = ManualClock()
         self.scheduler = Scheduler(config, policy_obj, self.clock)
         self.placement = Placement(
@@ -224,7 +228,6 @@ class Simulation:
             fields.max_tokens,
             item.arrival_s,
             category=fields.category,
-            priority=fields.priority,
             prompt_text=fields.prompt_text,
             deadline=item.arrival_s + self.queue_timeout_s,
         )

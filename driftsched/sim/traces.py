@@ -1,8 +1,8 @@
 """Trace replay: a generic CSV format and loaders for the public traces in shared/traces.
 
 Generic CSV: header ``arrival_s,tenant,category,prompt_tokens,max_tokens,output_tokens`` (any order; extra
-columns allowed, ``priority`` is read when present). Bad rows raise ``TraceFormatError`` naming the file,
-line and column.
+columns are ignored: a request's tier comes with its tenant, as it does over HTTP). Bad rows raise
+``TraceFormatError`` naming the file, line and column.
 
 Public traces carry no tenant and no category, so both are assigned, seeded, from admission-time features
 only (never from the true output length):
@@ -100,7 +100,6 @@ def load_csv(
                 )
             if not row["tenant"]:
                 raise TraceFormatError(f"{path}:{line}: column 'tenant': empty")
-            priority = row.get("priority") or None
             items.append(
                 WorkloadItem(
                     _number(path, line, "arrival_s", row["arrival_s"], integer=False),
@@ -109,7 +108,6 @@ def load_csv(
                     _int(path, line, "prompt_tokens", row["prompt_tokens"]),
                     _int(path, line, "max_tokens", row["max_tokens"]),
                     _int(path, line, "output_tokens", row["output_tokens"]),
-                    None if priority is None else _int(path, line, "priority", priority),
                 )
             )
     items.sort(key=lambda it: it.arrival_s)

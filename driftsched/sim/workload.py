@@ -49,7 +49,6 @@ class WorkloadItem:
     prompt_tokens: int
     max_tokens: int
     output_tokens: int  # TRUE length: only the simulated engine may read it
-    priority: int | None = None
     prompt_text: str | None = None
 
 
@@ -262,7 +261,6 @@ def paper_workload(
             int(pt),
             int(mt),
             int(ot),
-            None,
             _TEXT[CATEGORIES[ci]][pk % len(_TEXT[CATEGORIES[ci]])] if with_text else None,
         )
         for (t, _), ti, ci, pt, mt, ot, pk in zip(
