@@ -75,7 +75,8 @@ SIZE_AWARE = pytest.mark.parametrize(
 
 @SIZE_AWARE
 @settings(max_examples=50, deadline=None)
-@given(estimates=st.lists(st.floats(1, 4096), min_size=1, max_size=60))
+# Whole tokens: sizes a rounding error apart may share a key, and ties go to admission order.
+@given(estimates=st.lists(st.integers(1, 4096).map(float), min_size=1, max_size=60))
 def test_smallest_area_first_among_simultaneous_arrivals(name, options, estimates):
     policy = make_policy(name, **options)
     for seq, estimate in enumerate(estimates, 1):
