@@ -39,6 +39,7 @@ import numpy as np
 from driftsched.bench.prompts import intake_fields
 from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig
 from driftsched.sim import perf_model, traces
+from driftsched.sim.command import DEFAULT_MODEL, DEFAULT_REPLICAS
 from driftsched.sim.report import policy_summary
 from driftsched.sim.simulator import Simulation, core_config_for
 from driftsched.sim.workload import (
@@ -274,8 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--loads", default="0.8,0.9,1.0,1.1", help="comma-separated offered loads")
     ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
     ap.add_argument("--requests", type=int, default=20_000)
-    ap.add_argument("--replicas", type=int, default=4)
-    ap.add_argument("--model", default="llama-3.1-8b-bf16", choices=sorted(perf_model.MODEL_SHAPES))
+    ap.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS)
+    ap.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(perf_model.MODEL_SHAPES))
     ap.add_argument("--queue-timeout", type=float, default=DEFAULT_QUEUE_TIMEOUT_S)
     ap.add_argument("--traces", type=Path, default=TRACES, help="folder holding the public traces")
     ap.add_argument(

@@ -11,6 +11,9 @@ is given at creation: the drift actor's name and what creating it needs.
 
 `call` wraps one remote call with a deadline: a call that fails because the actor died is retried
 until the deadline, then raises `ActorUnavailable`.
+
+Ray's handles are untyped; this module is where they become the typed handles of
+`deployments.handles` (`SchedulerHandle`, `DriftHandle`), which every caller uses.
 """
 
 from __future__ import annotations
@@ -19,15 +22,16 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 import ray
 from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from deployments.drift_actor import DriftActor
+from deployments.handles import DriftHandle, SchedulerHandle, cancel_call
 from deployments.scheduler_actor import SchedulerActor
 
 logger = logging.getLogger(__name__)
@@ -60,15 +64,14 @@ class DriftActorLink:
     ``merge``, inside the scheduler actor's process."""
 
     name: str
-    drift_config: dict[str, Any]
+    drift_config: dict[str, object]
     snapshot_path: str | None
-    _handle: Any = field(default=None, repr=False, compare=False)
+    _handle: DriftHandle | None = field(default=None, repr=False, compare=False)
 
-    async def merge(self, sender: str, seq: int, snapshot: dict[str, Any]) -> bool:
+    async def merge(self, sender: str, seq: int, snapshot: dict[str, object]) -> bool:
         if self._handle is None:
             self._handle = drift_actor(self.name, self.drift_config, self.snapshot_path)
-        applied: bool = await self._handle.merge.remote(sender, seq, snapshot)
-        return applied
+        return await self._handle.merge.remote(sender, seq, snapshot)
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,49 +81,60 @@ class ActorNames:
     The app name is only known inside a Serve replica, so the names are made there."""
 
     fingerprint: str
-    core_config: dict[str, Any]
+    core_config: dict[str, object]
     drift_snapshot_path: str | None
     replica_timeout_s: float
 
     def name(self, role: ActorRole) -> str:
         return actor_name(serve.get_replica_context().app_name, role, self.fingerprint)
 
-    def scheduler(self) -> Any:
+    def scheduler(self) -> SchedulerHandle:
         drift = DriftActorLink(self.name(ActorRole.DRIFT), self._drift_config(), self.drift_snapshot_path)
         return scheduler_actor(self.name(ActorRole.SCHEDULER), self.core_config, self.replica_timeout_s,
                                drift=drift)
 
-    def drift(self) -> Any:
+    def drift(self) -> DriftHandle:
         return drift_actor(self.name(ActorRole.DRIFT), self._drift_config(), self.drift_snapshot_path)
 
-    def _drift_config(self) -> dict[str, Any]:
-        drift: dict[str, Any] = self.core_config.get("estimator", {}).get("drift", {})
-        return drift
+    def _drift_config(self) -> dict[str, object]:
+        """`core_config`'s ``estimator.drift`` section ({} where absent: the defaults)."""
+        estimator = self.core_config.get("estimator", {})
+        drift = estimator.get("drift", {}) if isinstance(estimator, dict) else {}
+        return drift if isinstance(drift, dict) else {}
 
 
-def _named(cls: type, name: str, *args: Any) -> Any:
-    remote_cls = ray.remote(cls)
-    return remote_cls.options(  # type: ignore[attr-defined]
+def _named(cls: type, name: str, *args: object) -> object:
+    """The named, detached actor `name` of `cls`, created with `args` unless it exists: an untyped
+    Ray handle, which the callers below type."""
+    return ray.remote(cls).options(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         max_restarts=-1, max_task_retries=0, max_concurrency=100_000, num_cpus=0,
     ).remote(*args)
 
 
-def scheduler_actor(name: str, core_config: dict[str, Any], replica_timeout_s: float,
-                    client_grace_s: float | None = None, drift: DriftActorLink | None = None) -> Any:
+def scheduler_actor(name: str, core_config: dict[str, object], replica_timeout_s: float,
+                    client_grace_s: float | None = None,
+                    drift: DriftActorLink | None = None) -> SchedulerHandle:
     """The application's scheduler actor (created on first use); `drift`: where it sends observations."""
-    return _named(SchedulerActor, name, core_config, replica_timeout_s, client_grace_s, drift)
+    handle = _named(SchedulerActor, name, core_config, replica_timeout_s, client_grace_s, drift)
+    return cast(SchedulerHandle, handle)
 
 
-def drift_actor(name: str, drift_config: dict[str, Any], snapshot_path: str | None) -> Any:
+def lookup_scheduler(name: str) -> SchedulerHandle:
+    """The scheduler actor named `name` if it exists (never creates it); ValueError if it does not."""
+    return cast(SchedulerHandle, ray.get_actor(name, namespace=NAMESPACE))
+
+
+def drift_actor(name: str, drift_config: dict[str, object], snapshot_path: str | None) -> DriftHandle:
     """The application's drift statistics actor (created on first use)."""
-    return _named(DriftActor, name, drift_config, snapshot_path)
+    return cast(DriftHandle, _named(DriftActor, name, drift_config, snapshot_path))
 
 
 async def call(
-    make_ref: Callable[[], Any], deadline: float, *, retry_s: float = 0.2, what: str = "actor"
-) -> Any:
-    """Await ``make_ref()`` (an ObjectRef), retrying actor failures until ``deadline`` (monotonic)."""
+    make_ref: Callable[[], Awaitable[T]], deadline: float, *, retry_s: float = 0.2, what: str = "actor"
+) -> T:
+    """Await ``make_ref()`` (an actor call's ObjectRef), retrying actor failures until ``deadline``
+    (monotonic)."""
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -131,6 +145,6 @@ async def call(
         except (RayActorError, GetTimeoutError) as exc:
             logger.warning("%s call failed (%s); retrying until the deadline", what, type(exc).__name__)
         except TimeoutError:
-            ray.cancel(ref)
+            cancel_call(ref)
             raise ActorUnavailable(f"{what} did not answer in time") from None
         await asyncio.sleep(min(retry_s, max(0.0, deadline - time.monotonic())))

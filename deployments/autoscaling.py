@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
-import ray
 from ray.serve.config import AutoscalingConfig, AutoscalingContext, AutoscalingPolicy
 
-from deployments.actors import NAMESPACE, ActorRole, actor_name
+from deployments.actors import ActorRole, actor_name, lookup_scheduler
+from deployments.handles import SchedulerHandle
+from deployments.scheduler_actor import ShownDecision
 from driftsched.core.autoscale import AutoscaleConfig, QueueAwareScaler, ScaleDecision
 from driftsched.core.backlog import Backlog
 
@@ -38,22 +38,23 @@ _TIMEOUT_FRACTION = 0.8  # of the poll interval: one read at a time, never pilin
 class QueueAwarePolicy:
     """Serve's class-based autoscaling policy: backlog from the scheduler actor, decision by the core."""
 
-    def __init__(self, fingerprint: str, config: dict[str, Any]) -> None:
+    def __init__(self, fingerprint: str, config: dict[str, object]) -> None:
         self._fingerprint = fingerprint
         self._config = AutoscaleConfig.model_validate(config)
         self._scaler = QueueAwareScaler(self._config)
-        self._handle: Any = None
+        self._handle: SchedulerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_poll = -float("inf")
         self._backlog: Backlog | None = None
         self._received = -float("inf")
         self._decision: ScaleDecision | None = None
 
-    def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
+    def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, object]]:
         now = time.monotonic()
         if self._task is not None and self._task.done():
             self._task = None
-        if self._task is None and now - self._last_poll >= self._config.poll_interval_s:
+        if (self._task is None and ctx.app_name is not None
+                and now - self._last_poll >= self._config.poll_interval_s):
             self._last_poll = now
             name = actor_name(ctx.app_name, ActorRole.SCHEDULER, self._fingerprint)
             serving = [replica.unique_id for replica in ctx.running_replicas]
@@ -71,15 +72,16 @@ class QueueAwarePolicy:
         scheduler which replicas Serve routes to, so that one being stopped or started gets no grant."""
         timeout = _TIMEOUT_FRACTION * self._config.poll_interval_s
         try:
-            if self._handle is None:
+            handle = self._handle
+            if handle is None:
                 loop = asyncio.get_running_loop()
-                self._handle = await asyncio.wait_for(
-                    loop.run_in_executor(None, lambda: ray.get_actor(name, namespace=NAMESPACE)), timeout)
+                handle = self._handle = await asyncio.wait_for(
+                    loop.run_in_executor(None, lambda: lookup_scheduler(name)), timeout)
             decision = self._decision
-            shown = None if decision is None else {
+            shown: ShownDecision | None = None if decision is None else {
                 "replicas": decision.replicas, "desired": decision.desired, "reason": decision.reason}
             self._backlog = await asyncio.wait_for(
-                self._handle.backlog.remote(self._config.rate_window_s, shown, serving), timeout)
+                handle.backlog.remote(self._config.rate_window_s, shown, serving), timeout)
             self._received = time.monotonic()
         except ValueError:  # not created yet (no ingress or replica has started)
             logger.debug("scheduler actor %s not found yet", name)

@@ -43,7 +43,6 @@ import logging
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from deployments.snapshot_store import SnapshotStore, open_snapshot_store
 from driftsched.core.config import DriftConfig
@@ -65,7 +64,7 @@ class DriftSnapshot:
     """Names this instance: a new one means the actor restarted (an ingress then offers its copy)."""
     changes: int
     """Merges and seeds since this boot: a reader refreshes its copy when (boot_id, changes) moves."""
-    state: dict[str, Any]
+    state: dict[str, object]
     """The statistics (`DriftTracker.snapshot`) plus `applied`, the last batch applied per sender."""
 
 
@@ -73,7 +72,7 @@ class DriftActor:
     """Thin adapter around one shared `DriftTracker` (see module docstring)."""
 
     def __init__(
-        self, drift_config: dict[str, Any], snapshot_path: str | None = None,
+        self, drift_config: dict[str, object], snapshot_path: str | None = None,
         persist_every_s: float = 5.0, restore_retry_s: float = RESTORE_RETRY_S,
     ) -> None:
         """`snapshot_path`: where the snapshot is kept (`deployments.snapshot_store`), None for
@@ -86,7 +85,7 @@ class DriftActor:
         self._tracker = DriftTracker(self._config)
         self._applied: OrderedDict[str, int] = OrderedDict()
         # Until the seed: each sender's first batch of this boot, and the later batches merged.
-        self._first: dict[str, tuple[int, dict[str, Any]]] | None = {}
+        self._first: dict[str, tuple[int, dict[str, object]]] | None = {}
         self._later: DriftTracker | None = DriftTracker(self._config)
         self._dirty = False
         self._merges = 0
@@ -95,7 +94,7 @@ class DriftActor:
 
     # -- calls -----------------------------------------------------------------------------------
 
-    async def merge(self, sender: str, seq: int, snapshot: dict[str, Any]) -> bool:
+    async def merge(self, sender: str, seq: int, snapshot: dict[str, object]) -> bool:
         """Fold `sender`'s batch `seq` in; False when it was applied before (a retry: ignored)."""
         await self._ready()
         if seq <= self._applied.get(sender, 0):
@@ -117,7 +116,7 @@ class DriftActor:
         await self._ready()
         return DriftSnapshot(self.boot_id, self._merges, self._state())
 
-    async def seed(self, snapshot: dict[str, Any]) -> bool:
+    async def seed(self, snapshot: dict[str, object]) -> bool:
         """Lay an ingress's pre-boot copy under this boot's batches; False (ignored) after the first,
         and on an instance restored from the store."""
         await self._ready()
@@ -197,11 +196,11 @@ class DriftActor:
         while len(self._applied) > MAX_SENDERS:
             self._applied.popitem(last=False)
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, object]:
         return {**self._tracker.snapshot(), "applied": dict(self._applied)}
 
 
-def _applied_of(snapshot: dict[str, Any]) -> dict[str, int]:
+def _applied_of(snapshot: dict[str, object]) -> dict[str, int]:
     """The last applied batch number per sender that a snapshot carries ({} for older snapshots)."""
     applied = snapshot.get("applied", {})
     if not isinstance(applied, dict):

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from driftsched.core.config import DriftConfig
 from driftsched.core.drift import DriftTracker
@@ -41,7 +41,7 @@ PUSH_TIMEOUT_S = 10.0
 class DriftSink(Protocol):
     """Where batches go: the drift statistics actor's ``merge``."""
 
-    async def merge(self, sender: str, seq: int, snapshot: dict[str, Any]) -> bool:
+    async def merge(self, sender: str, seq: int, snapshot: dict[str, object]) -> bool:
         """Apply batch `seq` of `sender`; False if it had been applied before."""
 
 
@@ -50,7 +50,7 @@ class _Sealed:
     """A batch under its number, kept until the drift actor acknowledges it."""
 
     seq: int
-    snapshot: dict[str, Any]
+    snapshot: dict[str, object]
     size: int
 
 

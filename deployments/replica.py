@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
-from typing import Any
 
 from ray import serve
 from ray.exceptions import RayActorError
@@ -29,7 +28,9 @@ logger = logging.getLogger(__name__)
 class LLMReplica:
     """Serve deployment wrapping one `Engine` (see module docstring)."""
 
-    async def __init__(self, config: dict[str, Any], actors: ActorNames) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async __init__; mypy wants None
+        self, config: dict[str, object], actors: ActorNames
+    ) -> None:
         self._config = ReplicaConfig.model_validate(config)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._engine = build_engine(self._config)

@@ -42,11 +42,11 @@ import enum
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TypedDict
 
 from deployments.drift_feed import DRIFT_PUSH_S, DriftFeed, DriftSink
 from deployments.outbox import Outbox, Outboxes
-from deployments.telemetry import Outcome, RequestBook, RequestTimings
+from deployments.telemetry import Histogram, Outcome, RequestBook, RequestTimings
 from deployments.usage import TenantUsage, tenant_usage
 from driftsched.core.backlog import Backlog, BacklogMeter
 from driftsched.core.clock import monotonic_clock
@@ -119,23 +119,31 @@ class Release:
     timings: RequestTimings | None = None
 
 
+class ShownDecision(TypedDict):
+    """The autoscaling policy's previous decision, as it hands it to ``backlog`` for /metrics."""
+
+    replicas: int
+    desired: int
+    reason: str
+
+
 @dataclass(slots=True)
 class SchedulerView:
     """Everything /metrics needs from the scheduler, in one call."""
 
     stats: SchedulerStats
     replicas: dict[str, dict[str, float]]
-    histograms: dict[tuple[str, str], Any]
+    histograms: dict[tuple[str, str], Histogram]
     tokens: dict[str, int]
     outcomes: dict[tuple[str, Outcome], int] = field(default_factory=dict)
-    autoscale: dict[str, Any] | None = None
+    autoscale: ShownDecision | None = None
     """The autoscaling policy's last decision (`backlog`'s `decision`), None without autoscaling."""
 
 
 class SchedulerActor:
     """Thin adapter: core scheduler + capacity ledger + client outboxes + drift feed (module docstring)."""
 
-    def __init__(self, core_config: dict[str, Any], replica_timeout_s: float = 5.0,
+    def __init__(self, core_config: dict[str, object], replica_timeout_s: float = 5.0,
                  client_grace_s: float | None = None, drift: DriftSink | None = None,
                  drift_push_s: float = DRIFT_PUSH_S) -> None:
         """`client_grace_s`: how long a batching client may go without polling before its outbox is
@@ -159,7 +167,7 @@ class SchedulerActor:
         self._client_grace_s = self._ledger.grant_grace_s if client_grace_s is None else client_grace_s
         self._maintenance: asyncio.Task[None] | None = None
         self._meter = BacklogMeter({t.name: t.latency_slo_s for t in config.tenants})
-        self._autoscale: dict[str, Any] | None = None
+        self._autoscale: ShownDecision | None = None
         self._serving: set[str] | None = None  # replicas Serve routes to; None: all (no autoscaling)
         self._drift = drift
         self._feed = DriftFeed(config.estimator.drift, f"scheduler:{self._epoch}", push_s=drift_push_s)
@@ -317,7 +325,7 @@ class SchedulerActor:
         )
 
     async def backlog(
-        self, window_s: float, decision: dict[str, Any] | None = None, serving: list[str] | None = None,
+        self, window_s: float, decision: ShownDecision | None = None, serving: list[str] | None = None,
     ) -> Backlog:
         """The backlog summary the autoscaling policy scales on (rates over `window_s`); `decision` is
         the policy's previous decision, kept for /metrics; `serving` the replicas Serve routes to now

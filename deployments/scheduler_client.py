@@ -22,19 +22,20 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
-import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from deployments.actors import ActorUnavailable
+from deployments.handles import SchedulerCalls, cancel_call
 from deployments.scheduler_actor import AcquireResult, AcquireStatus, Answers, Release, Submission
 from deployments.telemetry import RequestTimings
 from driftsched.core.request import Ticket
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _LOST = (RayActorError, GetTimeoutError, TimeoutError)  # the call never answered: the actor died
 _EXPIRED_HERE = AcquireResult(AcquireStatus.EXPIRED, detail="queue deadline passed before it was sent")
@@ -51,7 +52,7 @@ class _Acquire:
 class SchedulerClient:
     """Batches one ingress's acquires and releases to the scheduler actor (see module docstring)."""
 
-    def __init__(self, scheduler: Any, *, restart_grace_s: float = 10.0, poll_s: float = 5.0,
+    def __init__(self, scheduler: SchedulerCalls, *, restart_grace_s: float = 10.0, poll_s: float = 5.0,
                  retry_s: float = 0.2, client_id: str | None = None) -> None:
         """`poll_s` must stay well under the actor's `client_grace_s` (30 s by default)."""
         self.scheduler = scheduler
@@ -134,7 +135,7 @@ class SchedulerClient:
             if not batch:
                 return
             self.calls["submit"] += 1
-            answers: Answers = await self._ask(self.scheduler.submit.remote(self.client_id, batch))
+            answers = await self._ask(self.scheduler.submit.remote(self.client_id, batch))
         except _LOST as exc:
             logger.warning("scheduler submit of %d acquires failed (%s); sending again", len(batch),
                            type(exc).__name__)
@@ -161,8 +162,8 @@ class SchedulerClient:
         while self._acquires:
             try:
                 self.calls["poll"] += 1
-                answers: Answers = await self._ask(self.scheduler.poll.remote(self.client_id, self.poll_s),
-                                                   self.poll_s + self.restart_grace_s)
+                answers = await self._ask(self.scheduler.poll.remote(self.client_id, self.poll_s),
+                                          self.poll_s + self.restart_grace_s)
             except _LOST as exc:
                 logger.warning("scheduler poll failed (%s); submitting %d outstanding acquires again",
                                type(exc).__name__, len(self._acquires))
@@ -188,7 +189,7 @@ class SchedulerClient:
         self.calls["release_many"] += 1
         self._releasing = asyncio.get_running_loop().create_task(self._released(ref, len(batch)))
 
-    async def _released(self, ref: Any, count: int) -> None:
+    async def _released(self, ref: Awaitable[None], count: int) -> None:
         try:
             await self._ask(ref)
         except Exception as exc:
@@ -243,10 +244,10 @@ class SchedulerClient:
         except RayActorError:
             logger.warning("cancel of %s not delivered", rid)
 
-    async def _ask(self, ref: Any, timeout_s: float | None = None) -> Any:
+    async def _ask(self, ref: Awaitable[T], timeout_s: float | None = None) -> T:
         """A call's answer, within `timeout_s` (default: the restart grace), else it is cancelled."""
         try:
             return await asyncio.wait_for(ref, self.restart_grace_s if timeout_s is None else timeout_s)
         except TimeoutError:
-            ray.cancel(ref)
+            cancel_call(ref)
             raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from deployments.telemetry import LATENCY_KINDS, Outcome, RequestBook
 from driftsched.core.scheduler import Scheduler
@@ -23,7 +22,7 @@ class TenantUsage:
     """What `GET /v1/usage` answers (see module docstring); `to_json` is the response body."""
 
     tenant: str
-    requests: dict[str, Any]
+    requests: dict[str, object]
     """Lifetime counters: admitted, dispatched, completed, cancelled, expired, preempted, and
     rejected by reason (quota, queue full, overload)."""
     outcomes: dict[Outcome, int]
@@ -34,9 +33,9 @@ class TenantUsage:
     latency_s: dict[str, dict[str, float | int | None]]
     """Per stage (queue_wait, ttft, e2e, and the engine's own where it reports them): count, mean and
     the QUANTILES, in seconds."""
-    quota: dict[str, Any]
+    quota: dict[str, dict[str, float] | int | None]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"object": "usage", **dataclasses.asdict(self)}
 
 

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployments.engine import (
     Capacity,
@@ -39,6 +39,13 @@ from deployments.engine import (
     TokenDelta,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.config import VllmConfig
+    from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.metrics.loggers import StatLoggerBase
+    from vllm.v1.metrics.stats import IterationStats, MultiModalCacheStats, RequestStateStats, SchedulerStats
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +63,16 @@ class EngineState:
     updated: float = 0.0
 
 
-def make_stat_logger(state: EngineState) -> Any:
+def make_stat_logger(state: EngineState) -> type[StatLoggerBase]:
     """A vLLM stat-logger factory that copies each step's scheduler stats into `state`."""
     from vllm.v1.metrics.loggers import StatLoggerBase
 
     class _StateLogger(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+        def __init__(self, vllm_config: VllmConfig, engine_index: int = 0) -> None:
             pass
 
-        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
-                   engine_idx: int = 0) -> None:
+        def record(self, scheduler_stats: SchedulerStats | None, iteration_stats: IterationStats | None,
+                   mm_cache_stats: MultiModalCacheStats | None = None, engine_idx: int = 0) -> None:
             if scheduler_stats is not None:
                 state.running = scheduler_stats.num_running_reqs
                 state.waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
@@ -92,7 +99,7 @@ class VllmEngine:
         self._max_num_seqs = max_num_seqs
         self._queue_slots = queue_slots
         self._kv_high_watermark = kv_high_watermark
-        self._engine: Any = None
+        self._engine: AsyncLLM | None = None
         self._kv_tokens = 0
         self._state = EngineState()
         self._active: dict[str, int] = {}  # running request id -> tokens generated so far
@@ -107,9 +114,9 @@ class VllmEngine:
 
         started = time.monotonic()
         # custom stat loggers turn on per-request metrics without vLLM's default log/Prometheus loggers
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._args),
-                                                 stat_loggers=[make_stat_logger(self._state)])
-        cache = self._engine.vllm_config.cache_config
+        self._engine = engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._args),
+                                                          stat_loggers=[make_stat_logger(self._state)])
+        cache = engine.vllm_config.cache_config
         self._kv_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
         logger.info("vLLM engine up in %.1fs: %s, %d KV tokens", time.monotonic() - started,
                     self._args["model"], self._kv_tokens)
@@ -180,21 +187,16 @@ class VllmEngine:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _sampling_params(self, request: GenerationRequest) -> Any:
+    def _sampling_params(self, request: GenerationRequest) -> SamplingParams:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        extra: dict[str, Any] = {}
-        if request.target_tokens is not None:  # benchmark mode only: fix the output length
-            n = max(1, min(request.max_tokens, request.target_tokens))
-            extra = {"min_tokens": n, "ignore_eos": True}
-            max_tokens = n
-        else:
-            max_tokens = request.max_tokens
+        # benchmark mode only: a target fixes the output length (vLLM's defaults: min_tokens 0, EOS heeded)
+        fixed = None if request.target_tokens is None else max(1, min(request.max_tokens, request.target_tokens))
         return SamplingParams(
-            n=1, max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
-            seed=request.seed, stop=list(request.stop) or None, output_kind=RequestOutputKind.DELTA,
-            **extra,
+            n=1, max_tokens=request.max_tokens if fixed is None else fixed, temperature=request.temperature,
+            top_p=request.top_p, seed=request.seed, stop=list(request.stop) or None,
+            output_kind=RequestOutputKind.DELTA, min_tokens=fixed or 0, ignore_eos=fixed is not None,
         )
 
     async def _stream(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta, None]:
@@ -202,10 +204,12 @@ class VllmEngine:
 
         if request.prompt_token_ids is None:
             raise ValueError("the vLLM engine needs prompt token ids (count prompts with the tokenizer)")
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("vLLM engine is not running")
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
         generated = 0
-        async for out in self._engine.generate(prompt, self._sampling_params(request),
-                                               request.request_id):
+        async for out in engine.generate(prompt, self._sampling_params(request), request.request_id):
             completion = out.outputs[0]
             ids = tuple(completion.token_ids)
             generated += len(ids)
@@ -219,7 +223,7 @@ class VllmEngine:
             if request.request_id in self._preempted:
                 yield TokenDelta(completion.text, len(ids), FinishReason.PREEMPTED, token_ids=ids)
                 return
-            if reason not in _FINISH:
+            if reason is None or reason not in _FINISH:
                 yield _failure(EngineErrorCode.ENGINE_ABORTED, f"the engine ended the request ({reason})")
                 return
             metrics = out.metrics
@@ -230,7 +234,7 @@ class VllmEngine:
                              Usage(prompt_tokens, generated), timing=self._timing(metrics), token_ids=ids)
             return
 
-    def _timing(self, metrics: Any) -> EngineTiming | None:
+    def _timing(self, metrics: RequestStateStats | None) -> EngineTiming | None:
         if metrics is None or not metrics.scheduled_ts:
             return None
         queued = max(0.0, metrics.scheduled_ts - metrics.queued_ts)

@@ -5,10 +5,12 @@ This is the only place application arguments are read; components get typed sub-
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TypedDict
 
 from ray.serve import Application
-from ray.serve.config import RequestRouterConfig
+from ray.serve.config import AutoscalingConfig, RequestRouterConfig
+from ray.serve.deployment import Deployment
 
 from deployments.actors import ActorNames
 from deployments.autoscaling import serve_autoscaling_config
@@ -21,7 +23,22 @@ from serve_app.ingress import Ingress
 _SLOT_MARGIN = 4  # replicas accept a few more than their slots: the scheduler is the real limit
 
 
-def check_policy(name: str, options: dict[str, Any]) -> None:
+class _Sizing(TypedDict, total=False):
+    """LLMReplica's size: a fixed pool, or Serve autoscaling (one of the two keys)."""
+
+    num_replicas: int
+    autoscaling_config: AutoscalingConfig
+
+
+def _deployment(cls: object) -> Deployment:
+    """`cls` as the `Deployment` that ``@serve.deployment`` made of it (mypy does not apply class
+    decorators, so it still sees the class)."""
+    if not isinstance(cls, Deployment):
+        raise TypeError(f"{cls!r} is not a Serve deployment")
+    return cls
+
+
+def check_policy(name: str, options: Mapping[str, object]) -> None:
     """Build the configured policy once here, so a bad name or option fails `serve run` at once."""
     head = "invalid DriftSched application args:\n  core.scheduler"
     try:
@@ -34,7 +51,7 @@ def check_policy(name: str, options: dict[str, Any]) -> None:
         raise ConfigError(f"{head}.policy_options (policy {name!r}): {exc}") from None
 
 
-def build_app(args: dict[str, Any]) -> Application:
+def build_app(args: dict[str, object]) -> Application:
     """Validate the args and bind the ingress to the LLM replicas."""
     config = parse_app_config(args)
     check_policy(config.core.scheduler.policy, config.core.scheduler.policy_options)
@@ -49,23 +66,23 @@ def build_app(args: dict[str, Any]) -> Application:
         drift_snapshot_path=gateway.drift_snapshot_path,
         replica_timeout_s=gateway.replica_timeout_s,
     )
-    actor_options: dict[str, Any] = {"num_cpus": replicas.num_cpus}
+    actor_options: dict[str, object] = {"num_cpus": replicas.num_cpus}
     if replicas.accelerator_type:
         actor_options["accelerator_type"] = replicas.accelerator_type
     if replicas.env:
         actor_options["runtime_env"] = {"env_vars": dict(replicas.env)}
     # A fixed pool, or Serve autoscaling with the queue-aware policy (deployments/autoscaling.py).
-    sizing: dict[str, Any] = {"num_replicas": replicas.num_replicas}
+    sizing: _Sizing = {"num_replicas": replicas.num_replicas}
     if replicas.autoscaling.enabled:
         sizing = {"autoscaling_config": serve_autoscaling_config(replicas.autoscaling, actors.fingerprint)}
-    llm = LLMReplica.options(
+    llm = _deployment(LLMReplica).options(
         **sizing,
         max_ongoing_requests=replicas.max_num_seqs + replicas.engine_queue_slots + _SLOT_MARGIN,
         ray_actor_options=actor_options,
-        request_router_config=RequestRouterConfig(
+        request_router_config=RequestRouterConfig(  # type: ignore[arg-type]  # Ray types **kwargs as dicts
             request_router_class="deployments.router:GrantedReplicaRouter"),
     ).bind(replicas.model_dump(mode="json"), actors)
-    return Ingress.options(
+    return _deployment(Ingress).options(
         num_replicas=gateway.ingress_replicas,
         max_ongoing_requests=gateway.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": gateway.ingress_num_cpus},

@@ -15,7 +15,6 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from serve_app.config import AuthConfig
 
@@ -49,7 +48,7 @@ def _sources(env: str | None, file: str | None) -> list[tuple[str, str]]:
 def _parse_keys(where: str, text: str) -> dict[str, str]:
     """JSON {"<key>": "<tenant>"}; a key given twice in one document is refused, not silently merged."""
 
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
         if len({k for k, _ in pairs}) != len(pairs):
             raise ValueError(f"{where}: the same API key is listed twice; keep one entry per key")
         return dict(pairs)

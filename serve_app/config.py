@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from deployments.replica_config import ReplicaConfig, perf_model_for
 from deployments.snapshot_store import open_snapshot_store
@@ -151,7 +152,7 @@ class AppConfig(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def parse_app_config(args: dict[str, Any]) -> AppConfig:
+def parse_app_config(args: Mapping[str, object]) -> AppConfig:
     """Validate the application's args, one readable line per problem."""
     try:
         return AppConfig.model_validate(args)
@@ -160,7 +161,7 @@ def parse_app_config(args: dict[str, Any]) -> AppConfig:
         raise ConfigError("invalid DriftSched application args:\n" + "\n".join(lines)) from None
 
 
-def _problem(err: Any) -> str:
+def _problem(err: ErrorDetails) -> str:
     """One line: the field's path, what is wrong, and the value given (never under `auth`: secrets)."""
     path = ".".join(str(p) for p in err["loc"])
     message = err["msg"].removeprefix("Value error, ")

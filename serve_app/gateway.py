@@ -22,14 +22,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RequestCancelledError
 
 from deployments.actors import ActorUnavailable, call
 from deployments.engine import FinishReason, GenerationRequest, TokenDelta, Usage
-from deployments.scheduler_actor import AcquireResult, AcquireStatus
+from deployments.handles import GatewayScheduler, ReplicaHandle, ReplicaStream
+from deployments.scheduler_actor import AcquireStatus
 from deployments.scheduler_client import SchedulerClient
 from deployments.telemetry import Outcome, RequestTimings
 from driftsched.core.intake import Intake
@@ -110,8 +110,8 @@ class Lease:
 class Gateway:
     """Owns the ingress side of one request's life (see module docstring)."""
 
-    def __init__(self, intake: Intake, config: GatewayConfig, scheduler: object, llm: object,
-                 benchmark_mode: bool) -> None:
+    def __init__(self, intake: Intake, config: GatewayConfig, scheduler: GatewayScheduler,
+                 llm: ReplicaHandle, benchmark_mode: bool) -> None:
         self.intake, self.config = intake, config
         self.scheduler, self.llm = scheduler, llm
         self.client = SchedulerClient(scheduler, restart_grace_s=_RESTART_GRACE_S)
@@ -184,11 +184,10 @@ class Gateway:
                                  prompt_tokens=prepared.request.prompt_tokens)
         output_tokens: int | None = None
         run, produced, failovers = prepared.request, _Produced(), 0
-        response = None
+        response: ReplicaStream | None = None
         try:
             while True:
-                handle = self.llm.options(stream=True)  # type: ignore[attr-defined]
-                response = handle.generate.remote(run, target_replica=replica_id)
+                response = self.llm.options(stream=True).generate.remote(run, target_replica=replica_id)
                 end = await self._forward_run(prepared, replica_id, response, produced, timings, out,
                                               may_fail_over=failovers < _MAX_FAILOVERS)
                 if end is RunEnd.ERROR:
@@ -231,7 +230,7 @@ class Gateway:
                 response.cancel()
             self.release(prepared, replica_id, output_tokens, timings)
 
-    async def _forward_run(self, prepared: Prepared, replica_id: str, response: Any,
+    async def _forward_run(self, prepared: Prepared, replica_id: str, response: ReplicaStream,
                            produced: _Produced, timings: RequestTimings,
                            out: asyncio.Queue[TokenDelta | GatewayError | None],
                            may_fail_over: bool) -> RunEnd:
@@ -285,9 +284,8 @@ class Gateway:
         timeout = self.config.queue_timeout_s
         deadline = time.monotonic() + timeout + _RESTART_GRACE_S
         try:
-            result: AcquireResult = await call(
-                lambda: self.scheduler.resume.remote(  # type: ignore[attr-defined]
-                    prepared.ticket, replica_id, generated, timeout, failed),
+            result = await call(
+                lambda: self.scheduler.resume.remote(prepared.ticket, replica_id, generated, timeout, failed),
                 deadline, what="scheduler",
             )
         except ActorUnavailable:

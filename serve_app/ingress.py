@@ -18,7 +18,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -30,7 +29,8 @@ from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException
 
 from deployments.actors import ActorNames, ActorUnavailable, call
-from deployments.drift_actor import DriftSnapshot
+from deployments.engine import TokenDelta
+from deployments.handles import ReplicaHandle
 from driftsched.core.drift import DriftTracker
 from driftsched.core.intake import Intake
 from serve_app.config import AppConfig
@@ -82,7 +82,9 @@ def _error(err: GatewayError, param: str | None = None) -> JSONResponse:
 class Ingress:
     """FastAPI ingress (see module docstring)."""
 
-    async def __init__(self, config: dict[str, Any], actors: ActorNames, llm: Any) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async __init__; mypy wants None
+        self, config: dict[str, object], actors: ActorNames, llm: ReplicaHandle
+    ) -> None:
         from serve_app.auth import KeyStore, ScrapeToken
 
         self.config = AppConfig.model_validate(config)
@@ -96,7 +98,7 @@ class Ingress:
         self.model_name = self.config.replicas.served_model_name
         self.prompts = make_prompts(self.config.replicas)
         self.rejected: Counter[str] = Counter()
-        self._drift_copy: dict[str, Any] | None = None
+        self._drift_copy: dict[str, object] | None = None
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_drift())
 
     # -- endpoints -------------------------------------------------------------------------------
@@ -194,9 +196,9 @@ class Ingress:
             else:
                 prompt = await asyncio.to_thread(self.prompts.completion, body.prompt_text())
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            return self._refuse(GatewayError(ErrorCode.INVALID_BODY, f"{where}: {first['msg']}"),
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            return self._refuse(GatewayError(ErrorCode.INVALID_BODY, f"{where}: {problem['msg']}"),
                                 param=where or None)
         except ValueError as exc:  # bad JSON, or a body shape we do not serve
             return self._refuse(GatewayError(ErrorCode.INVALID_BODY, str(exc)))
@@ -248,8 +250,8 @@ class Ingress:
             raise
         return _error(GatewayError(ErrorCode.REPLICA_ERROR, "the replica ended early"))
 
-    async def _sse(self, shaper: ResponseShaper, lease: Lease, first: Any, include_usage: bool
-                   ) -> AsyncIterator[str]:
+    async def _sse(self, shaper: ResponseShaper, lease: Lease, first: TokenDelta | GatewayError | None,
+                   include_usage: bool) -> AsyncIterator[str]:
         item, is_first = first, True
         try:
             while item is not None:
@@ -275,7 +277,7 @@ class Ingress:
         while True:
             await asyncio.sleep(self.config.gateway.drift_refresh_s)
             try:
-                latest: DriftSnapshot = await asyncio.wait_for(self.drift.snapshot.remote(), 5.0)
+                latest = await asyncio.wait_for(self.drift.snapshot.remote(), 5.0)
                 boot, merges, snap = latest.boot_id, latest.changes, latest.state
                 if seen is not None and boot != seen[0] and self._drift_copy:
                     # A new instance: offer the pre-restart copy even if batches reached it first;

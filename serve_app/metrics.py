@@ -10,7 +10,6 @@ Labels are bounded: tenant, reason, category, estimate kind, replica, outcome â€
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -20,7 +19,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from deployments.scheduler_actor import SchedulerView
+from deployments.scheduler_actor import SchedulerView, ShownDecision
 from deployments.telemetry import LATENCY_BUCKETS_S
 from driftsched.core.accuracy import DriftStat
 
@@ -147,7 +146,7 @@ class _Snapshot:
         yield from (mae, rmse, factor, count)
 
 
-def _autoscale(decision: dict[str, Any]) -> Iterator[Metric]:
+def _autoscale(decision: ShownDecision) -> Iterator[Metric]:
     """The queue-aware autoscaling policy's last decision (deployments/autoscaling.py)."""
     target = GaugeMetricFamily("driftsched_autoscale_target_replicas",
                                "LLM replicas the autoscaling policy set (after its delays).")
@@ -164,5 +163,5 @@ def _autoscale(decision: dict[str, Any]) -> Iterator[Metric]:
 def render(view: SchedulerView | None, drift: list[DriftStat], ingress_rejected: Mapping[str, int]) -> bytes:
     """Prometheus text exposition of one scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(view, drift, ingress_rejected))  # type: ignore[arg-type]
+    registry.register(_Snapshot(view, drift, ingress_rejected))
     return generate_latest(registry)

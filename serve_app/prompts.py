@@ -17,7 +17,7 @@ a rendered chat template already contains them, so chat prompts are encoded with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from deployments.engine import approx_token_count
 from deployments.replica_config import ReplicaConfig
@@ -40,6 +40,16 @@ class Prompts(Protocol):
     def chat(self, messages: list[dict[str, str]]) -> RenderedPrompt: ...
 
 
+class Tokenizer(Protocol):
+    """The two calls `TokenizerPrompts` makes on a transformers tokenizer."""
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]: ...
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], *, tokenize: bool,
+                            add_generation_prompt: bool) -> object:
+        """The rendered text when `tokenize` is False."""
+
+
 class ApproxPrompts:
     """Transcript rendering and approximate counts, for the simulated engine."""
 
@@ -54,7 +64,7 @@ class ApproxPrompts:
 class TokenizerPrompts:
     """The model's chat template and tokenizer, for vLLM (see module docstring)."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
 
     @classmethod
@@ -72,6 +82,8 @@ class TokenizerPrompts:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # no template, or a template error (e.g. role order it rejects)
             raise ValueError(f"messages cannot be rendered with the model's chat template: {exc}") from None
+        if not isinstance(text, str):
+            raise ValueError(f"the model's chat template rendered {type(text).__name__}, not text")
         ids = list(self.tokenizer.encode(text, add_special_tokens=False))
         return RenderedPrompt(text, len(ids), ids)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -34,7 +35,7 @@ class _Body(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     """Sampling seed; a signed 64-bit integer."""
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: dict[str, object] | None = None
     stop: str | list[str] | None = None
     """One stop string or up to MAX_STOPS of them."""
     n: int = Field(default=1, ge=1, le=1)
@@ -85,7 +86,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, object]] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -104,7 +105,9 @@ class ChatBody(_Body):
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
 
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> dict[str, dict[str, str | None]]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -122,10 +125,10 @@ class ResponseShaper:
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
-    def _base(self, obj: str) -> dict[str, Any]:
+    def _base(self, obj: str) -> dict[str, object]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def full(self, text: str, finish_reason: str | None, usage: Usage) -> dict[str, Any]:
+    def full(self, text: str, finish_reason: str | None, usage: Usage) -> dict[str, object]:
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
                       "logprobs": None, "finish_reason": finish_reason}
@@ -137,7 +140,7 @@ class ResponseShaper:
 
     def chunk(self, text: str, finish_reason: str | None = None, first: bool = False) -> str:
         if self.chat:
-            delta: dict[str, Any] = {"content": text}
+            delta = {"content": text}
             if first:
                 delta["role"] = "assistant"
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -152,7 +155,7 @@ class ResponseShaper:
         return sse({**self._base(obj), "choices": [], "usage": usage_dict(usage)})
 
 
-def sse(data: dict[str, Any]) -> str:
+def sse(data: Mapping[str, object]) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 

@@ -34,7 +34,7 @@ from driftsched.sim.simulator import (
 from driftsched.sim.workload import Workload, paper_workload, scale_to_load
 
 TRACE_FORMATS = ("driftsched", "azure", "mooncake", "sharegpt")
-DEFAULT_POLICIES = "fifo,priority,weighted,sjf,aging"
+DEFAULT_POLICIES = "fifo,priority,weighted,sjf,aging,bounded"
 # Offered work 10% above what greedy (vLLM-style) admission sustains on the mix: sustained contention.
 DEFAULT_PAPER_LOAD = 1.1
 # Without --config: the replicas' own defaults (`ReplicaConfig`), as a config that names none gets.
