@@ -1,11 +1,11 @@
 """Sharded scheduling keeps the policy's results: one scheduler over 8 replicas vs shards of fewer.
 
 The design past one scheduler actor is one scheduler per shard of the pool, each with its own replicas
-and queue, the ingress routing every request to one shard (README, "Scale"). Whether the policy still
-delivers is a simulator question: the paper workload, offered at `--load` times the capacity of
-`--replicas` L4 replicas, runs once on one `Simulation` over all of them, then split into `--shards`
-sub-workloads, each run by its own `Simulation` (own scheduler, placement, estimator) over its share
-of the replicas, the per-request records merged back. Two routings:
+and queue, the ingress routing every request to one shard (docs/design-notes.md, "Scheduler shards").
+Whether the policy still delivers is a simulator question: the paper workload, offered at `--load` times
+the capacity of `--replicas` L4 replicas, runs once on one `Simulation` over all of them, then split
+into `--shards` sub-workloads, each run by its own `Simulation` (own scheduler, placement, estimator)
+over its share of the replicas, the per-request records merged back. Two routings:
 
 * **by request**: request i goes to shard i mod k (round-robin; a hash of the request id does the same
   in expectation). Every shard sees every tenant, so a tenant's per-minute quotas are split k ways, and

@@ -1,6 +1,6 @@
 """DriftSched in front of real vLLM (CPU build) vs vLLM's own scheduling, on one multi-tenant load.
 
-The same open-loop load (Poisson arrivals, fixed seed) is replayed against four set-ups. All four sit
+The same open-loop load (Poisson arrivals, fixed seed) is replayed against five set-ups. All five sit
 behind Ray Serve's HTTP proxy on 127.0.0.1 and receive the same streamed OpenAI-style
 `/v1/completions` requests from the same client, so the comparison is about where the backlog waits:
 

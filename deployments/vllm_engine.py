@@ -192,7 +192,8 @@ class VllmEngine:
         from vllm.sampling_params import RequestOutputKind
 
         # benchmark mode only: a target fixes the output length (vLLM's defaults: min_tokens 0, EOS heeded)
-        fixed = None if request.target_tokens is None else max(1, min(request.max_tokens, request.target_tokens))
+        target = request.target_tokens
+        fixed = None if target is None else max(1, min(request.max_tokens, target))
         return SamplingParams(
             n=1, max_tokens=request.max_tokens if fixed is None else fixed, temperature=request.temperature,
             top_p=request.top_p, seed=request.seed, stop=list(request.stop) or None,

@@ -93,10 +93,17 @@ def provenance(command: str, setup: str | None = None) -> Provenance:
     return Provenance(command, git_commit(), machine, datetime.date.today().isoformat())
 
 
-def page(source: Provenance, table: str, notes: Iterable[str] = ()) -> str:
-    """A results page: provenance lines, the table, then each note as a paragraph."""
-    parts = ["\n".join(source.lines()), table.rstrip("\n"), *notes]
-    return "\n\n".join(parts) + "\n"
+def page(source: Provenance, table: str, notes: Iterable[str] = (), summary: str | None = None) -> str:
+    """A results page: provenance lines, the table, then each note as a paragraph.
+
+    With a `summary` (a short table of the headline figures), the page has two sections, ``## Summary``
+    and ``## Details`` (the table and the notes), and a short page can include the first alone
+    (``docs/results/X.md#summary``, see `driftsched.docs.pages`)."""
+    head = ["\n".join(source.lines())]
+    if summary is None:
+        return "\n\n".join([*head, table.rstrip("\n"), *notes]) + "\n"
+    body = ["## Summary", summary.rstrip("\n"), "## Details", table.rstrip("\n"), *notes]
+    return "\n\n".join(head + body) + "\n"
 
 
 def write_page(text: str, paths: Iterable[Path | None]) -> list[Path]:

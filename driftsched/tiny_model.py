@@ -75,8 +75,10 @@ def build_tiny_model(
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="</s>", model_max_length=4096)
+    # transformers leaves the tokenizer's and the model's __init__ unannotated (no-untyped-call)
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
+        model_max_length=4096)
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out_dir)
 
@@ -86,9 +88,10 @@ def build_tiny_model(
         num_hidden_layers=num_layers, num_attention_heads=hidden_size // 32,
         num_key_value_heads=hidden_size // 64, head_dim=32, max_position_embeddings=4096,
         bos_token_id=bos, eos_token_id=tok.token_to_id("</s>"), pad_token_id=tok.token_to_id("</s>"),
-        tie_word_embeddings=False, torch_dtype="float32",
+        tie_word_embeddings=False, dtype="float32",
     )
-    LlamaForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
+    LlamaForCausalLM(config).save_pretrained(  # type: ignore[no-untyped-call]  # as above
+        out_dir, safe_serialization=True)
     # the template also lives in tokenizer_config.json; a copy keeps it visible to tools reading only this
     (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     return out_dir

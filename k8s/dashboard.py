@@ -2,7 +2,7 @@
 
 The JSON file is the source; the k8s monitoring kustomization ships it as a ConfigMap for Grafana's
 sidecar. `tests/test_dashboard.py` runs every query here against a real Prometheus that scraped a
-live app, and `render_preview` draws the README's picture from those results, so what the picture
+live app, and `render_preview` draws the picture in docs/operations.md from those results, so what the picture
 shows is what the queries return. Template variables are substituted the way Grafana would for one
 concrete choice: `$tenant` (multi-value, used with `=~`) becomes a regex alternation of the chosen
 tenants and `$__rate_interval` a fixed window.

@@ -59,7 +59,7 @@ RAY_VERSION = "2.60.0"  # tests/test_k8s.py checks it against pyproject.toml and
 IMAGE = "driftsched"  # set by each overlay's `images:`
 LLM_DEPLOYMENT = "LLMReplica"
 
-# Secrets the cluster reads; created by hand (see the README), never committed.
+# Secrets the cluster reads; created by hand (docs/gke.md), never committed.
 API_KEYS_SECRET = ("driftsched-api-keys", "keys.json")
 METRICS_TOKEN_SECRET = ("driftsched-metrics-token", "token")  # also in k8s/monitoring/podmonitors.yaml
 HF_TOKEN_SECRET = ("driftsched-hf-token", "token")

@@ -79,8 +79,9 @@ def build_app(args: dict[str, object]) -> Application:
         **sizing,
         max_ongoing_requests=replicas.max_num_seqs + replicas.engine_queue_slots + _SLOT_MARGIN,
         ray_actor_options=actor_options,
-        request_router_config=RequestRouterConfig(  # type: ignore[arg-type]  # Ray types **kwargs as dicts
-            request_router_class="deployments.router:GrantedReplicaRouter"),
+        request_router_config=RequestRouterConfig(
+            # Ray annotates RequestRouterConfig's keyword arguments as dicts, not as its fields
+            request_router_class="deployments.router:GrantedReplicaRouter"),  # type: ignore[arg-type]
     ).bind(replicas.model_dump(mode="json"), actors)
     return _deployment(Ingress).options(
         num_replicas=gateway.ingress_replicas,

@@ -236,7 +236,8 @@ class Ingress:
             events = self._sse(shaper, lease, first, body.include_usage())
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
-            text, item = [], first
+            text: list[str] = []
+            item: TokenDelta | GatewayError | None = first
             while item is not None:
                 if isinstance(item, GatewayError):
                     return _error(item)

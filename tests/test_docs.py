@@ -174,3 +174,18 @@ def test_an_include_of_a_missing_file_is_named(tree):
     readme = tree / "README.md"
     readme.write_text(readme.read_text() + "\n<!-- results: docs/results/none.md -->\n<!-- /results -->\n")
     assert _problems(tree) == ["README.md: includes docs/results/none.md, which does not exist"]
+
+
+def test_a_section_include_copies_the_provenance_and_that_section_only(tree):
+    page = tree / "docs" / "results" / "simulate.md"
+    provenance = "\n".join(line for line in PAGE.splitlines() if line.startswith("- "))
+    page.write_text(provenance + "\n\n## Summary\n\n| policy | p50 |\n| --- | ---: |\n| fifo | 1.00 |\n\n"
+                    "## Details\n\n| policy | p99 |\n| --- | ---: |\n| fifo | 9.00 |\n")
+    readme = tree / "README.md"
+    readme.write_text("# X\n\n<!-- results: docs/results/simulate.md#summary -->\n<!-- /results -->\n")
+    command.run(argparse.Namespace(root=tree, check=False))
+    text = readme.read_text()
+    assert "- Command:" in text and "| fifo | 1.00 |" in text
+    assert "9.00" not in text and "## Details" not in text
+    readme.write_text("<!-- results: docs/results/simulate.md#nothing -->\n<!-- /results -->\n")
+    assert "has no section 'nothing'" in " ".join(_problems(tree))

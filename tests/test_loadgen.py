@@ -328,3 +328,11 @@ def test_bench_live_two_policies_end_to_end(tmp_path):
     assert simulated[0] == rows[0] and len(simulated) == 1 + 2 * 60  # the same columns, every item
     assert {line.split(",")[0] for line in simulated[1:]} == {"fifo", "sjf"}
     assert (out / "latency_cdf.png").exists()
+
+
+def test_bench_live_sizes_a_vllm_config_with_the_default_model_and_no_simulator():
+    from driftsched.bench.command import _live_perf
+
+    args = {"replicas": {"engine": "vllm", "model": "./tiny", "num_replicas": 3}}
+    _, replicas, model, simulated = _live_perf(args)
+    assert (replicas, model, simulated) == (3, "./tiny", False)

@@ -16,7 +16,7 @@ from driftsched.core.config import CoreConfig
 from driftsched.docs.pages import provenance_problems
 from driftsched.sim.records import RunRecords
 from driftsched.sim.report import policy_summary, run_span_s, summarize
-from driftsched.sim.results_table import HEADER, results_table
+from driftsched.sim.results_table import HEADER, results_table, summary_table
 from driftsched.sim.setup import load_setup, on_config_tenants, tenant_map
 from driftsched.sim.workload import TenantSpec, Workload, WorkloadItem
 
@@ -101,6 +101,17 @@ def test_the_table_has_a_row_group_per_policy_with_every_tenant_and_figures_from
     assert all_row[5:7] == ["50", "0.20"]
     assert all_row[-1] == "25.0%" and a_row[-1] == "25.0%" and b_row[-1] == "–"
     assert a_row[8] == "∞"  # p99 of a: two of its four requests never finished
+
+
+def test_the_summary_has_a_row_per_policy_and_attainment_only_for_tenants_with_an_objective():
+    summary = summarize([records("fifo"), records("sjf")], {"tenants": ["b", "a"]}, objectives={"a": 5.0})
+    lines = summary_table(summary, ["sjf", "fifo"]).splitlines()
+    assert lines[0] == (
+        "| policy | a: SLO attainment | goodput tok/s | E2E p50 (s) | TTFT p99 (s) | shed + expired |"
+    )
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [r[0] for r in body] == ["**sjf**", "**fifo**"]
+    assert body[0][1] == "25.0%" and body[0][2] == "50" and body[0][-1] == "33.3%"
 
 
 def test_a_page_states_its_provenance_and_the_docs_check_accepts_it(tmp_path):

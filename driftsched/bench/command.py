@@ -32,7 +32,7 @@ from driftsched.sim.report import (
     write_results,
     write_summary,
 )
-from driftsched.sim.results_table import LEGEND, results_table
+from driftsched.sim.results_table import LEGEND, results_table, summary_table
 from driftsched.sim.setup import PAPER_TENANT_MAP, load_app_args, parse_mapping
 from driftsched.sim.simulator import core_config_for
 
@@ -229,7 +229,7 @@ def run_live(args: argparse.Namespace) -> int:
         "model": model,
         "load": args.load,
         "seed": args.seed,
-        "config": str(args.config),
+        "config": _shown(args.config),
         "time_scale": args.time_scale,
         "wall_s": time.perf_counter() - started,
     }
@@ -268,6 +268,12 @@ def run_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(path: Path) -> str:
+    """`path` as a results page shows it: relative to the repository when inside it (no home paths)."""
+    resolved, root = path.resolve(), REPO_CONFIG.parent
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
+
+
 def write_live_page(
     args: argparse.Namespace, summary: dict[str, Any], policies: list[str], setup: str
 ) -> None:
@@ -278,7 +284,10 @@ def write_live_page(
         f"on the app of `{summary['config']}` with each policy in turn. Latencies in modelled seconds "
         "(wall time / time scale)."
     )
-    text = results.page(results.provenance(command, setup), results_table(summary, policies), [facts, LEGEND])
+    text = results.page(
+        results.provenance(command, setup), results_table(summary, policies), [facts, LEGEND],
+        summary_table(summary, policies),
+    )
     for path in results.write_page(text, [args.out / "results.md", args.results_md]):
         print(f"wrote {path}")
 
@@ -293,4 +302,6 @@ def _live_perf(base_args: dict[str, Any]) -> tuple[perf_model.PerfModel, int, st
         config = ReplicaConfig.model_validate(raw)
     except ValueError:
         return perf_model.PerfModel(), int(raw.get("num_replicas", 1)), str(raw.get("model", "?")), False
-    return perf_model_for(config), config.num_replicas, config.model, config.engine == "sim"
+    if config.engine != "sim":  # a vLLM checkpoint has no performance model of its own
+        return perf_model.PerfModel(), config.num_replicas, config.model, False
+    return perf_model_for(config), config.num_replicas, config.model, True

@@ -73,7 +73,7 @@ class LocalServe:
         from ray import serve
 
         try:
-            serve.shutdown()
+            serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves serve.shutdown unannotated
         finally:
             ray.shutdown()
             if self._temp_dir:
@@ -118,6 +118,8 @@ class LocalServe:
         from deployments.actors import NAMESPACE, ActorRole, actor_name
 
         serve.delete(APP_NAME)
+        if self._fingerprint is None:  # never deployed: no actors of its own
+            return
         for role in ActorRole:
             with contextlib.suppress(ValueError):  # never created, or already gone
                 ray.kill(ray.get_actor(actor_name(APP_NAME, role, self._fingerprint), namespace=NAMESPACE))

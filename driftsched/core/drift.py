@@ -39,10 +39,10 @@ and the regime's K most recent observations by timestamp (K = `shift_window`).
   [`min_factor`, `max_factor`]. The factor is learned against the *raw* estimate, never against the
   corrected one, so the correction does not feed back into itself.
 
-Merging (replicas → shared store) works node by node. A node this tracker lacks is copied. A node
-the other tracker holds in full — every observation it was fed still in its window, so at most K, and
-no shift declared — is replayed: the result is exactly that of feeding this tracker those
-observations after its own, in timestamp order (the usual case: a replica's batch of about a second).
+Merging (the scheduler's batches → shared store) works node by node. A node this tracker lacks is
+copied. A node the other tracker holds in full — every observation it was fed still in its window, so
+at most K, and no shift declared — is replayed: the result is exactly that of feeding this tracker those
+observations after its own, in timestamp order (the usual case: the scheduler's batch of about a second).
 Otherwise the regimes are aligned on the later τ (a side whose regime began before it keeps only its
 window's observations from τ on), the sums are added at the later reference time, the windows merged
 as "the K latest", and the shift test is run once on the result. This path is symmetric, and when no
@@ -115,7 +115,7 @@ class DriftTracker:
         errors.add(now, raw, corrected, observed, self._kf)
 
     def merge(self, other: DriftTracker) -> None:
-        """Fold another tracker's statistics into this one (replicas → shared store; module doc)."""
+        """Fold another tracker's statistics into this one (batches → shared store; module doc)."""
         for key, node in other._nodes.items():
             mine = self._nodes.get(key)
             if mine is None:

@@ -7,6 +7,10 @@ Results include: a results page's content copied between two markers, kept equal
     ...the file's content...
     <!-- /results -->
 
+A fragment names one section of the page: ``docs/results/simulate.md#summary`` copies the page's
+provenance lines and the body of its ``## Summary`` section, so a short page (the README) can carry
+the headline table and still say which command, commit and machine produced it.
+
 Figure table: a Markdown table of measured figures, recognised as one whose header names a measured
 quantity (`MEASURED`: a percentile such as p50, latency, TTFT, goodput, throughput, tok/s, req/s,
 attainment, MAE/RMSE, speed-up, utilisation, makespan) and whose body has at least one numeric cell
@@ -22,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftsched.results import FIELDS, read_provenance
+from driftsched.results import FIELD_LINE, FIELDS, read_provenance
 
 INCLUDE = re.compile(
     r"(?P<open><!-- results: (?P<path>[^\s>]+) -->\n)(?P<body>.*?)(?P<close><!-- /results -->)", re.DOTALL
@@ -56,13 +60,42 @@ def sync_includes(text: str, root: Path) -> tuple[str, list[str]]:
     problems: list[str] = []
 
     def fill(match: re.Match[str]) -> str:
-        source = root / match["path"]
+        path, _, fragment = match["path"].partition("#")
+        source = root / path
         if not source.is_file():
-            problems.append(f"includes {match['path']}, which does not exist")
+            problems.append(f"includes {path}, which does not exist")
             return match[0]
-        return match["open"] + source.read_text().rstrip("\n") + "\n" + match["close"]
+        content = source.read_text()
+        if fragment:
+            section = _section(content, fragment)
+            if section is None:
+                problems.append(f"includes {match['path']}, but {path} has no section '{fragment}'")
+                return match[0]
+            content = "\n".join(m[0] for m in FIELD_LINE.finditer(content)) + "\n\n" + section
+        return match["open"] + content.rstrip("\n") + "\n" + match["close"]
 
     return INCLUDE.sub(fill, text), problems
+
+
+def _section(text: str, fragment: str) -> str | None:
+    """The body of the heading whose anchor is `fragment`, up to the next heading of its level or above."""
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        heading = re.match(r"^(#+)\s+(.*)$", line)
+        if heading and _anchor(heading[2]) == fragment:
+            level, body = len(heading[1]), []
+            for rest in lines[index + 1:]:
+                following = re.match(r"^(#+)\s", rest)
+                if following and len(following[1]) <= level:
+                    break
+                body.append(rest)
+            return "\n".join(body).strip("\n")
+    return None
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def _prose_lines(text: str) -> Iterator[tuple[int, str]]:

@@ -22,7 +22,7 @@ from driftsched.bench.prompts import intake_fields
 from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig
 from driftsched.sim import perf_model, traces
 from driftsched.sim.report import format_table, write_results, write_summary
-from driftsched.sim.results_table import LEGEND, results_table
+from driftsched.sim.results_table import LEGEND, results_table, summary_table
 from driftsched.sim.seeds import aggregate, format_spread
 from driftsched.sim.setup import ShippedSetup, load_setup, on_config_tenants, parse_mapping, tenant_map
 from driftsched.sim.simulator import (
@@ -259,7 +259,7 @@ def _write_page(args: argparse.Namespace, setup: SimSetup, summary: dict[str, An
     notes = [facts, LEGEND]
     if ORACLE in named:
         notes.append(f"`{ORACLE}` is a simulator-only reference: SJF ordered by the true output length.")
-    text = results.page(source, results_table(summary, named), notes)
+    text = results.page(source, results_table(summary, named), notes, summary_table(summary, named))
     for path in results.write_page(text, [args.out / "results.md", args.results_md]):
         print(f"wrote {path}")
 

@@ -44,6 +44,41 @@ def results_table(summary: dict[str, Any], policies: Sequence[str] | None = None
     return markdown_table(HEADER, rows, align="ll" + "r" * (len(HEADER) - 2))
 
 
+def summary_table(summary: dict[str, Any], policies: Sequence[str] | None = None) -> str:
+    """One row per policy: each tenant's SLO attainment (tenants with an objective), then goodput, the
+    median E2E latency and the TTFT tail over all requests, and the share shed or expired."""
+    runs = summary["policies"]
+    names = [p for p in (policies or runs) if p in runs]
+    order = list(summary.get("tenants", ()))
+    for name in names:
+        order += [t for t in runs[name]["per_tenant"] if t not in order]
+    judged = [
+        t for t in order
+        if any(_known(runs[n]["per_tenant"].get(t, {}).get("slo_attainment")) for n in names)
+    ]
+    header = (
+        "policy", *(f"{t}: SLO attainment" for t in judged),
+        "goodput tok/s", "E2E p50 (s)", "TTFT p99 (s)", "shed + expired",
+    )
+    rows = []
+    for name in names:
+        p = runs[name]
+        out = p["outcomes"]
+        rows.append([
+            f"**{name}**",
+            *(_share(p["per_tenant"].get(t, {}).get("slo_attainment")) for t in judged),
+            _number(out["goodput_tokens_per_s"], 0),
+            _number(p["e2e_s"]["p50"], 2),
+            _number(p["ttft_s"]["p99"], 2),
+            _share(out["shed_share"] + out["expired_share"]),
+        ])
+    return markdown_table(header, rows)
+
+
+def _known(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
 def _cells(outcomes: dict[str, Any], e2e: dict[str, float], ttft: dict[str, float]) -> list[str]:
     return [
         _share(outcomes["completed_share"]),

@@ -34,7 +34,8 @@ PAPER_TENANT_MAP = {
     "docs-pipeline": "batch",
     "content-studio": "free",
 }
-"""The paper workload's tenants on the shipped configs' (config*.yaml) by QoS tier."""
+"""The paper workload's tenants on the shipped configs' (config*.yaml): the chat bot is the interactive
+tenant, the code assistant and the document pipeline are batch, the content studio is free."""
 
 CHECKPOINT_SHAPES = {
     "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8": "llama-3.1-8b-fp8",
