@@ -73,7 +73,8 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
 
 
 def cpu_description() -> str:
-    """The CPU model (from /proc/cpuinfo on Linux) and the cores this process may use."""
+    """The CPU model (from /proc/cpuinfo on Linux) and the machine's cores (not this process's
+    affinity: a benchmark may pin itself to one core and still describe the machine it ran on)."""
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -83,8 +84,8 @@ def cpu_description() -> str:
     except OSError:
         pass
     model = model or platform.processor() or platform.machine() or "unknown CPU"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores)"
+    cores = os.cpu_count() or 0
+    return f"{model} ({cores} core{'' if cores == 1 else 's'})"
 
 
 def provenance(command: str, setup: str | None = None) -> Provenance:
