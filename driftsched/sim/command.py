@@ -24,7 +24,14 @@ from driftsched.sim import perf_model, traces
 from driftsched.sim.report import format_table, write_results, write_summary
 from driftsched.sim.results_table import LEGEND, results_table, summary_table
 from driftsched.sim.seeds import aggregate, format_spread
-from driftsched.sim.setup import ShippedSetup, load_setup, on_config_tenants, parse_mapping, tenant_map
+from driftsched.sim.setup import (
+    ShippedSetup,
+    engine_settings,
+    load_setup,
+    on_config_tenants,
+    parse_mapping,
+    tenant_map,
+)
 from driftsched.sim.simulator import (
     ORACLE,
     REFERENCES,
@@ -38,14 +45,10 @@ DEFAULT_POLICIES = "fifo,priority,weighted,sjf,aging,bounded"
 # Offered work 10% above what greedy (vLLM-style) admission sustains on the mix: sustained contention.
 DEFAULT_PAPER_LOAD = 1.1
 # Without --config: the replicas' own defaults (`ReplicaConfig`), as a config that names none gets.
-DEFAULT_REPLICAS = int(ReplicaConfig.model_fields["num_replicas"].default)
-DEFAULT_MODEL = str(ReplicaConfig.model_fields["model"].default)
 _DEFAULT_REPLICA = ReplicaConfig()
-DEFAULT_ENGINE = {
-    "max_num_seqs": _DEFAULT_REPLICA.max_num_seqs,
-    "max_num_batched_tokens": _DEFAULT_REPLICA.max_num_batched_tokens,
-    "engine_queue_slots": _DEFAULT_REPLICA.engine_queue_slots,
-}
+DEFAULT_REPLICAS = _DEFAULT_REPLICA.num_replicas
+DEFAULT_MODEL = _DEFAULT_REPLICA.model
+DEFAULT_ENGINE = engine_settings(_DEFAULT_REPLICA)
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: int = 20_000) -> None:

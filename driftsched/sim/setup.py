@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from deployments.replica_config import ReplicaConfig
 from driftsched.core.config import CoreConfig, parse_core_config
 from driftsched.sim import perf_model
 from driftsched.sim.workload import TenantSpec, Workload
@@ -111,6 +112,14 @@ def load_setup(path: Path) -> ShippedSetup:
 
     app = parse_app_config(args)
     replicas = app.replicas
+    return ShippedSetup(
+        app.core, replicas.num_replicas, shape_name(replicas.model), engine_settings(replicas),
+        app.gateway.queue_timeout_s,
+    )
+
+
+def engine_settings(replicas: ReplicaConfig) -> dict[str, Any]:
+    """PerfModel keyword arguments from the replicas' engine settings (what bounds a modelled step)."""
     engine: dict[str, Any] = {
         "max_num_seqs": replicas.max_num_seqs,
         "max_num_batched_tokens": replicas.max_num_batched_tokens,
@@ -118,9 +127,7 @@ def load_setup(path: Path) -> ShippedSetup:
     }
     if "gpu_memory_utilization" in replicas.engine_args:
         engine["gpu_memory_utilization"] = float(replicas.engine_args["gpu_memory_utilization"])
-    return ShippedSetup(
-        app.core, replicas.num_replicas, shape_name(replicas.model), engine, app.gateway.queue_timeout_s
-    )
+    return engine
 
 
 def tenant_map(workload: Workload, core: CoreConfig, given: Mapping[str, str]) -> dict[str, str] | None:
