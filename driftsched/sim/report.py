@@ -117,8 +117,9 @@ def run_span_s(rec: RunRecords) -> float:
     return float(events.max() - np.nanmin(rec.arrival)) if rec.arrival.size and events.size else 0.0
 
 
-def outcome_figures(
-    rec: RunRecords, mask: np.ndarray, span_s: float, objectives: Mapping[str, float]
+def _outcome_figures(
+    rec: RunRecords, a: dict[str, np.ndarray], mask: np.ndarray, span_s: float,
+    objectives: Mapping[str, float],
 ) -> dict[str, Any]:
     """Shares, goodput, TTFT and SLO attainment of the requests in `mask` (all of a run's, or a tenant's).
 
@@ -127,9 +128,8 @@ def outcome_figures(
     504) as shares of n. Goodput counts completed requests only: output tokens / span and requests /
     span (`run_span_s`). TTFT is over completed requests. SLO attainment, present when a tenant in
     `mask` has an objective o_t (``latency_slo_s``), is over those tenants' requests:
-    ``#{completed, e2e <= o_t} / n_t``, so a shed or expired request is a miss.
+    ``#{completed, e2e <= o_t} / n_t``, so a shed or expired request is a miss. `a` is `_arrays(rec)`.
     """
-    a = _arrays(rec)
     n = int(mask.sum())
     done = a["done"] & mask
     expired = a["expired"] & mask
@@ -158,7 +158,7 @@ def policy_summary(run: Run, objectives: Mapping[str, float] | None = None) -> d
     E2E percentiles count every request that entered a queue: one that never finished (expired at its
     queue deadline, or failed after admission) is infinitely late. The mean, TTFT and wait are over
     completed requests. `rejected` counts requests refused at admission (quotas, caps, bad input).
-    `objectives` maps tenants to their end-to-end objective in seconds (`outcome_figures`).
+    `objectives` maps tenants to their end-to-end objective in seconds (`_outcome_figures`).
     """
     rec = as_records(run)
     objectives = {t: float(o) for t, o in (objectives or {}).items() if o is not None}
@@ -176,9 +176,9 @@ def policy_summary(run: Run, objectives: Mapping[str, float] | None = None) -> d
             "completed": int(mask.sum()),
             "expired": int((expired & mine).sum()),
             "rejected": int((~rec.admitted & ~expired & mine).sum()),
-            **outcome_figures(rec, mine, span, objectives),
+            **_outcome_figures(rec, a, mine, span, objectives),
         }
-    overall = outcome_figures(rec, np.ones(len(rec), dtype=bool), span, objectives)
+    overall = _outcome_figures(rec, a, np.ones(len(rec), dtype=bool), span, objectives)
     return {
         "outcomes": {k: v for k, v in overall.items() if k != "ttft_s"},
         "span_s": span,
