@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from driftsched.core.errors import ConfigError
+from driftsched.core.slo import TIER_OBJECTIVES, Objectives, tier_objectives
 
 CATEGORIES: tuple[str, ...] = ("qa", "chat", "code", "summarize", "longform")
 
@@ -57,10 +58,19 @@ class TenantConfig(_Strict):
     """Token quota: prompt + estimated output tokens per minute; None = unlimited."""
     max_queued: int = 1000
     """Most requests this tenant may have waiting at once."""
+    ttft_slo_s: float | None = None
+    """Time-to-first-token objective in seconds: a request meets it when its first token comes back
+    within this long of its arrival. None takes the tier's (`tier_objectives`)."""
+    tpot_slo_s: float | None = None
+    """Time-per-output-token objective in seconds (mean gap between tokens after the first). None takes
+    the tier's (`tier_objectives`)."""
     latency_slo_s: float | None = None
     """Optional end-to-end latency objective, reported per tenant. Under `bounded` it is also this
     tenant's horizon (unless `policy_options.tenant_horizon_s` names the tenant): its requests are
     passed by at most this many seconds' worth of later, smaller work."""
+    best_tier: int | None = Field(default=None, ge=0, le=9)
+    """The most important tier this tenant's requests may ask for (``service_tier: priority``), and
+    whose objectives bound how strict a request's own objective headers may be. None = its `tier`."""
     output_scale: float = 1.0
     """Prior multiplier on every category's output estimate for this tenant (before any feedback)."""
 
@@ -71,7 +81,7 @@ class TenantConfig(_Strict):
             raise ValueError(f"must be > 0, got {value}; use a positive number such as 1.0")
         return value
 
-    @field_validator("requests_per_minute", "tokens_per_minute", "latency_slo_s")
+    @field_validator("requests_per_minute", "tokens_per_minute", "latency_slo_s", "ttft_slo_s", "tpot_slo_s")
     @classmethod
     def _positive_or_none(cls, value: float | None) -> float | None:
         if value is not None and not value > 0:
@@ -84,6 +94,33 @@ class TenantConfig(_Strict):
         if value < 1:
             raise ValueError(f"must be >= 1, got {value}; raise it or remove the tenant")
         return value
+
+    @model_validator(mode="after")
+    def _best_tier(self) -> TenantConfig:
+        if self.best_tier is not None and self.best_tier > self.tier:
+            raise ValueError(
+                f"best_tier {self.best_tier} is less important than tier {self.tier}; use at most {self.tier}"
+            )
+        return self
+
+    def objectives(self, table: dict[int, Objectives], tier: int | None = None) -> Objectives:
+        """This tenant's objectives at `tier` (default its own): its own targets over the tier's."""
+        base = tier_objectives(self.tier if tier is None else tier, table)
+        return Objectives(
+            self.ttft_slo_s if self.ttft_slo_s is not None and tier in (None, self.tier) else base.ttft_s,
+            self.tpot_slo_s if self.tpot_slo_s is not None and tier in (None, self.tier) else base.tpot_s,
+            self.latency_slo_s,
+        )
+
+    def objective_floor(self, table: dict[int, Objectives]) -> Objectives:
+        """The strictest objectives a request of this tenant may ask for (its best tier's, or its own
+        where those are stricter)."""
+        own, best = self.objectives(table), tier_objectives(self.best_tier_or_own, table)
+        return Objectives(min(own.ttft_s, best.ttft_s), min(own.tpot_s, best.tpot_s))
+
+    @property
+    def best_tier_or_own(self) -> int:
+        return self.tier if self.best_tier is None else self.best_tier
 
 
 class ClassifierConfig(_Strict):
@@ -256,10 +293,27 @@ class SchedulerConfig(_Strict):
         return value
 
 
+class ObjectivesConfig(_Strict):
+    """A tier's default latency objectives (see `driftsched.core.slo`)."""
+
+    ttft_s: float = Field(gt=0)
+    """Time-to-first-token target, seconds."""
+    tpot_s: float = Field(gt=0)
+    """Time-per-output-token target, seconds."""
+
+
+def _default_tier_objectives() -> dict[int, ObjectivesConfig]:
+    return {tier: ObjectivesConfig(ttft_s=o.ttft_s, tpot_s=o.tpot_s) for tier, o in TIER_OBJECTIVES.items()}
+
+
 class CoreConfig(_Strict):
     """Everything the scheduling core needs."""
 
     tenants: list[TenantConfig]
+    tier_objectives: dict[int, ObjectivesConfig] = Field(default_factory=_default_tier_objectives)
+    """Each tier's objectives, taken by a tenant that states none of its own; a tier not listed takes
+    the nearest more important one's. The defaults and the reason for each are in
+    `driftsched.core.slo.TIER_OBJECTIVES`."""
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
@@ -275,8 +329,25 @@ class CoreConfig(_Strict):
             raise ValueError(f"tenant names must be unique, repeated: {dupes}; rename them")
         return value
 
+    @field_validator("tier_objectives")
+    @classmethod
+    def _tiers(cls, value: dict[int, ObjectivesConfig]) -> dict[int, ObjectivesConfig]:
+        bad = sorted(t for t in value if not 0 <= t <= 9)
+        if bad or not value:
+            raise ValueError(f"tiers must be 0..9 and at least one listed, got {sorted(value)}")
+        return value
+
     def tenant_map(self) -> dict[str, TenantConfig]:
         return {t.name: t for t in self.tenants}
+
+    def objective_table(self) -> dict[int, Objectives]:
+        """`tier_objectives` as `Objectives`, for `TenantConfig.objectives`."""
+        return {tier: Objectives(o.ttft_s, o.tpot_s) for tier, o in self.tier_objectives.items()}
+
+    def objectives(self) -> dict[str, Objectives]:
+        """Every tenant's objectives (its own targets over its tier's)."""
+        table = self.objective_table()
+        return {t.name: t.objectives(table) for t in self.tenants}
 
 
 def parse_core_config(data: dict[str, Any]) -> CoreConfig:

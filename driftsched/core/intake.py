@@ -12,6 +12,7 @@ from driftsched.core.classify import Classifier
 from driftsched.core.config import CoreConfig, TenantConfig
 from driftsched.core.estimator import Estimator
 from driftsched.core.request import Admission, RejectReason, Request, Ticket
+from driftsched.core.slo import Objectives, service_tier_to_tier
 
 
 class Intake:
@@ -22,6 +23,7 @@ class Intake:
         self.classifier = Classifier(config.classifier)
         self.estimator = estimator or Estimator(config.estimator, self.tenants)
         self.max_request_tokens = config.scheduler.max_request_tokens
+        self.objective_table = config.objective_table()
 
     def validate(self, request: Request) -> Admission | None:
         """A rejection if the request is malformed or its tenant unknown, else None."""
@@ -37,11 +39,27 @@ class Intake:
                 f"prompt_tokens + max_tokens = {request.prompt_tokens + request.max_tokens} exceeds "
                 f"the context limit {self.max_request_tokens}; shorten the prompt or lower max_tokens"
             )
+        if problem is None:
+            try:
+                self.objectives(request)
+            except ValueError as exc:
+                problem = str(exc)
         return None if problem is None else Admission(None, RejectReason.INVALID, problem)
+
+    def objectives(self, request: Request) -> tuple[int, Objectives]:
+        """The tier a request runs at and the objectives it is held to: its tenant's at the tier its
+        ``service_tier`` picks, tightened by what it asks for. `ValueError` for an ask outside its
+        tenant's allowance or an unknown service tier."""
+        tenant = self.tenants[request.tenant]
+        tier = service_tier_to_tier(request.service_tier, tenant.tier, tenant.best_tier_or_own)
+        table = self.objective_table
+        base = tenant.objectives(table, tier)
+        return tier, base.tighten(request.ttft_slo_s, request.tpot_slo_s, tenant.objective_floor(table))
 
     def ticket(self, request: Request, now: float) -> Ticket:
         """Classify and estimate a valid request (call `validate` first)."""
         tenant = self.tenants[request.tenant]
+        tier, objectives = self.objectives(request)
         category = self.classifier.category(
             request.category, request.prompt_tokens, request.max_tokens, request.prompt_text
         )
@@ -51,7 +69,7 @@ class Intake:
         return Ticket(
             request_id=request.request_id,
             tenant=request.tenant,
-            tier=tenant.tier,
+            tier=tier,
             weight=tenant.weight,
             category=category,
             prompt_tokens=request.prompt_tokens,
@@ -62,4 +80,6 @@ class Intake:
             seq=0,
             deadline=request.deadline,
             bucket=est.bucket,
+            ttft_slo_s=objectives.ttft_s,
+            tpot_slo_s=objectives.tpot_s,
         )

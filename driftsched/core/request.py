@@ -7,6 +7,7 @@ small record the scheduler queues (tenant, tier, category, estimates, arrival ti
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 
@@ -36,6 +37,13 @@ class Request:
     """Prompt text for content cues; used by the classifier only, never queued."""
     deadline: float | None = None
     """Absolute time after which a still-queued request is expired by the scheduler."""
+    service_tier: str | None = None
+    """OpenAI's ``service_tier`` as the caller sent it (`driftsched.core.slo.service_tier_to_tier`)."""
+    ttft_slo_s: float | None = None
+    """A stricter time-to-first-token objective the caller asks for (seconds), within its tenant's
+    allowance (`driftsched.core.slo.Objectives.tighten`)."""
+    tpot_slo_s: float | None = None
+    """A stricter time-per-output-token objective the caller asks for (seconds)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -65,6 +73,21 @@ class Ticket:
     generated: int = 0
     """Output tokens produced by earlier runs (preempted, then resumed); already in `prompt_tokens`."""
     preemptions: int = 0
+    ttft_slo_s: float = math.inf
+    """The time-to-first-token objective this request is held to (its tenant's, or stricter if asked)."""
+    tpot_slo_s: float = math.inf
+    """The time-per-output-token objective this request is held to."""
+
+    @property
+    def ttft_deadline(self) -> float:
+        """When its first token is due: arrival + TTFT objective."""
+        return self.arrival_time + self.ttft_slo_s
+
+    @property
+    def finish_target(self) -> float:
+        """When it should finish: its TTFT deadline plus the corrected output estimate at the TPOT
+        objective (an absolute use of the estimate: a wrong estimate moves the target)."""
+        return self.ttft_deadline + self.corrected_estimate * self.tpot_slo_s
 
     @property
     def remaining_estimate(self) -> float:

@@ -104,6 +104,8 @@ def _default(field: FieldInfo, links: dict[type[BaseModel], Section]) -> str:
     if isinstance(value, BaseModel):
         section = links[type(value)]
         return f"see [{section.path}](#{section.anchor})"
+    if isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+        value = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in value.items()}
     return f"`{json.dumps(value)}`"
 
 
