@@ -45,15 +45,20 @@ deployed first (each under its own route prefix, ~30 s per engine start), then e
 replayed against every set-up in turn (~100-150 s per replay at load 1.0 on 2 cores), the order rotated
 by one per seed (`interleaved`), so that a machine that gets busier during the run weighs on every
 set-up alike; an idle set-up costs next to nothing (its engine waits, its replicas heartbeat).
-Printed: median / P99 end-to-end latency (request sent to `[DONE]`), overall and per tenant, and the
-achieved output throughput (tokens / (last completion - first arrival)). With `--seeds N` the load is
-replayed for N seeds and each figure is the median over them. `--out DIR` writes `DIR/summary.json`:
-``{"setups": {name: {"overall": {"p50", "p99"}, "per_tenant": {tenant: {"p50", "p99"}},
-"tokens_per_s"}}}`` (seconds; medians over seeds), the per-seed figures under ``"runs"``, and under
-``"pooled"`` the same figures over every seed's requests together (a tenant's p99 in one seed is its
-worst request or two; pooled it rests on N times as many), and `DIR/results.md`, the same figures as a
-Markdown results page with the command line, commit and machine (`--results-md PATH` writes it there
-too: `docs/results/bench-vllm.md` for the documented run).
+Reported as `driftsched simulate` and `driftsched bench live` report (`driftsched.sim.report`), each
+set-up as a policy: over the steady window (arrivals from 10 % to 90 % of the replay), per tenant and
+overall, the shares meeting the TTFT objective, the TPOT objective and both (the objectives of
+DriftSched's tenants, their tiers', for every set-up alike), goodput (requests and output tokens that
+met both, per second), TTFT (request sent to its first streamed text) and E2E (to `[DONE]`)
+percentiles, plus the achieved output throughput (tokens / (last completion - first arrival)). With
+`--seeds N` the load is replayed for N seeds: each figure is the median over them, and each set-up is
+compared with vllm-fcfs seed by seed (goodput and tail ratios, attainment differences; mean and 95 %
+interval). `--out DIR` writes `DIR/summary.json`: ``policies`` (a `policy_summary` per set-up, medians
+over seeds), ``vs_vllm_fcfs``, ``window``, ``objectives``, the per-seed figures under ``runs``, and
+under ``pooled`` the figures over every seed's steady window together (a tenant's p99 in one seed is
+its worst request or two; pooled it rests on N times as many), and `DIR/results.md`, the same figures
+as a Markdown results page with the command line, commit and machine (`--results-md PATH` writes it
+there too: `docs/results/bench-vllm.md` for the documented run).
 
 Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--load 1.0 | --rate R] [--slots 4]
 [--seeds 1] [--engine-queue-slots N] [--no-pin-engine] [--model auto | HIDDENxLAYERS]
@@ -322,8 +327,7 @@ def driftsched_app(model_dir: Path, slots: int, replicas: int, policy: str, work
         "benchmark_mode": True,
         "auth": {"demo_keys": {spec[1]: name for name, spec in TENANTS.items()}, "keys_env": None},
         "core": {
-            "tenants": [{"name": name, "tier": spec[0], "weight": 4.0 / (1 + spec[0]), "max_queued": 5000}
-                        for name, spec in TENANTS.items()],
+            "tenants": bench_tenants(),
             "scheduler": {**scheduler, "max_queued_total": 5000, "max_request_tokens": MAX_MODEL_LEN},
         },
         "replicas": {"engine": "vllm", "num_replicas": replicas, "model": str(model_dir),
@@ -394,15 +398,26 @@ def vllm_alone_app(model_dir: Path, slots: int, replicas: int, policy: str, work
 # -- the client ------------------------------------------------------------------------------------
 
 
-async def replay(items: list[Item], base_url: str) -> tuple[list[tuple[str, float]], float]:
-    """Send the load; returns (tenant, e2e latency) per request and output tokens per second."""
+@dataclass(slots=True)
+class Seen:
+    """What the client saw of one request: seconds from the replay's start, and tokens generated."""
+
+    tenant: str
+    sent_s: float
+    first_token_s: float
+    done_s: float
+    tokens: int
+
+
+async def replay(items: list[Item], base_url: str) -> tuple[list[Seen], float]:
+    """Send the load; returns what was seen of each request and the output tokens per second."""
     import httpx
 
     async with httpx.AsyncClient(base_url=base_url, timeout=600,
                                  limits=httpx.Limits(max_connections=1000)) as client:
-        async def one(item: Item, t0: float) -> tuple[str, float]:
+        async def one(item: Item, t0: float) -> Seen:
             await asyncio.sleep(max(0.0, t0 + item.at_s - time.monotonic()))
-            start, usage = time.monotonic(), None
+            start, first, usage = time.monotonic(), float("nan"), None
             body = {"model": "tiny-llama", "prompt": item.prompt, "max_tokens": item.max_tokens,
                     "stream": True, "stream_options": {"include_usage": True},
                     "driftsched_target_tokens": item.target}
@@ -413,14 +428,18 @@ async def replay(items: list[Item], base_url: str) -> tuple[list[tuple[str, floa
                     if line == "data: [DONE]":
                         break
                     if line.startswith("data: "):
-                        usage = json.loads(line[6:]).get("usage") or usage
+                        chunk = json.loads(line[6:])
+                        usage = chunk.get("usage") or usage
+                        if first != first and any(c.get("text") for c in chunk.get("choices") or ()):
+                            first = time.monotonic()  # the first streamed text: time to first token
+            done = time.monotonic()
             assert usage is not None and usage["completion_tokens"] == item.target, (usage, item)
-            return item.tenant, time.monotonic() - start
+            return Seen(item.tenant, start - t0, first - t0, done - t0, item.target)
 
         await one(Item(0.0, "interactive", "hello", 8, 8), time.monotonic())  # warm-up
         t0 = time.monotonic()
-        results = list(await asyncio.gather(*(one(it, t0) for it in items)))
-        return results, sum(it.target for it in items) / (time.monotonic() - t0)
+        seen = list(await asyncio.gather(*(one(it, t0) for it in items)))
+        return seen, sum(it.target for it in items) / (time.monotonic() - t0)
 
 
 def calibrate(model_dir: Path, slots: int, replicas: int, work: Path, pinning: EnginePinning) -> float:
@@ -439,87 +458,154 @@ def calibrate(model_dir: Path, slots: int, replicas: int, work: Path, pinning: E
 
 
 # -- report ----------------------------------------------------------------------------------------
+# The same figures as `driftsched simulate` and `driftsched bench live` (`driftsched.sim.report`): each
+# replay becomes per-request records, judged against the objectives of the tenants DriftSched runs
+# (`bench_core`), over the steady window; both sides are judged alike.
+
+REFERENCE = "vllm-fcfs"
+"""The set-up every other is compared with, seed by seed: vLLM on its own, first come first served."""
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def bench_tenants() -> list[dict[str, Any]]:
+    """DriftSched's tenants in this benchmark (objectives: their tiers', `driftsched.core.slo`)."""
+    return [{"name": name, "tier": spec[0], "weight": 4.0 / (1 + spec[0]), "max_queued": 5000}
+            for name, spec in TENANTS.items()]
 
 
-def figures(results: list[tuple[str, float]], tokens_per_s: float) -> dict[str, Any]:
-    """One set-up's figures: overall and per-tenant p50/p99 (s), output tokens/s."""
+def bench_core() -> Any:
+    """The core config of DriftSched's set-ups, whose objectives every set-up is judged against."""
+    from driftsched.core.config import CoreConfig
 
-    def pair(values: list[float]) -> dict[str, float]:
-        if not values:
-            return {"p50": float("nan"), "p99": float("nan")}
-        return {"p50": statistics.median(values), "p99": _pct(values, 0.99)}
+    return CoreConfig.model_validate({"tenants": bench_tenants()})
 
+
+def to_records(setup: str, seen: list[Seen], tokens_per_s: float) -> Any:
+    """One replay as `RunRecords` (seconds of wall time from its start; every request completed, as the
+    client asserts)."""
+    import numpy as np
+
+    from driftsched.sim.records import RunRecords
+
+    n = len(seen)
+
+    def col(values: list[float]) -> Any:
+        return np.array(values, dtype=float)
+
+    nan = np.full(n, float("nan"))
+    return RunRecords(
+        policy=setup, tenant=np.array([s.tenant for s in seen]), category=["bench"] * n,
+        prompt_tokens=nan.copy(), max_tokens=nan.copy(), output_tokens=col([s.tokens for s in seen]),
+        arrival=col([s.sent_s for s in seen]), dispatch=nan.copy(),
+        first_token=col([s.first_token_s for s in seen]), finish=col([s.done_s for s in seen]),
+        raw_estimate=nan.copy(), corrected_estimate=nan.copy(), admitted=np.ones(n, dtype=bool),
+        status=["completed"] * n, extras={"tokens_per_s": tokens_per_s},
+        estimator={"uncorrected": {"mae": float("nan"), "rmse": float("nan")},
+                   "corrected": {"mae": float("nan"), "rmse": float("nan")}},
+    )
+
+
+def figures(records: Any, window: tuple[float, float] | None = (0.1, 0.9)) -> dict[str, Any]:
+    """One replay's (or the pooled records') summary: `driftsched.sim.report.policy_summary`."""
+    from driftsched.sim.attainment import STEADY_WINDOW
+    from driftsched.sim.report import policy_summary
+
+    summary = policy_summary(records, bench_core().objectives(), STEADY_WINDOW if window else None)
+    summary.pop("estimator", None)  # the client cannot see the service's estimates
+    return summary
+
+
+def combine(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Per-seed figures of every set-up -> the medians over seeds (``policies``), and every set-up
+    against `REFERENCE` paired by seed (``vs_vllm_fcfs``, `driftsched.sim.seeds.versus`)."""
+    from driftsched.sim.report import objectives_doc
+    from driftsched.sim.seeds import aggregate, versus
+
+    seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
+    docs = [{"seed": seed,
+             "policies": {name: by_seed[seed] for name, by_seed in runs.items() if seed in by_seed}}
+            for seed in seeds]
+    median = aggregate(docs)["median"]
+    first = next(iter(median["policies"].values()), {})
     return {
-        "overall": pair([lat for _, lat in results]),
-        "per_tenant": {t: pair([lat for tenant, lat in results if tenant == t]) for t in TENANTS},
-        "tokens_per_s": tokens_per_s,
+        "policies": median["policies"],
+        "tenants": list(TENANTS),
+        "window": {"from_share": 0.1, "to_share": 0.9, **first.get("window", {})},
+        "objectives": objectives_doc(bench_core().objectives()),
+        "vs_" + REFERENCE.replace("-", "_"): versus(docs, REFERENCE),
     }
 
 
-def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The per-figure median over seeds of `figures` documents."""
+def pooled_figures(records: dict[str, list[Any]]) -> dict[str, Any]:
+    """Per set-up, the figures over every seed's steady window together: a tenant's p99 over one
+    seed's ~70-180 requests is its worst one or two; pooled it rests on N times as many. Rates
+    (goodput) do not pool (each seed has its own clock) and are left out."""
+    from driftsched.sim.attainment import in_window, steady_window
+    from driftsched.sim.records import concat
 
-    def med(path: tuple[str, ...]) -> float:
-        values = []
-        for run in runs:
-            node: Any = run
-            for key in path:
-                node = node[key]
-            values.append(node)
-        return statistics.median(values)
-
-    return {
-        "overall": {q: med(("overall", q)) for q in ("p50", "p99")},
-        "per_tenant": {t: {q: med(("per_tenant", t, q)) for q in ("p50", "p99")} for t in TENANTS},
-        "tokens_per_s": med(("tokens_per_s",)),
-    }
+    out = {}
+    for name, parts in records.items():
+        windowed = [rec.select(in_window(rec, steady_window(rec))) for rec in parts]
+        fig = figures(concat(windowed), window=None)
+        fig.pop("goodput", None)
+        for tenant in fig["per_tenant"].values():
+            tenant.pop("goodput", None)
+        out[name] = fig
+    return out
 
 
 def row(name: str, fig: dict[str, Any]) -> str:
-    cells = [fig["overall"]] + [fig["per_tenant"][t] for t in TENANTS]
-    text = "".join(f"{c['p50']:>8.2f} / {c['p99']:<6.2f}" for c in cells)
-    return f"{name:<20}{text}{fig['tokens_per_s']:>8.0f}"
+    """A printed line: each tenant's share meeting both objectives, goodput, TTFT p99, E2E p50 / p99."""
+    both = "".join(f"{_share(fig['per_tenant'].get(t, {}).get('slo', {}).get('both')):>9}" for t in TENANTS)
+    goodput = (fig.get("goodput") or {}).get("tokens_per_s", float("nan"))
+    rate = fig.get("tokens_per_s", float("nan"))
+    return (f"{name:<20}{both}{goodput:>10.0f}{fig['ttft_s']['p99']:>10.2f}"
+            f"{fig['e2e_s']['p50']:>9.2f} / {fig['e2e_s']['p99']:<7.2f}{rate:>8.0f}")
 
 
-def results_table(summary: dict[str, Any], pooled: dict[str, Any] | None) -> str:
-    """The Markdown table: set-ups as row groups (all requests, then each tenant); medians over seeds,
-    and the pooled percentiles beside them when there were several seeds (`pooled`)."""
+ROW_HEADER = (f"{'set-up':<20}" + "".join(f"{t[:8]:>9}" for t in TENANTS) + f"{'goodput':>10}{'TTFT p99':>10}"
+              f"{'E2E p50 / p99':>17}{'tok/s':>8}")
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def pooled_table(pooled: dict[str, Any]) -> str:
+    """The pooled figures as a Markdown table: per set-up and tenant, attainment and the tails."""
     from driftsched.results import markdown_table
 
-    header = ["set-up", "tenant", "E2E p50 (s)", "E2E p99 (s)"]
-    header += ["pooled p50 (s)", "pooled p99 (s)"] if pooled else []
-    header += ["output tok/s"]
+    header = ["set-up", "tenant", "both met", "TTFT p99 (s)", "E2E p50 (s)", "E2E p99 (s)"]
     rows = []
-    for name, fig in summary.items():
+    for name, fig in pooled.items():
         for tenant in ("all", *TENANTS):
-            cells = fig["overall"] if tenant == "all" else fig["per_tenant"][tenant]
-            label = f"**{name}**" if tenant == "all" else ""
-            row = [label, tenant, f"{cells['p50']:.2f}", f"{cells['p99']:.2f}"]
-            if pooled:
-                both = pooled[name]["overall"] if tenant == "all" else pooled[name]["per_tenant"][tenant]
-                row += [f"{both['p50']:.2f}", f"{both['p99']:.2f}"]
-            row.append(f"{fig['tokens_per_s']:,.0f}" if tenant == "all" else "")
-            rows.append(row)
+            cells = fig if tenant == "all" else fig["per_tenant"].get(tenant)
+            if cells is None:
+                continue
+            rows.append([f"**{name}**" if tenant == "all" else "", tenant,
+                         _share((cells.get("slo") or {}).get("both")), f"{cells['ttft_s']['p99']:.2f}",
+                         f"{cells['e2e_s']['p50']:.2f}", f"{cells['e2e_s']['p99']:.2f}"])
     return markdown_table(header, rows, align="ll" + "r" * (len(header) - 2))
 
 
 def results_page(summary: dict[str, Any], pooled: dict[str, Any] | None, seeds: list[int], setup: str,
                  command: str) -> str:
-    """results.md (see `driftsched.results`): provenance, the table, what the figures are."""
+    """results.md (see `driftsched.results`): provenance, the summary and the table of
+    `driftsched simulate` (set-ups as policies), the pooled table with several seeds, what they are."""
     from driftsched import results
+    from driftsched.sim.results_table import LEGEND, results_table, summary_table, window_and_objectives
 
     notes = [
-        f"{len(seeds)} seed(s) {seeds[0]}..{seeds[-1]}: each figure is the median over the seeds"
-        + ("; pooled: the percentile over every seed's requests together." if pooled else "."),
-        "E2E: request sent to `[DONE]`, seconds of wall time on this machine. Output tok/s: the load's "
-        "output tokens / (last completion - first arrival).",
+        f"{len(seeds)} seed(s) {seeds[0]}..{seeds[-1]}: each figure is the median over the seeds; the "
+        f"goodput ratio to {REFERENCE} is the mean over seeds of each seed's ratio, with its 95 % interval.",
+        "Seconds of wall time on this machine, from the request sent to its first streamed text (TTFT) "
+        "and to `[DONE]` (E2E).",
+        window_and_objectives(summary),
+        LEGEND,
     ]
-    return results.page(results.provenance(command, setup), results_table(summary, pooled), notes)
+    if pooled:
+        notes += ["Pooled: the figures over every seed's steady window together.", pooled_table(pooled)]
+    return results.page(results.provenance(command, setup), results_table(summary), notes,
+                        summary_table(summary, reference=REFERENCE))
 
 
 def main() -> None:
@@ -591,7 +677,7 @@ def main() -> None:
     ray.init(_temp_dir=str(work / "ray"), _node_ip_address="127.0.0.1", include_dashboard=False,
              num_cpus=8, log_to_driver=False, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     runs: dict[str, dict[int, dict[str, Any]]] = {}
-    pooled: dict[str, list[tuple[str, float]]] = {}  # every seed's (tenant, latency), per set-up
+    records: dict[str, list[Any]] = {}  # every seed's records, per set-up
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         rate = args.rate
@@ -615,38 +701,43 @@ def main() -> None:
         pinning.pin(engines=args.replicas * len(setups))
         for i, seed in enumerate(seeds):
             for setup in interleaved(setups, i):
-                results, tokens_per_s = asyncio.run(
+                seen, tokens_per_s = asyncio.run(
                     replay(loads[seed], f"http://127.0.0.1:{PORT}/{setup}/v1"))
-                runs.setdefault(setup, {})[seed] = figures(results, tokens_per_s)
-                pooled.setdefault(setup, []).extend(results)
+                rec = to_records(setup, seen, tokens_per_s)
+                runs.setdefault(setup, {})[seed] = figures(rec)
+                records.setdefault(setup, []).append(rec)
                 print(f"seed {seed} " + row(setup, runs[setup][seed]), flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    summary = {name: median_figures(list(by_seed.values())) for name, by_seed in runs.items()}
-    header = f"{'e2e p50 / p99 (s)':<20}" + "".join(f"{t:>17}" for t in ("all", *TENANTS)) + f"{'tok/s':>8}"
-    print(f"\nmedian over seeds {seeds}:\n" + header)
-    print("\n".join(row(name, fig) for name, fig in summary.items()))
-    # A tenant's p99 over one seed's ~70-180 requests is its worst one or two; pooled over the seeds
-    # it rests on N times as many (tok/s stays the median over seeds).
-    pooled_figures = {name: figures(pooled[name], fig["tokens_per_s"]) for name, fig in summary.items()}
+    summary = combine(runs)
+    print(f"\nmedian over seeds {seeds} (both objectives met per tenant; goodput, tok/s; seconds):\n"
+          + ROW_HEADER)
+    print("\n".join(row(name, fig) for name, fig in summary["policies"].items()))
+    from driftsched.sim.seeds import format_versus
+
+    versus = summary["vs_" + REFERENCE.replace("-", "_")]
+    print("\n" + format_versus(versus, REFERENCE))
+    pooled = pooled_figures(records)
     if len(seeds) > 1:
-        print(f"\npooled over seeds {seeds}:\n" + header)
-        print("\n".join(row(name, fig) for name, fig in pooled_figures.items()))
+        print(f"\npooled over seeds {seeds}:\n" + ROW_HEADER)
+        print("\n".join(row(name, fig) for name, fig in pooled.items()))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        doc = {"setups": summary, "pooled": pooled_figures, "seeds": seeds,
+        from driftsched.sim.report import write_summary
+
+        doc = {**summary, "pooled": pooled, "seeds": seeds,
                "runs": {k: {str(s): v for s, v in r.items()} for k, r in runs.items()},
                "rate": rate, "engine_pinning": pinning.reason, "engine_model": model,
                "args": {k: str(v) for k, v in vars(args).items()}}
-        (args.out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
+        write_summary(doc, args.out)  # NaN and inf as null
         print(f"summary in {args.out / 'summary.json'}")
     from driftsched.results import command_line, write_page
 
     setup = (f"vLLM CPU build, tiny random Llama {hidden}x{layers}, {args.replicas} replica(s) x "
              f"{args.slots} slots; engine pinning {pinning.reason}")
-    text = results_page(summary, pooled_figures if len(seeds) > 1 else None, seeds, setup,
+    text = results_page(summary, pooled if len(seeds) > 1 else None, seeds, setup,
                         command_line("python benchmarks/bench_vllm.py", sys.argv[1:]))
     for path in write_page(text, [args.out / "results.md" if args.out else None, args.results_md]):
         print(f"wrote {path}")

@@ -25,7 +25,10 @@ request goes back to the queue with its generated tokens appended to its prompt,
 for its new grant. ``cancel`` withdraws a request wherever it is (client disconnect). The actor holds
 no scheduling logic: which ticket goes next and to which replica is the core's `Dispatcher` (the
 policy's order placed by the `Placement` fit rule on what the heartbeats report), the same object the
-simulator drives.
+simulator drives. SLO admission is the core's too: ``submit`` answers its refusals (429
+``slo_unreachable`` / ``tier_holdback``, 503 ``system_slo_unreachable``, with Retry-After) like any
+other, each release's completion feeds the core's service-rate measurement, every dispatch step tells
+it the replicas reporting, and ``backlog`` hands the autoscaler the core's predicted risk per tier.
 
 Restart: the actor is a named Ray actor restarted by Ray (max_restarts=-1). A restarted instance starts
 empty, with a new epoch: in-flight calls fail on the caller's side, and clients that see the failure or
@@ -46,10 +49,10 @@ from typing import TypedDict
 
 from deployments.drift_feed import DRIFT_PUSH_S, DriftFeed, DriftSink
 from deployments.outbox import Outbox, Outboxes
-from deployments.telemetry import Histogram, Outcome, RequestBook, RequestTimings
+from deployments.telemetry import Histogram, Outcome, RequestBook, RequestTimings, SloTally
 from deployments.usage import TenantUsage, tenant_usage
 from driftsched.core.backlog import Backlog, BacklogMeter
-from driftsched.core.clock import monotonic_clock
+from driftsched.core.clock import Clock, monotonic_clock
 from driftsched.core.config import parse_core_config
 from driftsched.core.dispatch import Dispatcher
 from driftsched.core.errors import UnknownRequestError
@@ -138,6 +141,8 @@ class SchedulerView:
     outcomes: dict[tuple[str, Outcome], int] = field(default_factory=dict)
     autoscale: ShownDecision | None = None
     """The autoscaling policy's last decision (`backlog`'s `decision`), None without autoscaling."""
+    slo: dict[str, SloTally] = field(default_factory=dict)
+    """Each tenant's requests judged against their latency objectives (the request book's tallies)."""
 
 
 class SchedulerActor:
@@ -145,13 +150,14 @@ class SchedulerActor:
 
     def __init__(self, core_config: dict[str, object], replica_timeout_s: float = 5.0,
                  client_grace_s: float | None = None, drift: DriftSink | None = None,
-                 drift_push_s: float = DRIFT_PUSH_S) -> None:
+                 drift_push_s: float = DRIFT_PUSH_S, clock: Clock = monotonic_clock) -> None:
         """`client_grace_s`: how long a batching client may go without polling before its outbox is
         dropped and what it held freed (default: the ledger's grace for an unused grant). `drift`:
-        where finished requests' observations go, every `drift_push_s` (None: nowhere)."""
+        where finished requests' observations go, every `drift_push_s` (None: nowhere). `clock`: the
+        scheduler's time (tests move it by hand; waits on the event loop stay in real seconds)."""
         config = parse_core_config(core_config)
         policy = make_policy(config.scheduler.policy, **config.scheduler.policy_options)
-        self._clock = monotonic_clock
+        self._clock = clock
         self._core = Scheduler(config, policy, self._clock)
         self._ledger = Placement(
             replica_timeout_s=replica_timeout_s, kv_watermark=config.scheduler.kv_watermark,
@@ -321,7 +327,7 @@ class SchedulerActor:
         book = self._book
         return SchedulerView(
             self._core.snapshot(), self._ledger.summary(), dict(book.histograms),
-            dict(book.tokens), dict(book.outcomes), self._autoscale,
+            dict(book.tokens), dict(book.outcomes), self._autoscale, dict(book.slo),
         )
 
     async def backlog(
@@ -337,7 +343,7 @@ class SchedulerActor:
         core, replicas = self._core, list(self._ledger.replicas())
         running = sum(sum(state.progress.values()) for state in replicas)
         return self._meter.backlog(self._clock(), core.queued_tickets(), core.num_in_flight, len(replicas),
-                                   window_s, running)
+                                   window_s, running, risk=core.risk)
 
     async def ping(self) -> str:
         return self._core.policy.name

@@ -1,9 +1,11 @@
 """One tenant's own usage (GET /v1/usage), built in the scheduler actor in one call.
 
 Everything here is the asking tenant's alone: its lifetime request counters, how its granted requests
-ended, its prompt and generated tokens, its requests queued and running now, its latency percentiles
-and its quota left. Nothing names or counts another tenant. Percentiles are estimated from the request
-book's fixed latency buckets (`Histogram.quantile`), so they are as coarse as those buckets.
+ended, its prompt and generated tokens, its requests queued and running now, its latency percentiles,
+its quota left, and how its requests fared against its latency objectives (`slo`, `goodput`; judged as
+`deployments.telemetry.judge` defines). Nothing names or counts another tenant. Percentiles are
+estimated from the request book's fixed latency buckets (`Histogram.quantile`), so they are as coarse
+as those buckets; the SLO shares are exact counts.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from deployments.telemetry import LATENCY_KINDS, Outcome, RequestBook
+from deployments.telemetry import LATENCY_KINDS, Outcome, RequestBook, SloTally, shed_count
 from driftsched.core.scheduler import Scheduler
+from driftsched.core.slo import Objectives
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
@@ -34,6 +37,13 @@ class TenantUsage:
     """Per stage (queue_wait, ttft, e2e, and the engine's own where it reports them): count, mean and
     the QUANTILES, in seconds."""
     quota: dict[str, dict[str, float] | int | None]
+    slo: dict[str, object] = dataclasses.field(default_factory=dict)
+    """The tenant's objectives (`objectives`, and the `strictest` a request may ask for), the requests
+    `judged` against their own objectives (refusals that count as misses included), and the shares of
+    them that met `ttft`, `tpot` and `both`, were `shed` (refused at admission) and `expired`."""
+    goodput: dict[str, float | int | None] = dataclasses.field(default_factory=dict)
+    """Requests that met both objectives and their output tokens: totals, and per second over
+    `window_s` (first judged arrival to last judged end)."""
 
     def to_json(self) -> dict[str, object]:
         return {"object": "usage", **dataclasses.asdict(self)}
@@ -45,6 +55,7 @@ def tenant_usage(core: Scheduler, book: RequestBook, tenant: str) -> TenantUsage
     if state is None:
         return None
     config = core.config.tenant_map()[tenant]
+    table = core.config.objective_table()
     latency: dict[str, dict[str, float | int | None]] = {}
     for kind in LATENCY_KINDS:
         hist = book.histograms.get((kind, tenant))
@@ -53,6 +64,8 @@ def tenant_usage(core: Scheduler, book: RequestBook, tenant: str) -> TenantUsage
         count = sum(hist.counts)
         latency[kind] = {"count": count, "mean": hist.total / count if count else None,
                          **{name: hist.quantile(q) for name, q in QUANTILES.items()}}
+    slo, goodput = slo_report(book.slo.get(tenant), shed_count(state.counters.rejected),
+                              config.objectives(table), config.objective_floor(table))
     return TenantUsage(
         tenant=tenant,
         requests=dataclasses.asdict(state.counters),
@@ -66,7 +79,38 @@ def tenant_usage(core: Scheduler, book: RequestBook, tenant: str) -> TenantUsage
             "tokens_per_minute": _bucket(config.tokens_per_minute, state.tokens_left),
             "max_queued": config.max_queued,
         },
+        slo=slo,
+        goodput=goodput,
     )
+
+
+def slo_report(tally: SloTally | None, shed: int, objectives: Objectives, strictest: Objectives
+               ) -> tuple[dict[str, object], dict[str, float | int | None]]:
+    """`TenantUsage.slo` and `.goodput` from a tenant's tally and its refusals that count as misses."""
+    tally = tally or SloTally()
+    judged = tally.judged + shed
+
+    def share(n: int) -> float | None:
+        return round(n / judged, 6) if judged else None
+
+    span = tally.span_s
+
+    def rate(n: int) -> float | None:
+        return round(n / span, 6) if span else None
+
+    slo: dict[str, object] = {
+        "objectives": {"ttft_s": objectives.ttft_s, "tpot_s": objectives.tpot_s, "e2e_s": objectives.e2e_s},
+        "strictest": {"ttft_s": strictest.ttft_s, "tpot_s": strictest.tpot_s},
+        "judged": judged,
+        "ttft": share(tally.ttft), "tpot": share(tally.tpot), "both": share(tally.both),
+        "shed": share(shed), "expired": share(tally.expired),
+    }
+    goodput: dict[str, float | int | None] = {
+        "requests": tally.both, "tokens": tally.good_tokens,
+        "window_s": None if span is None else round(span, 6),
+        "requests_per_s": rate(tally.both), "tokens_per_s": rate(tally.good_tokens),
+    }
+    return slo, goodput
 
 
 def _bucket(per_minute: float | None, left: float | None) -> dict[str, float] | None:

@@ -19,10 +19,14 @@ from driftsched.core.errors import PolicyOptionsError, UnknownPolicyError
 from policies.aging import AgingPolicy
 from policies.base import HeapPolicy, Policy, PolicyContext, RankedPolicy
 from policies.bounded import BoundedSjfPolicy
+from policies.dynamo import DynamoEdfPolicy, DynamoWsptPolicy
 from policies.fifo import FifoPolicy
+from policies.llmd_flow import LlmdFlowPolicy
 from policies.priority import PriorityPolicy
 from policies.relative import RelativeSjfPolicy
 from policies.sjf import SjfPolicy
+from policies.slo import SloPolicy
+from policies.vllm_priority import VllmPriorityPolicy
 from policies.weighted import WeightedFairPolicy
 
 POLICIES: dict[str, type[Policy]] = {
@@ -33,7 +37,15 @@ POLICIES: dict[str, type[Policy]] = {
     "aging": AgingPolicy,
     "bounded": BoundedSjfPolicy,
     "relative": RelativeSjfPolicy,
+    "slo": SloPolicy,
+    # What users would pick instead (each docstring names its source), run side by side with ours.
+    "vllm-priority": VllmPriorityPolicy,
+    "llmd-flow": LlmdFlowPolicy,
+    "dynamo-wspt": DynamoWsptPolicy,
+    "dynamo-edf": DynamoEdfPolicy,
 }
+PEERS = ("vllm-priority", "llmd-flow", "dynamo-wspt", "dynamo-edf")
+"""The registered policies that emulate another scheduler (the rest are ours)."""
 
 
 def policy_class(name: str) -> type[Policy]:
@@ -135,17 +147,23 @@ def make_policy(name: str, **options: Any) -> Policy:
 
 
 __all__ = [
+    "PEERS",
     "POLICIES",
     "AgingPolicy",
     "BoundedSjfPolicy",
+    "DynamoEdfPolicy",
+    "DynamoWsptPolicy",
     "FifoPolicy",
     "HeapPolicy",
+    "LlmdFlowPolicy",
     "Policy",
     "PolicyContext",
     "PriorityPolicy",
     "RankedPolicy",
     "RelativeSjfPolicy",
     "SjfPolicy",
+    "SloPolicy",
+    "VllmPriorityPolicy",
     "WeightedFairPolicy",
     "check_options",
     "make_policy",

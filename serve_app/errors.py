@@ -26,6 +26,9 @@ class ErrorCode(enum.StrEnum):
     TOKEN_QUOTA = "tenant_token_quota"
     TENANT_QUEUE_FULL = "tenant_queue_full"
     OVERLOADED = "system_overloaded"
+    SLO_UNREACHABLE = "slo_unreachable"
+    SYSTEM_SLO_UNREACHABLE = "system_slo_unreachable"
+    TIER_HOLDBACK = "tier_holdback"
     # the HTTP layer
     INVALID_BODY = "invalid_body"
     BODY_TOO_LARGE = "body_too_large"
@@ -77,6 +80,11 @@ ERRORS: dict[ErrorCode, ErrorKind] = {
     ErrorCode.TOKEN_QUOTA: _RATE,
     ErrorCode.TENANT_QUEUE_FULL: _RATE,
     ErrorCode.OVERLOADED: _OVERLOADED,
+    # SLO admission (driftsched.core.admission): a tenant above its fair share is told to slow down
+    # (429, as for a quota); a pool short even for the tenants within theirs is the service's (503)
+    ErrorCode.SLO_UNREACHABLE: _RATE,
+    ErrorCode.SYSTEM_SLO_UNREACHABLE: _OVERLOADED,
+    ErrorCode.TIER_HOLDBACK: _RATE,
     ErrorCode.INVALID_BODY: _INVALID,
     ErrorCode.BODY_TOO_LARGE: ErrorKind(413, "invalid_request_error"),
     ErrorCode.MODEL_NOT_FOUND: ErrorKind(404, "invalid_request_error"),

@@ -12,6 +12,10 @@ refreshed in the background (no per-request call).
 Every wait has a deadline: acquiring waits at most the queue timeout (plus a little for a scheduler
 restart), and each token at most the stall timeout. A request that ends any way — finished, client
 gone, replica failure, timeout — releases its slot exactly once.
+
+The gateway sees the stream, so it measures each request's time to first token and its end, and
+reports them on the release with the objectives its ticket was held to; the scheduler actor's request
+book judges them (`deployments.telemetry.judge`) for /metrics and /v1/usage.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from deployments.scheduler_actor import AcquireStatus
 from deployments.scheduler_client import SchedulerClient
 from deployments.telemetry import Outcome, RequestTimings
 from driftsched.core.intake import Intake
-from driftsched.core.request import Request, Ticket
+from driftsched.core.request import RejectReason, Request, Ticket
 from serve_app.config import GatewayConfig
 from serve_app.errors import (
     ErrorCode,
@@ -44,6 +48,7 @@ from serve_app.errors import (
     scheduler_unavailable,
 )
 from serve_app.prompts import RenderedPrompt
+from serve_app.protocol import TPOT_HEADER, TTFT_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,24 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class Asks:
+    """What a request asks of its latency objectives: OpenAI's `service_tier`, and stricter TTFT and
+    TPOT objectives in seconds (from `serve_app.protocol.objective_asks`); None where it asks nothing."""
+
+    service_tier: str | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+
+
+class ParamError(GatewayError):
+    """A `GatewayError` about one named input, a body field or a header (`param` of the error body)."""
+
+    def __init__(self, code: ErrorCode, message: str, param: str) -> None:
+        super().__init__(code, message)
+        self.param = param
 
 
 @dataclass(slots=True)
@@ -119,12 +142,14 @@ class Gateway:
 
     def prepare(self, tenant: str, prompt: RenderedPrompt, max_tokens: int | None,
                 default_max_tokens: int, sampling: Sampling, target_tokens: int | None,
-                category: str | None = None) -> Prepared:
+                category: str | None = None, asks: Asks = Asks()) -> Prepared:
         """Validate, classify and estimate a counted prompt; raises GatewayError(400) for invalid input.
 
         `category` is the caller's declared one (already checked against `CATEGORIES`); the classifier
         takes it as given, and classifies the prompt when it is None. `target_tokens` (benchmark mode
         only) goes to the engine and nowhere else: the estimator and the scheduler never see it.
+        `asks` become the ticket's tier and objectives; an ask outside the tenant's allowance is a
+        `ParamError` naming its header.
         """
         started = time.monotonic()
         prompt_tokens = prompt.num_tokens
@@ -133,9 +158,12 @@ class Gateway:
             max_tokens = max(1, min(default_max_tokens, limit - prompt_tokens))
         rid = uuid.uuid4().hex
         request = Request(rid, tenant, prompt_tokens, max_tokens, time.time(), category=category,
-                          prompt_text=prompt.text)
+                          prompt_text=prompt.text, service_tier=asks.service_tier,
+                          ttft_slo_s=asks.ttft_s, tpot_slo_s=asks.tpot_s)
         rejection = self.intake.validate(request)
         if rejection is not None:
+            if rejection.reason is RejectReason.INVALID:
+                self._check_asks(request)
             raise reject_error(rejection.reason, rejection.detail, None)
         ticket = self.intake.ticket(request, time.time())
         gen = GenerationRequest(
@@ -144,6 +172,19 @@ class Gateway:
             top_p=sampling.top_p, seed=sampling.seed, prompt_token_ids=prompt.token_ids,
         )
         return Prepared(gen, ticket, tenant, started)
+
+    def _check_asks(self, request: Request) -> None:
+        """Raise a `ParamError` naming the objective header whose ask alone the intake refuses."""
+        for header, asked, alone in (
+            (TTFT_HEADER, request.ttft_slo_s, replace(request, tpot_slo_s=None)),
+            (TPOT_HEADER, request.tpot_slo_s, replace(request, ttft_slo_s=None)),
+        ):
+            if asked is None:
+                continue
+            try:
+                self.intake.objectives(alone)
+            except ValueError as exc:
+                raise ParamError(ErrorCode.INVALID_REQUEST, f"{header}: {exc}", header) from None
 
     async def acquire(self, prepared: Prepared) -> tuple[str, float]:
         """Wait for a grant: (replica id, queue wait); GatewayError for 429/503/504."""
@@ -155,12 +196,13 @@ class Gateway:
         if result.status is AcquireStatus.GRANTED and result.replica_id is not None:
             return result.replica_id, result.queue_wait_s
         if result.status is AcquireStatus.EXPIRED:
-            self.release(prepared, "", None, RequestTimings(prepared.tenant, outcome=Outcome.TIMEOUT))
+            self.release(prepared, "", None, timings_for(prepared, outcome=Outcome.TIMEOUT))
         raise acquire_error(result, timeout)
 
     def release(self, prepared: Prepared, replica_id: str, output_tokens: int | None,
                 timings: RequestTimings) -> None:
         """Fire-and-forget release, batched (a lost one is reclaimed by the scheduler's ledger)."""
+        timings.ended_s = time.time()
         self.client.release(prepared.request.request_id, replica_id, output_tokens, timings)
 
     def start(self, prepared: Prepared, replica_id: str, queue_wait_s: float) -> Lease:
@@ -179,9 +221,8 @@ class Gateway:
         from the next grant. The client sees one stream and one `usage` (its own prompt, every
         generated token).
         """
-        timings = RequestTimings(prepared.tenant, queue_wait_s=queue_wait_s,
-                                 outcome=Outcome.CLIENT_DISCONNECT,
-                                 prompt_tokens=prepared.request.prompt_tokens)
+        timings = timings_for(prepared, queue_wait_s=queue_wait_s, outcome=Outcome.CLIENT_DISCONNECT,
+                              prompt_tokens=prepared.request.prompt_tokens)
         output_tokens: int | None = None
         run, produced, failovers = prepared.request, _Produced(), 0
         response: ReplicaStream | None = None
@@ -297,6 +338,15 @@ class Gateway:
                                f"the preempted request found no replica slot within {timeout:g}s")
         # a rejected or withdrawn resume is this service's failure, not the client's
         raise GatewayError(ErrorCode.RESUME_FAILED, result.detail or "could not resume")
+
+
+def timings_for(prepared: Prepared, outcome: Outcome, queue_wait_s: float | None = None,
+                prompt_tokens: int = 0) -> RequestTimings:
+    """A request's timings, carrying the objectives its ticket holds it to and its wall-clock arrival."""
+    ticket = prepared.ticket
+    return RequestTimings(prepared.tenant, queue_wait_s=queue_wait_s, outcome=outcome,
+                          prompt_tokens=prompt_tokens, ttft_slo_s=ticket.ttft_slo_s,
+                          tpot_slo_s=ticket.tpot_slo_s, arrival_s=ticket.arrival_time)
 
 
 def resumed_request(original: GenerationRequest, text: str, token_ids: list[int],

@@ -4,8 +4,9 @@ Endpoints: POST /v1/completions, POST /v1/chat/completions (streamed as SSE or n
 GET /v1/usage (the calling tenant's own figures), GET /healthz (ok or degraded, no tenant data), and
 GET /metrics (every tenant's figures: the scrape token only, see `serve_app.auth`). The per-request
 path lives in `serve_app.gateway`; this module maps HTTP to it and its outcomes to status codes:
-400 invalid body, 401 missing/unknown key, 429 over quota, 503 overloaded or scheduler unavailable,
-504 queue deadline passed, 502 replica failure.
+400 invalid body or objective header, 401 missing/unknown key, 429 over quota, 503 overloaded or
+scheduler unavailable, 504 queue deadline passed, 502 replica failure. An accepted request's response
+headers name its tier and the objectives it is held to (`serve_app.protocol`).
 """
 
 # Deliberately no `from __future__ import annotations` here: Serve's class-based FastAPI view cannot
@@ -35,10 +36,23 @@ from driftsched.core.drift import DriftTracker
 from driftsched.core.intake import Intake
 from serve_app.config import AppConfig
 from serve_app.errors import ErrorCode, GatewayError, scheduler_unavailable
-from serve_app.gateway import Gateway, Lease, Sampling
+from serve_app.gateway import Asks, Gateway, Lease, ParamError, Sampling
 from serve_app.metrics import render
 from serve_app.prompts import make_prompts
-from serve_app.protocol import SSE_DONE, ChatBody, CompletionBody, ResponseShaper, error_body, sse
+from serve_app.protocol import (
+    SSE_DONE,
+    TIER_HEADER,
+    TPOT_TARGET_HEADER,
+    TTFT_TARGET_HEADER,
+    ChatBody,
+    CompletionBody,
+    HeaderError,
+    ResponseShaper,
+    error_body,
+    objective_asks,
+    sse,
+    tier_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +106,7 @@ class Ingress:
         self.keys = KeyStore.load(self.config.auth, {t.name for t in core.tenants})
         self.scrape_token = ScrapeToken.load(self.config.auth, self.keys)
         self.intake = Intake(core)
+        self.objectives = core.objectives()
         self.scheduler, self.drift = actors.scheduler(), actors.drift()
         self.gateway = Gateway(self.intake, self.config.gateway, self.scheduler, llm,
                                self.config.benchmark_mode)
@@ -152,7 +167,7 @@ class Ingress:
         except ActorUnavailable:
             view = None
         drift = self.intake.estimator.tracker.stats(time.time())
-        return Response(render(view, drift, self.rejected), media_type=CONTENT_TYPE_LATEST)
+        return Response(render(view, drift, self.rejected, self.objectives), media_type=CONTENT_TYPE_LATEST)
 
     def _metrics_refusal(self, authorization: str | None) -> GatewayError | None:
         if not self.scrape_token.enabled:
@@ -207,12 +222,19 @@ class Ingress:
         if body.model is not None and body.model != self.model_name:
             return self._refuse(GatewayError(ErrorCode.MODEL_NOT_FOUND,
                                              f"model {body.model!r} does not exist"))
+        try:
+            ttft_ask, tpot_ask = objective_asks(request.headers)
+        except HeaderError as exc:
+            return self._refuse(GatewayError(ErrorCode.INVALID_REQUEST, str(exc)), param=exc.header)
         max_tokens = body.max_tokens or getattr(body, "max_completion_tokens", None)
         default = self.config.gateway.default_max_tokens if chat else 16
         try:
             sampling = Sampling(body.temperature, body.top_p, body.seed, tuple(body.stops()))
             prepared = self.gateway.prepare(tenant, prompt, max_tokens, default, sampling,
-                                            body.driftsched_target_tokens, body.category)
+                                            body.driftsched_target_tokens, body.category,
+                                            Asks(body.service_tier, ttft_ask, tpot_ask))
+        except ParamError as err:
+            return self._refuse(err, param=err.param)
         except GatewayError as err:
             return self._refuse(err)
         try:
@@ -220,11 +242,16 @@ class Ingress:
         except GatewayError as err:
             return _error(err)
         lease = self.gateway.start(prepared, replica, queue_wait)
-        shaper = ResponseShaper(chat, self.model_name)
+        ticket = prepared.ticket
+        shaper = ResponseShaper(chat, self.model_name,
+                                tier_name(ticket.tier, self.intake.tenants[tenant].tier))
         headers = {"x-driftsched-request-id": prepared.request.request_id,
-                   "x-driftsched-category": prepared.ticket.category,
-                   "x-driftsched-estimated-tokens": f"{prepared.ticket.corrected_estimate:.1f}",
-                   "x-driftsched-replica": replica}
+                   "x-driftsched-category": ticket.category,
+                   "x-driftsched-estimated-tokens": f"{ticket.corrected_estimate:.1f}",
+                   "x-driftsched-replica": replica,
+                   TIER_HEADER: str(ticket.tier),
+                   TTFT_TARGET_HEADER: f"{ticket.ttft_slo_s * 1000:g}",
+                   TPOT_TARGET_HEADER: f"{ticket.tpot_slo_s * 1000:g}"}
         try:
             first = await lease.next()
         except asyncio.CancelledError:

@@ -4,7 +4,14 @@ Everything application-wide comes from the scheduler actor's `SchedulerView` (qu
 latency histograms, replica capacity) and from the ingress's copy of the shared drift statistics, so
 any ingress replica answers /metrics with the same numbers. Only `driftsched_ingress_rejected_total`
 (requests refused before reaching the scheduler: bad body, bad key) is per ingress replica.
-Labels are bounded: tenant, reason, category, estimate kind, replica, outcome — never a request id.
+Labels are bounded: tenant, reason, category, estimate kind, replica, outcome, objective — never a
+request id.
+
+Latency objectives (`deployments.telemetry.judge` says what meeting one means): per tenant, the
+requests judged (refusals that count as misses included, `shed_count`), those that met TTFT, TPOT and
+both, and the output tokens of those that met both (goodput); attainment is a ratio of two rates, e.g.
+``rate(driftsched_slo_met_requests_total{objective="both"}[5m]) /
+rate(driftsched_slo_judged_requests_total[5m])``. The objectives themselves are gauges from the config.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from prometheus_client.core import (
 )
 
 from deployments.scheduler_actor import SchedulerView, ShownDecision
-from deployments.telemetry import LATENCY_BUCKETS_S
+from deployments.telemetry import LATENCY_BUCKETS_S, SloTally, shed_count
 from driftsched.core.accuracy import DriftStat
+from driftsched.core.slo import Objectives
 
 _HISTOGRAMS = {
     "queue_wait": ("driftsched_queue_wait_seconds", "Time from arrival to a replica grant."),
@@ -44,8 +52,9 @@ class _Snapshot:
     """A one-shot collector over the data of one scrape."""
 
     def __init__(self, view: SchedulerView | None, drift: list[DriftStat],
-                 ingress_rejected: Mapping[str, int]) -> None:
+                 ingress_rejected: Mapping[str, int], objectives: Mapping[str, Objectives]) -> None:
         self.view, self.drift, self.ingress_rejected = view, drift, ingress_rejected
+        self.objectives = objectives
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("driftsched_scheduler_up", "1 if the scheduler actor answered this scrape.")
@@ -57,8 +66,18 @@ class _Snapshot:
         for reason, n in sorted(self.ingress_rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        objective = GaugeMetricFamily("driftsched_slo_objective_seconds",
+                                      "Each tenant's latency objectives (its own, or its tier's).",
+                                      labels=["tenant", "objective"])
+        for tenant, target in sorted(self.objectives.items()):
+            objective.add_metric([tenant, "ttft"], target.ttft_s)
+            objective.add_metric([tenant, "tpot"], target.tpot_s)
+            if target.e2e_s is not None:
+                objective.add_metric([tenant, "e2e"], target.e2e_s)
+        yield objective
         if self.view is not None:
             yield from self._scheduler(self.view)
+            yield from _slo(self.view)
         yield from self._drift(self.drift)
 
     def _scheduler(self, view: SchedulerView) -> Iterator[Metric]:
@@ -146,6 +165,31 @@ class _Snapshot:
         yield from (mae, rmse, factor, count)
 
 
+def _slo(view: SchedulerView) -> Iterator[Metric]:
+    """Requests judged against their objectives, those that met each, and goodput tokens, per tenant."""
+    # The request book's tallies: `SchedulerView.slo` (deployments/scheduler_actor.py); an actor that
+    # does not send them yet shows every tenant's refusals only.
+    tallies: Mapping[str, SloTally] = getattr(view, "slo", None) or {}
+    judged = CounterMetricFamily(
+        "driftsched_slo_judged_requests",
+        "Requests judged against their latency objectives: ended after admission (not abandoned by "
+        "their client), or refused for a reason other than the tenant's own limits.", labels=["tenant"])
+    met = CounterMetricFamily("driftsched_slo_met_requests",
+                              "Judged requests that met the objective (ttft, tpot, or both).",
+                              labels=["tenant", "objective"])
+    good = CounterMetricFamily("driftsched_goodput_tokens",
+                               "Output tokens of requests that met both objectives.", labels=["tenant"])
+    for tenant in sorted(set(view.stats.counters) | set(tallies)):
+        tally = tallies.get(tenant) or SloTally()
+        counters = view.stats.counters.get(tenant)
+        shed = shed_count(counters.rejected) if counters is not None else 0
+        judged.add_metric([tenant], tally.judged + shed)
+        for name, n in (("ttft", tally.ttft), ("tpot", tally.tpot), ("both", tally.both)):
+            met.add_metric([tenant, name], n)
+        good.add_metric([tenant], tally.good_tokens)
+    yield from (judged, met, good)
+
+
 def _autoscale(decision: ShownDecision) -> Iterator[Metric]:
     """The queue-aware autoscaling policy's last decision (deployments/autoscaling.py)."""
     target = GaugeMetricFamily("driftsched_autoscale_target_replicas",
@@ -160,8 +204,9 @@ def _autoscale(decision: ShownDecision) -> Iterator[Metric]:
     yield desired
 
 
-def render(view: SchedulerView | None, drift: list[DriftStat], ingress_rejected: Mapping[str, int]) -> bytes:
-    """Prometheus text exposition of one scrape."""
+def render(view: SchedulerView | None, drift: list[DriftStat], ingress_rejected: Mapping[str, int],
+           objectives: Mapping[str, Objectives] | None = None) -> bytes:
+    """Prometheus text exposition of one scrape (`objectives`: each tenant's, from the config)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(view, drift, ingress_rejected))
+    registry.register(_Snapshot(view, drift, ingress_rejected, objectives or {}))
     return generate_latest(registry)

@@ -5,11 +5,17 @@ Types are strict (a string is not a number). `category` is DriftSched's own opti
 may declare its request's category (one of `driftsched.core.config.CATEGORIES`), which the classifier
 then takes as given. `driftsched_target_tokens` is a benchmark-only field:
 the ingress passes it to the engine (simulated or vLLM) when benchmark mode is on, and nowhere else.
+
+Latency objectives: OpenAI's `service_tier` picks the QoS tier within what the tenant may use, and the
+headers `x-driftsched-ttft-ms` / `x-driftsched-tpot-ms` ask for stricter objectives than the tenant's
+(`driftsched.core.slo`). Responses name the tier and the objectives the request is held to in the
+`x-driftsched-*-target-ms` headers, and the body's `service_tier` says which tier it ran at.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,9 +26,55 @@ from pydantic_core import PydanticCustomError
 
 from deployments.engine import Usage
 from driftsched.core.config import CATEGORIES
+from driftsched.core.slo import SERVICE_TIERS
 
 MAX_STOPS = 16
 MAX_MESSAGES = 4096
+
+TTFT_HEADER = "x-driftsched-ttft-ms"
+"""Request header: a stricter time-to-first-token objective, in milliseconds."""
+TPOT_HEADER = "x-driftsched-tpot-ms"
+"""Request header: a stricter time-per-output-token objective, in milliseconds."""
+TTFT_TARGET_HEADER = "x-driftsched-ttft-target-ms"
+TPOT_TARGET_HEADER = "x-driftsched-tpot-target-ms"
+TIER_HEADER = "x-driftsched-tier"
+
+
+class HeaderError(ValueError):
+    """A request header with a value that cannot be used; `header` names it (the error's `param`)."""
+
+    def __init__(self, header: str, message: str) -> None:
+        super().__init__(message)
+        self.header = header
+
+
+def objective_asks(headers: Mapping[str, str]) -> tuple[float | None, float | None]:
+    """The (TTFT, TPOT) objectives in seconds a request asks for in its headers, None where absent.
+
+    `HeaderError` for a value that is not a positive, finite number of milliseconds. Whether an ask is
+    within the tenant's allowance is the intake's to decide (`driftsched.core.intake.Intake.objectives`).
+    """
+    asks: list[float | None] = []
+    for header in (TTFT_HEADER, TPOT_HEADER):
+        raw = headers.get(header)
+        if raw is None:
+            asks.append(None)
+            continue
+        try:
+            ms = float(raw.strip())
+        except ValueError:
+            ms = math.nan
+        if not (math.isfinite(ms) and ms > 0):
+            raise HeaderError(header, f"{header} must be a positive number of milliseconds such as 800, "
+                                      f"got {raw[:40]!r}")
+        asks.append(ms / 1000)
+    return asks[0], asks[1]
+
+
+def tier_name(tier: int, tenant_tier: int) -> str:
+    """OpenAI's `service_tier` for a request that ran at `tier` of a tenant whose own tier is
+    `tenant_tier`: a better tier is ``priority``, a worse one ``flex``, its own ``default``."""
+    return "priority" if tier < tenant_tier else "flex" if tier > tenant_tier else "default"
 
 
 class _Body(BaseModel):
@@ -42,6 +94,8 @@ class _Body(BaseModel):
     user: str | None = None
     category: str | None = None
     """Declared category; wins over classification. None: classified from the prompt."""
+    service_tier: str | None = None
+    """OpenAI's service tier (`SERVICE_TIERS`); None or ``auto``/``default``: the tenant's tier."""
     driftsched_target_tokens: int | None = Field(default=None, ge=1)
 
     @field_validator("stop")
@@ -60,6 +114,15 @@ class _Body(BaseModel):
             raise PydanticCustomError(
                 "unknown_category", f"{value[:40]!r} is not a category; use one of {valid}, or omit it"
             )
+        return value
+
+    @field_validator("service_tier")
+    @classmethod
+    def _known_service_tier(cls, value: str | None) -> str | None:
+        if value is not None and value not in SERVICE_TIERS:
+            valid = ", ".join(SERVICE_TIERS)
+            message = f"{value[:40]!r} is not a service tier; use one of {valid}, or omit it"
+            raise PydanticCustomError("unknown_service_tier", message)
         return value
 
     def include_usage(self) -> bool:
@@ -119,14 +182,18 @@ def usage_dict(usage: Usage) -> dict[str, int]:
 class ResponseShaper:
     """Builds one request's OpenAI response objects (chat or text completion)."""
 
-    def __init__(self, chat: bool, model: str) -> None:
+    def __init__(self, chat: bool, model: str, service_tier: str | None = None) -> None:
         self.chat = chat
         self.model = model
+        self.service_tier = service_tier
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
     def _base(self, obj: str) -> dict[str, object]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+        base: dict[str, object] = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+        if self.service_tier is not None:
+            base["service_tier"] = self.service_tier
+        return base
 
     def full(self, text: str, finish_reason: str | None, usage: Usage) -> dict[str, object]:
         if self.chat:

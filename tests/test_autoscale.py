@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from driftsched.core.autoscale import AutoscaleConfig, QueueAwareScaler
 from driftsched.core.backlog import SERVICE_SETTLE_S, Backlog, BacklogMeter, TierBacklog
-from tests.factories import make_ticket
+from tests.factories import make_config, make_ticket
 
 MU = 1000.0  # tokens/s of one replica in these tests
 
@@ -224,8 +224,10 @@ def test_simulation_adds_and_retires_replicas_mid_run() -> None:
 
     perf = PerfModel(max_num_seqs=16)
     workload = paper_workload(600, seed=1, replicas=2, load=1.0, perf=perf, with_text=False)
-    # a deadline no request reaches here (one replica for a while at load 1.0): every one finishes
-    sim = Simulation(workload, "fifo", perf, 1, core_config_for(workload, perf), queue_timeout_s=3600.0)
+    # a deadline no request reaches here (one replica for a while at load 1.0), and no early rejection
+    # (the pool is short for a while on purpose): every one finishes
+    base = make_config(scheduler={"admission": {"enabled": False}})
+    sim = Simulation(workload, "fifo", perf, 1, core_config_for(workload, perf, base), queue_timeout_s=3600.0)
     end = workload.items[-1].arrival_s
     added: list[int] = []
     sim.at(end * 0.2, lambda: added.append(sim.add_replica()))

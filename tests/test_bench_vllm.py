@@ -4,7 +4,6 @@ the order and pooling of the set-ups' replays."""
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import subprocess
@@ -27,17 +26,27 @@ def test_seeds_interleave_the_setups_so_each_runs_in_every_position_equally():
     assert orders[0] == setups and orders[1] == ["b", "c", "a"]
 
 
-def test_pooled_figures_rest_on_every_seed_and_differ_from_the_median_of_seeds():
-    seed_1 = [("free", 1.0)] * 9 + [("free", 50.0)]  # one slow request each seed: p99 50
-    seed_2 = [("free", 2.0)] * 10                       # none: p99 2
-    seed_3 = [("free", 3.0)] * 10
-    per_seed = [bench.figures(s, 100.0) for s in (seed_1, seed_2, seed_3)]
-    median = bench.median_figures(per_seed)
-    pooled = bench.figures(seed_1 + seed_2 + seed_3, median["tokens_per_s"])
-    assert median["per_tenant"]["free"]["p99"] == 3.0
-    assert pooled["per_tenant"]["free"]["p99"] == 50.0  # the worst of 30 is still the 99th percentile
-    assert pooled["per_tenant"]["free"]["p50"] == 2.0
-    assert math.isnan(pooled["per_tenant"]["batch"]["p50"])  # no batch requests
+def _replay(e2e_s: list[float]) -> list:
+    """One seed of "free" requests, one a second, each its first token 0.1 s after it is sent."""
+    return [bench.Seen("free", float(i), i + 0.1, i + e, 10) for i, e in enumerate(e2e_s)]
+
+
+def test_pooled_figures_rest_on_every_seeds_window_and_differ_from_the_median_of_seeds():
+    # 12 requests per seed: the steady window keeps the eight sent at 2..9 s (1.1 to 9.9 s of 0..11 s)
+    seed_1 = _replay([1.0] * 2 + [1.0] * 9 + [50.0])  # the slow one is sent last: outside the window
+    seed_1[6] = bench.Seen("free", 6.0, 6.1, 56.0, 10)  # one slow request inside it
+    seed_2 = _replay([2.0] * 12)
+    seed_3 = _replay([3.0] * 12)
+    records = [bench.to_records("vllm-fcfs", s, 100.0) for s in (seed_1, seed_2, seed_3)]
+    runs = {"vllm-fcfs": {k: bench.figures(r) for k, r in enumerate(records, 1)}}
+    median = bench.combine(runs)["policies"]["vllm-fcfs"]
+    pooled = bench.pooled_figures({"vllm-fcfs": records})["vllm-fcfs"]
+    assert median["window"]["requests"] == 8 and pooled["window"]["requests"] == 24
+    assert median["per_tenant"]["free"]["e2e_s"]["p99"] == pytest.approx(3.0)
+    assert pooled["per_tenant"]["free"]["e2e_s"]["p99"] > 30  # the worst of 24 still weighs on it
+    assert pooled["per_tenant"]["free"]["e2e_s"]["p50"] == pytest.approx(2.0)
+    assert "goodput" not in pooled  # rates do not pool across the seeds' clocks
+    assert "batch" not in pooled["per_tenant"]  # no batch requests
 
 
 def _pin_in_child(engines: int, queue: multiprocessing.Queue) -> None:

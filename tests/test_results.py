@@ -13,10 +13,11 @@ import pytest
 from driftsched import results
 from driftsched.cli import main
 from driftsched.core.config import CoreConfig
+from driftsched.core.slo import Objectives
 from driftsched.docs.pages import provenance_problems
 from driftsched.sim.records import RunRecords
-from driftsched.sim.report import policy_summary, run_span_s, summarize
-from driftsched.sim.results_table import HEADER, results_table, summary_table
+from driftsched.sim.report import summarize
+from driftsched.sim.results_table import HEADER, results_table, summary_table, window_and_objectives
 from driftsched.sim.setup import load_setup, on_config_tenants, tenant_map
 from driftsched.sim.workload import TenantSpec, Workload, WorkloadItem
 
@@ -24,17 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
 
 
+OBJECTIVES = {"a": Objectives(ttft_s=1.0, tpot_s=0.05), "b": Objectives(ttft_s=2.0, tpot_s=0.02)}
+
+
 def records(policy: str = "p") -> RunRecords:
-    """Six requests over [0, 20] s: tenant a (objective 5 s) completes in 2 s and in 8 s and has one shed
-    and one expired request; tenant b (no objective) completes in 3 s and in 10 s."""
+    """Six requests over [0, 20] s: tenant a completes two (both meet its objectives), has one
+    rejected (over quota) and one expired; tenant b completes two (the second misses its TPOT)."""
     rows = [
         # tenant, arrival, first token, finish, output tokens, admitted, status
-        ("a", 0.0, 0.5, 2.0, 100, True, "completed"),
-        ("a", 1.0, 2.0, 9.0, 300, True, "completed"),
-        ("a", 2.0, NAN, NAN, 50, False, "tenant_quota"),
+        ("a", 0.0, 0.5, 2.0, 100, True, "completed"),  # TTFT 0.5 s, TPOT 1.5 / 99 s
+        ("a", 1.0, 2.0, 9.0, 300, True, "completed"),  # TTFT 1.0 s (= the objective), TPOT 7 / 299 s
+        ("a", 2.0, NAN, NAN, 50, False, "tenant_request_quota"),
         ("a", 3.0, NAN, NAN, 70, True, "expired"),
-        ("b", 4.0, 5.0, 7.0, 200, True, "completed"),
-        ("b", 10.0, 11.0, 20.0, 400, True, "completed"),
+        ("b", 4.0, 5.0, 7.0, 200, True, "completed"),  # TPOT 2 / 199 s
+        ("b", 10.0, 11.0, 20.0, 400, True, "completed"),  # TPOT 9 / 399 s > 0.02 s: missed
     ]
     n = len(rows)
 
@@ -59,59 +63,54 @@ def records(policy: str = "p") -> RunRecords:
     )
 
 
-def test_shares_goodput_ttft_and_attainment_come_from_the_records():
-    rec = records()
-    assert run_span_s(rec) == 20.0  # first arrival 0 s, last finish 20 s
-    summary = policy_summary(rec, {"a": 5.0})
-    overall, a, b = summary["outcomes"], summary["per_tenant"]["a"], summary["per_tenant"]["b"]
-    assert overall["completed_share"] == pytest.approx(4 / 6)
-    assert overall["shed_share"] == pytest.approx(1 / 6)
-    assert overall["expired_share"] == pytest.approx(1 / 6)
-    # goodput: completed output tokens (100 + 300 + 200 + 400) and requests over the 20 s span
-    assert overall["goodput_tokens_per_s"] == pytest.approx(1000 / 20)
-    assert overall["goodput_requests_per_s"] == pytest.approx(4 / 20)
-    assert a["goodput_tokens_per_s"] == pytest.approx(400 / 20)
-    # tenant a: 1 of 4 requests completed within 5 s (the 8 s one is late, shed and expired miss)
-    assert a["slo_attainment"] == pytest.approx(1 / 4)
-    assert overall["slo_attainment"] == pytest.approx(1 / 4)  # only a has an objective
-    assert "slo_attainment" not in b
-    assert b["ttft_s"]["p50"] == pytest.approx(1.0)  # 1 s each
-    assert a["ttft_s"]["p50"] == pytest.approx(0.75)  # 0.5 s and 1.0 s
-    assert a["shed_share"] == pytest.approx(0.25) and a["expired_share"] == pytest.approx(0.25)
-    # E2E p50 of a counts its expired request as infinitely late: 2, 8, inf -> 8
-    assert a["e2e_s"]["p50"] == pytest.approx(8.0)
-
-
-def test_without_objectives_there_is_no_attainment():
-    summary = policy_summary(records())
-    assert "slo_attainment" not in summary["outcomes"]
-    assert all("slo_attainment" not in t for t in summary["per_tenant"].values())
+def _summary() -> dict:
+    meta = {"tenants": ["b", "a"]}
+    return summarize([records("fifo"), records("sjf")], meta, objectives=OBJECTIVES, window=None)
 
 
 def test_the_table_has_a_row_group_per_policy_with_every_tenant_and_figures_from_the_summary():
-    summary = summarize([records("fifo"), records("sjf")], {"tenants": ["b", "a"]}, objectives={"a": 5.0})
-    table = results_table(summary, ["sjf", "fifo"])
+    table = results_table(_summary(), ["sjf", "fifo"])
     lines = table.splitlines()
     assert lines[0] == "| " + " | ".join(HEADER) + " |"
     body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert [r[0] for r in body] == ["**sjf**", "", "", "**fifo**", "", ""]
     assert [r[1] for r in body[:3]] == ["all", "b", "a"]  # the summary's tenant order
     all_row, b_row, a_row = body[:3]
-    assert all_row[2:5] == ["66.7%", "16.7%", "16.7%"]
-    assert all_row[5:7] == ["50", "0.20"]
-    assert all_row[-1] == "25.0%" and a_row[-1] == "25.0%" and b_row[-1] == "–"
-    assert a_row[8] == "∞"  # p99 of a: two of its four requests never finished
+    column = {name: k for k, name in enumerate(HEADER)}
+    assert [all_row[column[c]] for c in ("TTFT met", "TPOT met", "both met")] == ["66.7%", "50.0%", "50.0%"]
+    # goodput over the whole arrival span (window None: 10 s): requests 1, 2 and 5, 600 tokens
+    assert all_row[column["goodput tok/s"]] == "60" and all_row[column["goodput req/s"]] == "0.30"
+    assert [all_row[column[c]] for c in ("rejected", "shed", "expired")] == ["16.7%", "0.0%", "16.7%"]
+    assert b_row[column["both met"]] == "50.0%" and a_row[column["both met"]] == "50.0%"
+    assert a_row[column["E2E p99 (s)"]] == "∞"  # a's expired request never finished
+    assert a_row[column["TTFT p99 (s)"]] == "∞"  # nor got a first token
+    assert b_row[column["TTFT p50 (s)"]] == "1.00"
 
 
-def test_the_summary_has_a_row_per_policy_and_attainment_only_for_tenants_with_an_objective():
-    summary = summarize([records("fifo"), records("sjf")], {"tenants": ["b", "a"]}, objectives={"a": 5.0})
-    lines = summary_table(summary, ["sjf", "fifo"]).splitlines()
+def test_the_summary_has_a_row_per_policy_with_each_tenants_attainment():
+    lines = summary_table(_summary(), ["sjf", "fifo"]).splitlines()
     assert lines[0] == (
-        "| policy | a: SLO attainment | goodput tok/s | E2E p50 (s) | TTFT p99 (s) | shed + expired |"
+        "| policy | b: both met | a: both met | goodput tok/s | TTFT p99 (s) | E2E p99 (s) | shed + expired |"
     )
     body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert [r[0] for r in body] == ["**sjf**", "**fifo**"]
-    assert body[0][1] == "25.0%" and body[0][2] == "50" and body[0][-1] == "33.3%"
+    assert body[0][1:4] == ["50.0%", "50.0%", "60"] and body[0][-1] == "16.7%"
+
+
+def test_the_summary_shows_the_goodput_ratio_to_fifo_when_there_is_an_interval():
+    summary = _summary()
+    summary["vs_fifo"] = {"sjf": {"goodput_tokens_ratio": {"value": 1.1, "ci95": [1.02, 1.18], "n": 5}}}
+    lines = summary_table(summary, ["fifo", "sjf"]).splitlines()
+    assert "goodput vs fifo" in lines[0]
+    assert "1 (reference)" in lines[2] and "1.10× [1.02, 1.18]" in lines[3]
+
+
+def test_the_page_note_states_the_window_and_each_tenants_objectives():
+    summary = summarize([records("fifo")], {}, objectives=OBJECTIVES)
+    note = window_and_objectives(summary)
+    assert "from 10 % to 90 % of the arrival span (1.0–9.0 s, 4 requests per policy)" in note
+    assert "b TTFT 2 s, TPOT 20 ms" in note and "a TTFT 1 s, TPOT 50 ms" in note
+    assert "no attainment" in window_and_objectives(summarize([records("fifo")], {}))
 
 
 def test_a_page_states_its_provenance_and_the_docs_check_accepts_it(tmp_path):
@@ -176,8 +175,8 @@ def test_simulate_writes_results_md_in_out_and_at_results_md(tmp_path, capsys):
     target = tmp_path / "docs" / "results" / "simulate.md"
     argv = [
         "simulate", "--config", str(ROOT / "config.l4.yaml"), "--workload", "paper", "--requests", "300",
-        "--load", "1.0", "--policies", "fifo,sjf-oracle", "--no-plots", "--out", str(tmp_path / "out"),
-        "--results-md", str(target),
+        "--load", "1.0", "--policies", "fifo,sjf-oracle", "--seeds", "1", "--no-plots",
+        "--out", str(tmp_path / "out"), "--results-md", str(target),
     ]
     assert main(argv) == 0
     text = target.read_text()
@@ -188,22 +187,48 @@ def test_simulate_writes_results_md_in_out_and_at_results_md(tmp_path, capsys):
     assert "**fifo**" in text and "**sjf-oracle**" in text and "sjf-uncorrected" not in text
     rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("|  | ")}
     assert set(rows) == {"interactive", "batch", "free"}  # the config's tenants
-    assert rows["interactive"].split("|")[-2].strip().endswith("%")  # its latency_slo_s: attainment
-    assert rows["batch"].split("|")[-2].strip() == "–"  # no objective
+    both = 1 + HEADER.index("both met")  # split("|") starts with the text before the first "|"
+    assert all(row.split("|")[both].strip().endswith("%") for row in rows.values())  # all judged
+    assert "| policy | interactive: both met | batch: both met | free: both met |" in text
+    # the config's objectives: interactive its tier's, batch and free their own
+    assert "interactive TTFT 1.5 s, TPOT 100 ms" in text and "batch TTFT 30 s, TPOT 200 ms" in text
+    assert "Steady window: the requests that arrived from 10 % to 90 %" in text
 
 
-def test_bench_vllm_page_has_a_row_group_per_setup_and_its_provenance():
+def test_bench_vllm_reports_as_simulate_does_with_each_setup_against_vllm_fcfs():
     from benchmarks import bench_vllm
 
-    fig = {"overall": {"p50": 1.0, "p99": 2.5}, "tokens_per_s": 1234.0,
-           "per_tenant": {t: {"p50": 0.5, "p99": 1.5} for t in bench_vllm.TENANTS}}
-    text = bench_vllm.results_page({"vllm-fcfs": fig}, {"vllm-fcfs": fig}, [1, 2], "vLLM CPU build",
+    def replay(seed: int, late_s: float) -> list:  # every interactive request's first token `late_s` in
+        items = bench_vllm.make_load(60, 2.0, seed)
+        return [bench_vllm.Seen(it.tenant, it.at_s, it.at_s + (late_s if it.tenant == "interactive" else 0.5),
+                                it.at_s + late_s + 0.01 * it.target, it.target) for it in items]
+
+    runs: dict = {}
+    records: dict = {}
+    for setup, late_s in (("vllm-fcfs", 3.0), ("driftsched-default", 1.0)):
+        for seed in (1, 2):
+            rec = bench_vllm.to_records(setup, replay(seed, late_s), 1234.0)
+            runs.setdefault(setup, {})[seed] = bench_vllm.figures(rec)
+            records.setdefault(setup, []).append(rec)
+    summary = bench_vllm.combine(runs)
+    fcfs, ours = summary["policies"]["vllm-fcfs"], summary["policies"]["driftsched-default"]
+    # interactive's TTFT objective is 1.5 s (tier 0): missed by every request at 3 s, met by all at 1 s
+    assert fcfs["per_tenant"]["interactive"]["slo"]["both"] == 0.0
+    assert ours["per_tenant"]["interactive"]["slo"]["both"] == 1.0
+    assert ours["goodput"]["tokens_per_s"] > fcfs["goodput"]["tokens_per_s"]
+    assert ours["tokens_per_s"] == 1234.0
+    vs = summary["vs_vllm_fcfs"]["driftsched-default"]
+    assert vs["slo_both_points"]["interactive"]["value"] == pytest.approx(100.0)
+    assert vs["goodput_tokens_ratio"]["n"] == 2
+    pooled = bench_vllm.pooled_figures(records)
+    assert pooled["vllm-fcfs"]["window"]["requests"] == 2 * fcfs["window"]["requests"]
+    text = bench_vllm.results_page(summary, pooled, [1, 2], "vLLM CPU build",
                                    "python benchmarks/bench_vllm.py --seeds 2")
     assert results.read_provenance(text)["Command"] == "`python benchmarks/bench_vllm.py --seeds 2`"
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == 1 + len(bench_vllm.TENANTS)
-    assert rows[0].split("|")[1:-1] == [" **vllm-fcfs** ", " all ", " 1.00 ", " 2.50 ", " 1.00 ", " 2.50 ",
-                                        " 1,234 "]
+    head = "| policy | interactive: both met | batch: both met | free: both met | goodput tok/s | goodput vs"
+    assert head + " vllm-fcfs |" in text
+    assert "| **vllm-fcfs** | all |" in text and "interactive TTFT 1.5 s, TPOT 100 ms" in text
+    assert "| set-up | tenant | both met | TTFT p99 (s) |" in text  # the pooled table
 
 
 def test_bench_live_writes_its_page_in_out_and_at_results_md(tmp_path):

@@ -24,8 +24,15 @@ def workload():
     return paper_workload(1500, seed=3, replicas=2, load=1.0, perf=PERF)
 
 
+def no_admission(config: CoreConfig) -> CoreConfig:
+    """`config` without SLO-aware admission, so every request of these runs is admitted."""
+    data = config.model_dump()
+    data["scheduler"]["admission"]["enabled"] = False
+    return CoreConfig.model_validate(data)
+
+
 def run(workload, policy, replicas=2):
-    config = core_config_for(workload, PERF)
+    config = no_admission(core_config_for(workload, PERF))
     return Simulation(workload, policy, PERF, replicas, config, queue_timeout_s=NO_DEADLINE_S).run()
 
 
@@ -95,6 +102,8 @@ def test_simulate_command_writes_summary_csv_and_plots(tmp_path, capsys):
             "2",
             "--policies",
             "fifo,sjf,aging",
+            "--seeds",
+            "1",
             "--out",
             str(out),
         ]
@@ -102,16 +111,28 @@ def test_simulate_command_writes_summary_csv_and_plots(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "sjf-oracle" in printed and "correction_mae_reduction" in printed
+    assert "steady window: arrivals from 10% to 90%" in printed and "vs fifo" in printed
     summary = json.loads((out / "summary.json").read_text())
     for kind in ("uncorrected", "corrected"):
         assert set(summary["estimator"][kind]) >= {"mae", "rmse"}
     assert set(summary["policies"]) == {"fifo", "sjf", "aging", "sjf-oracle", "sjf-uncorrected"}
     fifo = summary["policies"]["fifo"]
     assert set(fifo["e2e_s"]) >= {"p50", "p90", "p99", "mean"}
-    assert set(fifo["ttft_s"]) >= {"p50", "p99"} and set(fifo["queue_wait_s"]) >= {"p50", "p99"}
-    assert fifo["completed"] + fifo["rejected"] == 800
+    assert set(fifo["ttft_s"]) >= {"p50", "p90", "p99"} and set(fifo["queue_wait_s"]) >= {"p50", "p99"}
+    assert set(fifo["tpot_s"]) >= {"p50", "p99"}
+    assert fifo["completed"] + fifo["rejected"] + fifo["shed"] + fifo["failed"] == 800
+    # every tenant is judged against its objectives (the workload's tenants take their tiers')
+    assert set(summary["objectives"]) == set(fifo["per_tenant"])
+    assert set(fifo["slo"]) >= {"ttft", "tpot", "both"}
+    assert set(fifo["goodput"]) == {"requests_per_s", "tokens_per_s"}
+    assert 0 <= fifo["slo"]["both"] <= min(fifo["slo"]["ttft"], fifo["slo"]["tpot"]) <= 1
+    window = fifo["window"]
+    assert summary["window"]["from_share"] == 0.1 and 0.7 * 800 < window["requests"] < 0.9 * 800
     tenant = next(iter(fifo["per_tenant"].values()))
-    assert set(tenant) >= {"e2e_s", "completed"} and set(tenant["e2e_s"]) >= {"p50", "p99"}
+    assert set(tenant) >= {"e2e_s", "completed", "slo", "goodput", "ttft_s"}
+    assert set(tenant["e2e_s"]) >= {"p50", "p99"}
+    assert set(summary["vs_fifo"]) == {"sjf", "aging", "sjf-oracle", "sjf-uncorrected"}
+    assert summary["vs_fifo"]["sjf"]["goodput_tokens_ratio"]["ci95"] is None  # one seed: no interval
     rows = (out / "requests.csv").read_text().splitlines()
     assert len(rows) == 1 + 5 * 800
     for png in ("latency_cdf.png", "per_tenant_latency.png", "estimate_error.png"):
@@ -136,6 +157,8 @@ def test_simulate_replays_a_generic_csv_trace(tmp_path, capsys):
             "1",
             "--policies",
             "fifo",
+            "--seeds",
+            "1",
             "--no-plots",
             "--out",
             str(tmp_path / "out"),
@@ -169,6 +192,8 @@ def test_simulate_replays_the_azure_trace(tmp_path):
             "0.9",
             "--policies",
             "fifo,sjf",
+            "--seeds",
+            "1",
             "--no-plots",
             "--out",
             str(tmp_path / "az"),
@@ -247,6 +272,11 @@ def test_simulate_runs_several_seeds(tmp_path, capsys):
     assert (out / "seed-0" / "summary.json").exists() and (out / "seed-1" / "requests.csv").exists()
     printed = capsys.readouterr().out
     assert "median over seeds 0..1" in printed and "[min, max]" in printed
+    assert "vs fifo, paired by seed" in printed
+    vs = summary["vs_fifo"]["sjf"]
+    assert vs["goodput_tokens_ratio"]["n"] == 2 and len(vs["goodput_tokens_ratio"]["ci95"]) == 2
+    assert set(vs["slo_both_points"]) == set(summary["median"]["policies"]["fifo"]["per_tenant"])
+    assert summary["median"]["vs_fifo"] == summary["vs_fifo"]  # the median page shows it
     one = json.loads((out / "seed-0" / "summary.json").read_text())
     assert {"mae", "rmse"} <= set(one["estimator"]["group_oracle"])
     assert 0 < one["policies"]["fifo"]["utilisation"] <= 1

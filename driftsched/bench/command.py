@@ -32,7 +32,7 @@ from driftsched.sim.report import (
     write_results,
     write_summary,
 )
-from driftsched.sim.results_table import LEGEND, results_table, summary_table
+from driftsched.sim.results_table import LEGEND, results_table, summary_table, window_and_objectives
 from driftsched.sim.setup import PAPER_TENANT_MAP, load_app_args, parse_mapping
 from driftsched.sim.simulator import core_config_for
 
@@ -233,7 +233,9 @@ def run_live(args: argparse.Namespace) -> int:
         "time_scale": args.time_scale,
         "wall_s": time.perf_counter() - started,
     }
-    objectives = {t.name: t.latency_slo_s for t in core.tenants}
+    # The tenants the run used (the workload's, in place of the config's), judged in modelled seconds as
+    # the records are: the service ran on objectives scaled to its clock (live.policy_args).
+    objectives = core.objectives()
     summary = write_results(runs, meta, args.out, plots=not args.no_plots, objectives=objectives)
     print(
         f"{workload.name}: {len(workload.items)} requests per policy, live on {replicas} replicas "
@@ -249,7 +251,7 @@ def run_live(args: argparse.Namespace) -> int:
         sims = fidelity.simulate(  # the gateway's queue deadline, in modelled seconds
             workload, policies, perf, replicas, core, queue_timeout_s=args.timeout / args.time_scale
         )
-        summary["simulated"] = {r.policy: policy_summary(r) for r in sims}
+        summary["simulated"] = {r.policy: policy_summary(r, objectives) for r in sims}
         summary["fidelity"] = fidelity.compare(summary["policies"], summary["simulated"])
         simulated_runs = {r.policy: r for r in sims}
         for run in runs:
@@ -285,7 +287,8 @@ def write_live_page(
         "(wall time / time scale)."
     )
     text = results.page(
-        results.provenance(command, setup), results_table(summary, policies), [facts, LEGEND],
+        results.provenance(command, setup), results_table(summary, policies),
+        [facts, window_and_objectives(summary), LEGEND],
         summary_table(summary, policies),
     )
     for path in results.write_page(text, [args.out / "results.md", args.results_md]):

@@ -7,13 +7,15 @@ For each policy the app is deployed from `--config` (default: the repository's c
   `bench-warmup` tenant whose warm-up requests are left out of every figure;
 * the core config the simulator would use for this workload (`core_config_for`), with every
   wall-clock quantity converted to real seconds: the replicas run `time_scale` real seconds per modelled
-  second, so rate quotas are divided by it, and drift half-lives, the preemption waits and every
-  time-valued policy option (its default where the config gives none) are multiplied by it;
+  second, so rate quotas are divided by it, and drift half-lives, the preemption waits, the latency
+  objectives (each tenant's and each tier's) and every time-valued policy option (its default where the
+  config gives none) are multiplied by it;
 * a fresh drift store (no snapshot file), so policies do not learn from each other's runs.
 
 Then: wait for every replica, one warm-up request per replica, the open-loop load (`loadgen`), a
 scrape of /metrics for the service's own estimator errors, and removal of the app and its actors.
-Latencies are reported in modelled seconds (wall / time_scale), so they compare with the simulator.
+Latencies are reported in modelled seconds (wall / time_scale), so they compare with the simulator,
+and are judged against the unscaled objectives of the tenants the run used (`CoreConfig.objectives()`).
 """
 
 from __future__ import annotations
@@ -58,8 +60,12 @@ def _real_time_core(
         for quota in ("requests_per_minute", "tokens_per_minute"):
             if tenant.get(quota) is not None:
                 tenant[quota] = tenant[quota] / time_scale
-        if tenant.get("latency_slo_s") is not None:
-            tenant["latency_slo_s"] *= time_scale
+        for objective in ("latency_slo_s", "ttft_slo_s", "tpot_slo_s"):
+            if tenant.get(objective) is not None:
+                tenant[objective] *= time_scale
+    for objectives in data["tier_objectives"].values():
+        objectives["ttft_s"] *= time_scale
+        objectives["tpot_s"] *= time_scale
     data["tenants"].append({"name": WARMUP_TENANT, "tier": 0, "weight": 1.0})
     drift = data["estimator"]["drift"]
     drift["half_life_s"] *= time_scale

@@ -6,14 +6,25 @@ blended with the configured prior as ``prior_replica_s`` replica-seconds of pseu
 
     mu      = (prior_tokens_per_s * prior_replica_s + served_tokens) / (prior_replica_s + saturated_replica_s)
 
-``lambda`` the admitted token rate, ``Q`` the queued tokens and, for each QoS tier
-``k`` with queued work and an objective, ``Q_k`` the queued tokens of tiers ``0..k`` (the work at its
-tier or more important) and ``w_k`` its oldest wait:
+``lambda`` the admitted token rate, ``shed`` the token rate SLO admission refused, ``Q`` the queued
+tokens and, for each QoS tier ``k`` with queued work and an objective, ``Q_k`` the queued tokens of tiers
+``0..k`` (the work at its tier or more important) and ``w_k`` its oldest wait:
 
-    steady  = lambda / (mu * target_utilization)               keep up with arrivals
+    steady  = (lambda + shed) / (mu * target_utilization)      keep up with arrivals, refused ones too
     drain   = Q / (mu * drain_s)                               clear the backlog within drain_s
     slo_k   = Q_k / (mu * max(min_budget_s, slo_headroom * latency_slo_s_k - w_k))
-    raw     = steady + max(drain, max_k slo_k)                 both at once
+    risk_k  = min(A_k / (mu * slo_headroom * ttft_k), (max_risk_growth - 1) * replicas)   tier k at risk
+    raw     = steady + max(drain, max_k slo_k, max_k risk_k)   both at once
+
+``risk_k`` reads the scheduler's predicted risk (`driftsched.core.risk`): for a tier the scheduler
+judges at risk, ``A_k`` is the corrected output work ahead of a new request of the tier and ``ttft_k``
+its TTFT objective; the pool should be large enough to bring that work within ``slo_headroom`` of the
+objective. Asked for at once that could be many replicas for a tier-0 objective of a second or two, and
+capacity asked for now serves only after the replicas start, so the term adds at most
+``max_risk_growth - 1`` times the pool (a busy pool at most multiplies by ``max_risk_growth`` per
+decision); if the risk lasts, the next decision grows it again. Without the risk
+term a pool whose admission sheds would look like one that keeps up: refused demand (``shed``) is why
+it scales at all in overload.
 
 Hysteresis and delays (the Serve shell gives Serve zero delays, so sim and server behave the same):
 
@@ -62,7 +73,8 @@ class AutoscaleConfig(BaseModel):
     """A backlog should be cleared within this many seconds (on top of the steady arrivals)."""
     slo_headroom: float = Field(default=0.5, gt=0, le=1)
     """A tier's queue should drain within this share of its tenants' latency_slo_s (the rest is
-    for the requests' own generation)."""
+    for the requests' own generation); a tier at risk, its work ahead within this share of its TTFT
+    objective."""
     min_budget_s: float = Field(default=30.0, gt=0)
     """Floor on a tier's drain budget, once its oldest request has used up its share of the objective.
     Keep it near the replicas' start-up time: capacity asked for now serves only after that."""
@@ -70,6 +82,10 @@ class AutoscaleConfig(BaseModel):
     """Output tokens/s of one saturated replica before the scheduler has measured it."""
     prior_replica_s: float = Field(default=60.0, ge=0)
     """Weight of the prior against the measurement, in saturated replica-seconds."""
+    max_risk_growth: float = Field(default=2.0, ge=1.0)
+    """Most a tier at risk multiplies a busy pool by in one decision: its term adds at most
+    (max_risk_growth - 1) x the replicas (they arrive after their start-up time; a risk that lasts grows
+    it again at the next decision). 1 turns the term off."""
     hysteresis: float = Field(default=0.15, ge=0, lt=0.9)
     """Spare share of capacity a smaller pool must keep before scaling down."""
     rate_window_s: float = Field(default=10.0, gt=0, le=600)
@@ -101,7 +117,7 @@ class ScaleDecision:
     replicas: int
     desired: int
     reason: str
-    """One of: steady, backlog, slo:<tier>, idle, hold."""
+    """One of: steady, backlog, slo:<tier>, risk:<tier>, idle, hold."""
     raw: float
 
 
@@ -126,7 +142,8 @@ class QueueAwareScaler:
         """Replicas the backlog needs (fractional) and the term that set it."""
         cfg = self.config
         mu = self.service_rate(backlog)
-        steady = backlog.arrival_tokens_per_s / (mu * cfg.target_utilization)
+        demand = backlog.arrival_tokens_per_s + backlog.shed_tokens_per_s
+        steady = demand / (mu * cfg.target_utilization)
         extra, reason = backlog.queued_tokens / (mu * cfg.drain_s), "backlog"
         ahead = 0.0
         for tier in backlog.tiers:  # ascending tier: `ahead` is the work at this tier or above
@@ -137,6 +154,13 @@ class QueueAwareScaler:
             need = ahead / (mu * budget)
             if need > extra:
                 extra, reason = need, f"slo:{tier.tier}"
+        for tier in backlog.tiers:
+            if not tier.at_risk or tier.ttft_slo_s is None:
+                continue
+            need = min(tier.ahead_tokens / (mu * cfg.slo_headroom * tier.ttft_slo_s),
+                       (cfg.max_risk_growth - 1.0) * backlog.replicas)
+            if need > extra:
+                extra, reason = need, f"risk:{tier.tier}"
         if extra <= _EPS:
             reason = "steady" if steady > _EPS else "idle"
         return steady + extra, reason

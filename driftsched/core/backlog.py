@@ -25,6 +25,11 @@ Measurement (time is passed in; the meter never reads a clock):
   configured prior (a few seconds alone say little).
 * **per-tier waits**: for each QoS tier with queued work, its queued tokens, the oldest ticket's wait
   and the tightest ``latency_slo_s`` of that tier's tenants.
+* **predicted risk** (when the caller passes the scheduler's `RiskModel`, as the scheduler actor does):
+  per tier, the TTFT objective of its most urgent request, the corrected output tokens ahead of a new
+  request of the tier, the predicted wait and whether the tier is at risk (`RiskModel.tier_risks`, the
+  figures admission and the holdback act on); and the estimated output tokens/s that SLO admission
+  refused over the window: refused demand is demand the pool did not have the capacity for.
 
 Output tokens only: prefill of the prompt is an order of magnitude cheaper per token on the engines
 modelled here, so the decode work dominates the time a backlog takes.
@@ -38,6 +43,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from driftsched.core.request import Ticket
+from driftsched.core.risk import RiskModel, TierRisk
 
 _MAX_WINDOW_S = 600.0
 SERVICE_MEMORY_REPLICA_S = 600.0
@@ -54,6 +60,14 @@ class TierBacklog:
     oldest_wait_s: float
     latency_slo_s: float | None
     """The tightest end-to-end objective among the tier's tenants with queued work (None: none set)."""
+    ttft_slo_s: float | None = None
+    """TTFT objective of the tier's most urgent on-time request (None: no risk model, or none on time)."""
+    ahead_tokens: float = 0.0
+    """Corrected output tokens the scheduler predicts ahead of a new request of this tier."""
+    predicted_wait_s: float | None = None
+    """That work over the pool's measured rate (None: not measured yet)."""
+    at_risk: bool = False
+    """The scheduler judges the tier at risk (`driftsched.core.risk.RiskModel.at_risk`)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,6 +88,9 @@ class Backlog:
     """Replica-seconds of those intervals: ``served_tokens / saturated_replica_s`` is the measured
     output tokens/s of one saturated replica."""
     tiers: tuple[TierBacklog, ...] = ()
+    shed_tokens_per_s: float = 0.0
+    """Estimated output tokens/s that SLO admission refused over the window (demand the pool lacked
+    the capacity for; admitted arrivals alone would hide it)."""
 
 
 class BacklogMeter:
@@ -111,10 +128,11 @@ class BacklogMeter:
 
     def backlog(
         self, now: float, queued: Iterable[Ticket], in_flight: int, replicas: int, window_s: float = 30.0,
-        running_tokens: float = 0.0,
+        running_tokens: float = 0.0, risk: RiskModel | None = None,
     ) -> Backlog:
-        """The summary now; `queued` are the waiting tickets, `window_s` the rate window and
-        `running_tokens` the output tokens the running requests have generated so far."""
+        """The summary now; `queued` are the waiting tickets, `window_s` the rate window,
+        `running_tokens` the output tokens the running requests have generated so far and `risk` the
+        scheduler's risk model (`Scheduler.risk`; None: no predicted risk, no refused demand)."""
         self._window_s = min(max(window_s, 1e-3), _MAX_WINDOW_S)
         tiers: dict[int, list[float]] = {}  # tier -> [queued, tokens, oldest queued_at, slo or inf]
         total_tokens, count = 0.0, 0
@@ -130,6 +148,9 @@ class BacklogMeter:
             total_tokens += tokens
             count += 1
         self._measure_service(now, count > 0, replicas, running_tokens)
+        predicted: dict[int, TierRisk] = {}
+        if risk is not None:
+            predicted = {r.tier: r for r in risk.tier_risks(now)}
         return Backlog(
             time=now,
             queued=count,
@@ -140,9 +161,11 @@ class BacklogMeter:
             served_tokens=self._served,
             saturated_replica_s=self._replica_s,
             tiers=tuple(
-                TierBacklog(tier, int(n), tokens, max(0.0, now - oldest), None if math.isinf(slo) else slo)
+                _tier_row(tier, int(n), tokens, max(0.0, now - oldest), None if math.isinf(slo) else slo,
+                          predicted.get(tier))
                 for tier, (n, tokens, oldest, slo) in sorted(tiers.items())
             ),
+            shed_tokens_per_s=risk.shed.rate(now, self._window_s) if risk is not None else 0.0,
         )
 
     def _arrival_rate(self, now: float) -> float:
@@ -175,3 +198,11 @@ class BacklogMeter:
             old_tokens, old_s = self._samples.popleft()
             self._served -= old_tokens
             self._replica_s -= old_s
+
+
+def _tier_row(tier: int, queued: int, tokens: float, oldest_wait_s: float, latency_slo_s: float | None,
+              risk: TierRisk | None) -> TierBacklog:
+    if risk is None:
+        return TierBacklog(tier, queued, tokens, oldest_wait_s, latency_slo_s)
+    return TierBacklog(tier, queued, tokens, oldest_wait_s, latency_slo_s, risk.ttft_slo_s,
+                       risk.ahead_tokens, risk.predicted_wait_s, risk.at_risk)

@@ -255,6 +255,52 @@ class PreemptionConfig(_Strict):
         return self
 
 
+class AdmissionConfig(_Strict):
+    """SLO-aware admission and per-tier holdback (`driftsched.core.admission`, `driftsched.core.risk`).
+
+    The scheduler measures the pool's output tokens/s while work waits and predicts a new request's
+    wait as the corrected output estimates queued ahead of it divided by that rate. It answers at once
+    (instead of letting it time out in the queue) a request that cannot meet its TTFT objective, never
+    one of a tenant within its fair share for another tenant's burst, and refuses new work of tenants
+    above their share while a tier at least as important is at risk. Nothing is refused before the
+    rate has been measured (`min_measured_s`).
+    """
+
+    enabled: bool = True
+    """Early rejection and holdback on. Off: only quotas and queue caps refuse requests, and a request
+    that cannot make its objective waits until its queue deadline."""
+    shed_margin: float = Field(default=1.5, ge=1.0)
+    """A request is refused as unreachable only when its predicted wait exceeds this many times its
+    TTFT objective. The prediction is a lower bound for tier- and deadline-ordered policies (and FIFO),
+    and this margin covers the error of the measured rate: 1 sheds at the first predicted miss."""
+    risk_share: float = Field(default=0.5, gt=0, le=1)
+    """A tier is at risk when its most urgent queued request is projected to wait more than this share
+    of its TTFT objective (waited so far plus predicted wait); the rest of the objective is slack for the
+    prediction's error and the prefill."""
+    holdback: bool = True
+    """While a tier is at risk, (1) its most urgent request is dispatched before the policy's head when
+    that head is of a less important tier and of a tenant asking for more than its fair share, and (2)
+    new requests in that tier or a less important one are refused (429 `tier_holdback`) from tenants
+    whose admitted demand already exceeds their fair share: they are held to their share, so about the
+    physical excess is shed, and never a tenant within its share."""
+    reserve: float = Field(default=0.1, ge=0, lt=1)
+    """Share of the requests in flight that less important tiers keep during a holdback: below it, the
+    policy's head goes first even while a more important tier is at risk (no tier starves)."""
+    rate_half_life_s: float = Field(default=60.0, gt=0)
+    """Half-life of the service-rate measurement, in seconds during which work waited (an idle spell
+    does not age it: the hardware's speed is remembered)."""
+    min_measured_s: float = Field(default=10.0, ge=0)
+    """Seconds with waiting work the rate must have been measured over before anything is refused."""
+    share_half_life_s: float = Field(default=60.0, gt=0)
+    """Half-life of each tenant's measured demand (estimated output tokens/s it sent): the recent
+    window over which a tenant is judged within or above its fair share."""
+    share_tolerance: float = Field(default=0.1, ge=0)
+    """A tenant is above its fair share when its demand exceeds its share by more than this fraction
+    (measurement noise at the boundary does not make it so)."""
+    max_retry_after_s: float = Field(default=60.0, ge=1)
+    """Largest Retry-After given with an admission refusal."""
+
+
 class SchedulerConfig(_Strict):
     """Policy and system-wide admission limits."""
 
@@ -284,6 +330,8 @@ class SchedulerConfig(_Strict):
     the two (compare values with `benchmarks/bench_policies.py --scheduler '{"kv_growth_tokens": H}'`)."""
     preemption: PreemptionConfig = Field(default_factory=PreemptionConfig)
     """Preempt-and-resume settings (see `PreemptionConfig`)."""
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    """SLO-aware admission and per-tier holdback (see `AdmissionConfig`)."""
 
     @field_validator("kv_growth_tokens")
     @classmethod

@@ -3,9 +3,11 @@
 The scheduler actor calls `Dispatcher.step` whenever capacity may have freed or work arrived (a grant
 is then handed to the parked caller, a preemption to the victim's replica); the simulator calls it
 after every arrival and engine step (a grant is then added to that simulated engine, a preemption
-aborts the victim there). Either way the decision is the same: the policy's head (`Scheduler.peek`) is
-placed by the fit rule of `driftsched.core.placement`, and dispatch stops at the first head that fits
-no replica, so the policy's order is never bypassed by a smaller ticket behind it.
+aborts the victim there). Either way the decision is the same: the scheduler's head (`Scheduler.peek`:
+the policy's, or the most urgent request of a tier at risk under the holdback rule stated in
+`driftsched.core.scheduler`) is placed by the fit rule of `driftsched.core.placement`, and dispatch
+stops at the first head that fits no replica, so that order is never bypassed by a smaller ticket
+behind it. Each step also tells the scheduler how many replicas report, for its rate measurement.
 
 **Preemption** (when `PreemptionConfig.enabled` and the policy can rank running tickets,
 `RankedPolicy`). When the head fits nowhere and has waited `wait_s`, and a replica has not freed any
@@ -69,6 +71,7 @@ class Dispatcher:
         """Expire overdue tickets, then grant heads while the head fits (preempting if allowed)."""
         scheduler, placement = self.scheduler, self.placement
         now = scheduler.clock()
+        scheduler.set_replicas(sum(1 for _ in placement.replicas()))  # the rate is per replica
         out = DispatchStep(expired=scheduler.expire_due())
         while scheduler.num_queued:
             head = scheduler.peek()

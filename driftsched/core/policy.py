@@ -9,6 +9,12 @@ A policy class may also take options it is not given from the service it runs in
 classmethod ``derived_options(context) -> dict`` returns them, and the options a config gives win
 (`policies.resolve_options`). The service's settings then live in one place (e.g. `bounded`'s horizon is
 the queue timeout, not a second copy of it).
+
+A policy class may also declare how it preempts, as a class attribute ``preemption``: a mapping of
+`PreemptionConfig` fields (a peer whose scheduler preempts at once, as vLLM's priority policy does,
+declares ``wait_s: 0``). The shells build their dispatcher with `preemption_for(policy, configured)`, so
+such a policy runs as its scheduler does whatever the config's default; the policy's own logic stays in
+the policy class.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
-from driftsched.core.config import CoreConfig
+from driftsched.core.config import CoreConfig, PreemptionConfig
 from driftsched.core.request import Ticket
 
 
@@ -66,3 +72,12 @@ class RankedPolicy(Policy, Protocol):
     """
 
     def rank(self, ticket: Ticket, now: float) -> tuple[float, ...]: ...
+
+
+def preemption_for(policy: Policy, configured: PreemptionConfig) -> PreemptionConfig:
+    """The preemption `policy` runs with: `configured`, with the fields its class declares in a
+    ``preemption`` mapping (if any) in their place (module docstring)."""
+    declared = getattr(type(policy), "preemption", None)
+    if not declared:
+        return configured
+    return PreemptionConfig.model_validate({**configured.model_dump(), **dict(declared)})

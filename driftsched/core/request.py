@@ -20,6 +20,9 @@ class RejectReason(enum.StrEnum):
     TOKEN_QUOTA = "tenant_token_quota"  # 429
     TENANT_QUEUE_FULL = "tenant_queue_full"  # 429
     OVERLOADED = "system_overloaded"  # 503
+    SLO_UNREACHABLE = "slo_unreachable"  # 429: its tenant is above its fair share
+    SYSTEM_SLO_UNREACHABLE = "system_slo_unreachable"  # 503: short even for the tenants within theirs
+    TIER_HOLDBACK = "tier_holdback"  # 429: above its share while a tier as important is at risk
 
 
 @dataclass(slots=True)

@@ -12,6 +12,21 @@ preempted request goes back to the queue with the tokens it generated appended t
 its place in the policy's order (arrival time, sequence number); the shell gives it a fresh queue
 deadline. The caller owns capacity: it calls `dispatch`
 whenever an engine slot frees up.
+
+**SLO admission and holdback** (`AdmissionConfig`). The scheduler keeps the risk model
+(`driftsched.core.risk`): the queued work indexed by tier and TTFT deadline, the pool's output
+tokens/s measured from completions while work waits, and each tenant's demand. `admit` asks
+`SloAdmission` after the quotas (module `driftsched.core.admission`). `dispatch` applies the holdback
+rule: when the policy's head is of a less important tier than a tier at risk (its most urgent request
+projected past `risk_share` of its TTFT objective) and the head's tenant asks for more than its fair
+share, that tier's most urgent request (earliest TTFT deadline) goes first instead, unless the less
+important tiers hold less than `reserve` of the requests in flight. Tiers are visited most important
+first; the policy's order stands otherwise (always for a head whose tenant is within its share: a
+tier's priority does not take another tenant's share), and within a tier at risk the order is
+earliest deadline first. The rule needs the measured rate (the shares are of it); before, none
+applies. A `Dispatcher` tells the scheduler the replica count (`set_replicas`), so the rate is per
+replica and follows the pool's size. A policy class may declare its own admission settings
+(`admission_for`): a peer that models a scheduler without this admission turns it off for itself.
 """
 
 from __future__ import annotations
@@ -21,7 +36,7 @@ import logging
 from collections import deque
 from dataclasses import replace
 
-from driftsched.core.admission import TenantQuota
+from driftsched.core.admission import SloAdmission, TenantQuota, admission_for
 from driftsched.core.clock import Clock
 from driftsched.core.config import CoreConfig
 from driftsched.core.errors import UnknownRequestError
@@ -29,6 +44,7 @@ from driftsched.core.estimator import Estimate, Estimator
 from driftsched.core.intake import Intake
 from driftsched.core.policy import Policy
 from driftsched.core.request import Admission, RejectReason, Request, Ticket
+from driftsched.core.risk import RiskModel, TierRisk
 from driftsched.core.stats import SchedulerStats, TenantCounters, TenantState
 
 logger = logging.getLogger(__name__)
@@ -60,6 +76,12 @@ class Scheduler:
         self._expired: list[Ticket] = []  # expired by peek/dispatch, not yet returned by expire_due
         self._front: deque[Ticket] = deque()  # resumed requests, served before the policy's order
         self._seq = 0
+        admission = admission_for(policy, config.scheduler.admission)
+        self.risk = RiskModel(admission, {name: t.weight for name, t in self.intake.tenants.items()})
+        self._slo = SloAdmission(admission, self.risk)
+        self._holdback = admission.enabled and admission.holdback
+        self._reserve = admission.reserve
+        self._in_flight_tiers: dict[int, int] = {}
 
     # -- admission -------------------------------------------------------------------------------
 
@@ -102,7 +124,13 @@ class Scheduler:
         wait = quota.token_wait_s(ticket.cost_tokens, now)
         if wait > 0:
             return self._reject(tenant, RejectReason.TOKEN_QUOTA, "tokens-per-minute quota exceeded", wait)
+        self._advance(now)
+        refusal = self._slo.check(ticket, now)
+        if refusal is not None:
+            self.risk.shed.add(now, ticket.remaining_estimate)
+            return self._reject(tenant, refusal.reason, refusal.detail, refusal.retry_after_s)
         quota.charge(ticket.cost_tokens)
+        self._slo.admitted(ticket, now)
         self._seq += 1
         ticket.seq = self._seq
         ticket.queued_at = now
@@ -112,6 +140,8 @@ class Scheduler:
         if ticket.deadline is not None:
             heapq.heappush(self._deadlines, (ticket.deadline, ticket.seq, ticket))
         self.policy.add(ticket, now)
+        self.risk.queued.add(ticket)
+        self._advance(now)
         return Admission(ticket)
 
     def _reject(
@@ -130,13 +160,40 @@ class Scheduler:
     def _unqueue(self, ticket: Ticket) -> None:
         del self._queued[ticket.request_id]
         self._queued_per_tenant[ticket.tenant] -= 1
+        self.risk.queued.remove(ticket)
+
+    def _advance(self, now: float) -> None:
+        """Tell the rate measurement whether work waits from `now` on (only then is it capacity)."""
+        self.risk.rate.advance(now, bool(self._queued))
+
+    def _fly(self, ticket: Ticket, delta: int) -> None:
+        self._in_flight_tiers[ticket.tier] = self._in_flight_tiers.get(ticket.tier, 0) + delta
 
     def peek(self) -> Ticket | None:
         """The ticket `dispatch` would return now, left in the queue (for capacity checks)."""
         now = self.clock()
         if self._deadlines and self._deadlines[0][0] <= now:
             self._expire(now)
-        return self._front_head() or self.policy.peek(now)
+        ticket = self._front_head()
+        if ticket is not None:
+            return ticket
+        head = self.policy.peek(now)
+        return (self._held_for(head, now) or head) if head is not None else None
+
+    def _held_for(self, head: Ticket, now: float) -> Ticket | None:
+        """The holdback rule (module docstring): the ticket to dispatch before the policy's `head`."""
+        if not self._holdback or not self.risk.over_share(head.tenant, now):
+            return None
+        for tier in self.risk.queued.tiers():
+            if tier >= head.tier:
+                return None
+            urgent = self.risk.at_risk(tier, now)
+            if urgent is None:
+                continue
+            flying = len(self._in_flight)
+            lower = sum(n for k, n in self._in_flight_tiers.items() if k > tier)
+            return None if flying and lower < self._reserve * flying else urgent
+        return None
 
     def _front_head(self) -> Ticket | None:
         """The oldest resumed request still waiting (entries withdrawn since are dropped here)."""
@@ -155,13 +212,17 @@ class Scheduler:
             self._front.popleft()
             self.policy.remove(ticket)
         else:
-            ticket = self.policy.pop(now)
+            head = self.policy.peek(now)
+            held = self._held_for(head, now) if head is not None else None
+            ticket = held if held is not None and self.policy.remove(held) else self.policy.pop(now)
         if ticket is None:
             return None
         self._unqueue(ticket)
         ticket.dispatch_time = now
         self._in_flight[ticket.request_id] = ticket
+        self._fly(ticket, 1)
         self._counters[ticket.tenant].dispatched += 1
+        self._advance(now)
         return ticket
 
     def requeue(self, request_id: str, generated: int, deadline: float | None = None) -> Ticket:
@@ -189,12 +250,14 @@ class Scheduler:
         current = self._in_flight.pop(rid, None)
         if current is not None:
             ticket = current
+            self._fly(ticket, -1)
         elif rid in self._queued or ticket.tenant not in self._quotas:
             raise UnknownRequestError(f"request {rid!r} is queued already or its tenant is unknown")
         new = total_generated - ticket.generated
         if not 0 <= new < ticket.max_tokens:
             if current is not None:
                 self._in_flight[rid] = current
+                self._fly(current, 1)
             raise ValueError(
                 f"request {rid!r}: {total_generated} tokens generated in all leaves none of its "
                 f"{ticket.max_tokens + ticket.generated} max_tokens to resume with"
@@ -216,6 +279,8 @@ class Scheduler:
             heapq.heappush(self._deadlines, (deadline, ticket.seq, ticket))
         self.policy.add(ticket, now)
         self._front.append(ticket)
+        self.risk.queued.add(ticket, resumed=True)
+        self._advance(now)
         return ticket
 
     def cancel(self, request_id: str) -> Ticket | None:
@@ -226,6 +291,7 @@ class Scheduler:
         self._unqueue(ticket)
         self._quotas[ticket.tenant].reconcile(ticket.corrected_estimate, 0.0)
         self._counters[ticket.tenant].cancelled += 1
+        self._advance(self.clock())
         return ticket
 
     def expire_due(self) -> list[Ticket]:
@@ -245,6 +311,7 @@ class Scheduler:
                 self._quotas[ticket.tenant].reconcile(ticket.corrected_estimate, 0.0)
                 self._counters[ticket.tenant].expired += 1
                 expired.append(ticket)
+        self._advance(now)
 
     def complete(self, request_id: str, output_tokens: int, observe: bool = True) -> Ticket:
         """An in-flight request finished with `output_tokens` in all (earlier, preempted runs included);
@@ -252,21 +319,35 @@ class Scheduler:
         ticket = self._in_flight.pop(request_id, None)
         if ticket is None:
             raise UnknownRequestError(f"no request {request_id!r} in flight")
-        tenant = ticket.tenant
+        tenant, now = ticket.tenant, self.clock()
+        self._fly(ticket, -1)
         self._counters[tenant].completed += 1
         self._quotas[tenant].reconcile(ticket.corrected_estimate, float(output_tokens))
         self.policy.on_finish(ticket, output_tokens)
+        self.risk.rate.completed(now, float(output_tokens))
         if observe:
             estimate = Estimate(ticket.raw_estimate, ticket.corrected_estimate, ticket.bucket)
-            self.estimator.observe(tenant, ticket.category, estimate, output_tokens, self.clock())
+            self.estimator.observe(tenant, ticket.category, estimate, output_tokens, now)
         return ticket
 
     def abort(self, request_id: str) -> Ticket | None:
         """An in-flight request ended without a usable observation (engine failure, disconnect)."""
         ticket = self._in_flight.pop(request_id, None)
         if ticket is not None:
+            self._fly(ticket, -1)
             self._quotas[ticket.tenant].reconcile(ticket.corrected_estimate, 0.0)
         return ticket
+
+    # -- the risk model ------------------------------------------------------------------------
+
+    def set_replicas(self, replicas: int) -> None:
+        """The pool has `replicas` replicas now (a `Dispatcher` reports it at every step)."""
+        self.risk.rate.set_replicas(self.clock(), replicas)
+
+    def tier_risks(self) -> tuple[TierRisk, ...]:
+        """Every tier with queued work: its TTFT objective, the work ahead of a new request, its
+        predicted wait and whether it is at risk (what the holdback and the autoscaler read)."""
+        return self.risk.tier_risks(self.clock())
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -324,4 +405,6 @@ class Scheduler:
             },
             drift=tracker.stats(now),
             drift_total=tracker.totals(),
+            service_tokens_per_s=self.risk.rate.pool(),
+            tiers=list(self.risk.tier_risks(now)),
         )

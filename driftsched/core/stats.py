@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from driftsched.core.accuracy import DriftStat
+from driftsched.core.risk import TierRisk
 
 
 @dataclass(slots=True)
@@ -47,6 +48,10 @@ class SchedulerStats:
     counters: dict[str, TenantCounters]
     drift: list[DriftStat]
     drift_total: DriftStat
+    service_tokens_per_s: float | None = None
+    """The pool's measured output tokens/s while work waits (None: not measured yet)."""
+    tiers: list[TierRisk] = field(default_factory=list)
+    """Each tier with queued work: objective, work ahead, predicted wait, at risk (`TierRisk`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form."""

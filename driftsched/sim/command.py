@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from driftsched.bench.prompts import intake_fields
 from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig
 from driftsched.sim import perf_model, traces
 from driftsched.sim.report import format_table, write_results, write_summary
-from driftsched.sim.results_table import LEGEND, results_table, summary_table
-from driftsched.sim.seeds import aggregate, format_spread
+from driftsched.sim.results_table import LEGEND, results_table, summary_table, window_and_objectives
+from driftsched.sim.seeds import aggregate, format_spread, format_versus
 from driftsched.sim.setup import (
     ShippedSetup,
     engine_settings,
@@ -42,6 +42,8 @@ from driftsched.sim.workload import Workload, paper_workload, scale_to_load
 
 TRACE_FORMATS = ("driftsched", "azure", "mooncake", "sharegpt")
 DEFAULT_POLICIES = "fifo,priority,weighted,sjf,aging,bounded"
+# Five seeds: enough for a Student-t interval on each ratio to FIFO (t(0.975, 4) = 2.78).
+DEFAULT_SEEDS = 5
 # Offered work 10% above what greedy (vLLM-style) admission sustains on the mix: sustained contention.
 DEFAULT_PAPER_LOAD = 1.1
 # Without --config: the replicas' own defaults (`ReplicaConfig`), as a config that names none gets.
@@ -53,8 +55,16 @@ DEFAULT_ENGINE = engine_settings(_DEFAULT_REPLICA)
 
 def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: int = 20_000) -> None:
     """What to run: --workload or --trace and how to read it; shared with the live benchmarks."""
+    from driftsched.sim.shock import Shock  # the drift-shock workload's defaults
+
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--workload", choices=["paper"], help="synthetic multi-tenant workload")
+    source.add_argument(
+        "--workload",
+        choices=["paper", "saas", "drift-shock"],
+        help="synthetic multi-tenant workload: paper (with mid-run drift), saas (other tenants, "
+        "stationary) or drift-shock (the paper tenants, stationary, then one shock mid-run; "
+        "see driftsched/sim/shock.py)",
+    )
     source.add_argument("--trace", type=Path, help="trace file to replay")
     parser.add_argument(
         "--trace-format",
@@ -81,6 +91,21 @@ def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: in
         choices=["random", "prompt_band"],
         default="prompt_band",
         help="how trace requests get a category (default prompt_band)",
+    )
+    shock = Shock()
+    parser.add_argument(
+        "--shock-factor",
+        type=float,
+        default=shock.factor,
+        help=f"drift-shock: {shock.category} answers become this many times longer at the shock "
+        f"(default {shock.factor:g}; e.g. 0.3 for shorter)",
+    )
+    parser.add_argument(
+        "--shock-prompt-tokens",
+        type=int,
+        default=shock.prompt_tokens,
+        help=f"drift-shock: tokens added to each {shock.tenant} prompt at the shock (default "
+        f"{shock.prompt_tokens}; negative removes)",
     )
 
 
@@ -132,8 +157,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds",
         type=int,
-        default=1,
-        help="run seeds seed .. seed+N-1 (each in OUT/seed-S/) and report the median and spread (default 1)",
+        default=DEFAULT_SEEDS,
+        help="run seeds seed .. seed+N-1 (each in OUT/seed-S/) and report the median and spread, and each "
+        f"policy against fifo with a 95%% interval over the seeds (default {DEFAULT_SEEDS})",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
@@ -162,15 +188,28 @@ def _trace_format(path: Path, given: str | None) -> str:
 
 
 def build_workload(args: argparse.Namespace, perf: perf_model.PerfModel) -> Workload:
-    if args.workload == "paper":
+    if args.workload is not None:
+        from driftsched.sim.shock import Shock, drift_shock_workload
+        from driftsched.sim.workload import saas_workload
+
         load = DEFAULT_PAPER_LOAD if args.load is None else args.load
-        return paper_workload(args.requests, seed=args.seed, replicas=args.replicas, load=load, perf=perf)
+        n, seed, replicas = args.requests, args.seed, args.replicas
+        if args.workload == "saas":
+            return saas_workload(n, seed=seed, replicas=replicas, load=load, perf=perf)
+        if args.workload == "drift-shock":
+            default = Shock()
+            shock = Shock(
+                factor=getattr(args, "shock_factor", default.factor),
+                prompt_tokens=getattr(args, "shock_prompt_tokens", default.prompt_tokens),
+            )
+            return drift_shock_workload(n, seed=seed, replicas=replicas, load=load, perf=perf, shock=shock)
+        return paper_workload(n, seed=seed, replicas=replicas, load=load, perf=perf)
     fmt = _trace_format(args.trace, args.trace_format)
     if fmt == "driftsched":
         workload = traces.load_csv(args.trace, limit=args.requests)
         if args.load is not None:
             items = scale_to_load(workload.items, perf, args.replicas, args.load)
-            workload = Workload(workload.name, items, workload.tenants, workload.phase_starts)
+            workload = replace(workload, items=items)
         return workload
     opts = traces.ReplayOptions(
         seed=args.seed,
@@ -236,9 +275,12 @@ def run(args: argparse.Namespace) -> int:
     write_summary(combined, args.out)
     seeds = f"seeds {args.seed}..{args.seed + args.seeds - 1}"
     print(f"median over {seeds}:")
-    print(format_table(combined["median"]))
+    print(format_table({k: v for k, v in combined["median"].items() if k != "vs_fifo"}))
     print("")
     print(format_spread(combined))
+    if combined.get("vs_fifo"):
+        print("")
+        print(format_versus(combined["vs_fifo"]))
     _write_page(args, setup, combined["median"], f"median of each figure over {seeds}")
     print(f"results in {args.out}/ (summary.json: median and spread; results.md; seed-*/ per seed)")
     return 0
@@ -259,7 +301,7 @@ def _write_page(args: argparse.Namespace, setup: SimSetup, summary: dict[str, An
         f"load {_load(summary.get('load'))}, {seeds}; queue deadline {setup.queue_timeout_s:g} s; {tenants}. "
         "Latencies in modelled seconds."
     )
-    notes = [facts, LEGEND]
+    notes = [facts, window_and_objectives(summary), LEGEND]
     if ORACLE in named:
         notes.append(f"`{ORACLE}` is a simulator-only reference: SJF ordered by the true output length.")
     text = results.page(source, results_table(summary, named), notes, summary_table(summary, named))
@@ -311,7 +353,7 @@ def run_one(args: argparse.Namespace, setup: SimSetup, out: Path) -> dict[str, A
         "wall_s": wall,
         "simulated_requests_per_wall_s": len(workload.items) * len(names) / wall,
     }
-    objectives = {t.name: t.latency_slo_s for t in config.tenants}
+    objectives = config.objectives()  # the tenants the run used: the config's, or the workload's on tiers
     summary = write_results(
         runs, meta, out, plots=not args.no_plots, phase=workload.phases(), objectives=objectives
     )

@@ -38,9 +38,63 @@ class RunRecords:
     """Facts appended to this policy's summary as they are (e.g. preemptions, wall time)."""
     estimator: dict[str, dict[str, float]] | None = None
     """Estimation errors as the service reported them; None: computed from the rows."""
+    ttft_slo_s: np.ndarray | None = None
+    """Each request's own TTFT objective (s), where it asked for a stricter one than its tenant's;
+    NaN (or no array): its tenant's. Reports judge against it (`driftsched.sim.attainment`)."""
+    tpot_slo_s: np.ndarray | None = None
+    """Each request's own TPOT objective (s), as `ttft_slo_s`."""
 
     def __len__(self) -> int:
         return len(self.status)
+
+    def select(self, mask: np.ndarray) -> RunRecords:
+        """The rows where `mask` holds, with the same run facts (`extras`, `estimator`)."""
+        idx = np.flatnonzero(mask)
+        arrays = {name: getattr(self, name)[idx] for name in _ROW_ARRAYS}
+        return RunRecords(
+            policy=self.policy,
+            category=[self.category[i] for i in idx],
+            status=[self.status[i] for i in idx],
+            extras=dict(self.extras),
+            estimator=self.estimator,
+            ttft_slo_s=None if self.ttft_slo_s is None else self.ttft_slo_s[idx],
+            tpot_slo_s=None if self.tpot_slo_s is None else self.tpot_slo_s[idx],
+            **arrays,
+        )
+
+
+_ROW_ARRAYS = (
+    "tenant", "prompt_tokens", "max_tokens", "output_tokens", "arrival", "dispatch", "first_token", "finish",
+    "raw_estimate", "corrected_estimate", "admitted",
+)
+
+
+def concat(parts: list[RunRecords], policy: str | None = None) -> RunRecords:
+    """The rows of several runs of one policy as one (e.g. the steady windows of several seeds, for
+    percentiles over all their requests); run facts are the first part's. Times stay on each part's
+    own axis, so only figures that do not span requests (latencies, attainment) mean anything."""
+    if not parts:
+        raise ValueError("concat needs at least one RunRecords")
+    arrays = {name: np.concatenate([getattr(p, name) for p in parts]) for name in _ROW_ARRAYS}
+
+    def own(values: list[np.ndarray | None]) -> np.ndarray | None:
+        if all(v is None for v in values):
+            return None
+        filled = [np.full(len(p), np.nan) if v is None else v for p, v in zip(parts, values, strict=True)]
+        joined: np.ndarray = np.concatenate(filled)
+        return joined
+
+    first = parts[0]
+    return RunRecords(
+        policy=policy or first.policy,
+        category=[c for p in parts for c in p.category],
+        status=[s for p in parts for s in p.status],
+        extras=dict(first.extras),
+        estimator=first.estimator,
+        ttft_slo_s=own([p.ttft_slo_s for p in parts]),
+        tpot_slo_s=own([p.tpot_slo_s for p in parts]),
+        **arrays,
+    )
 
 
 def from_simulation(run: RunResult) -> RunRecords:

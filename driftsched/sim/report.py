@@ -11,12 +11,26 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from driftsched.core.slo import Objectives
+from driftsched.sim.attainment import (
+    OUTCOMES,
+    STEADY_WINDOW,
+    Window,
+    e2e_flags,
+    in_window,
+    is_expired,
+    outcomes,
+    slo_flags,
+    steady_window,
+)
 from driftsched.sim.records import RunRecords, as_records
+from driftsched.sim.seeds import REFERENCE, format_versus, versus
 from driftsched.sim.simulator import ORACLE, REFERENCES, UNCORRECTED, RunResult
 
 Run = RunResult | RunRecords
@@ -28,13 +42,8 @@ def _pct(values: np.ndarray, *qs: int) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(values, q)) for q in qs}
 
 
-def is_expired(status: str) -> bool:
-    """A request admitted to a queue that left it at its deadline (the simulator's "expired", a live 504)."""
-    return status == "expired" or status.startswith("http_504")
-
-
 def _censored_pct(values: np.ndarray, failed: int, *qs: int) -> dict[str, float]:
-    """Percentiles of latencies where `failed` more requests never finished: they count as infinite.
+    """Percentiles of latencies where `failed` more requests never got there: they count as infinite.
 
     So a policy cannot look faster by letting its slowest requests expire: if more than 1% of them
     failed, its p99 is inf (written as null in JSON).
@@ -56,14 +65,22 @@ def _censored_pct(values: np.ndarray, failed: int, *qs: int) -> dict[str, float]
 
 def _arrays(rec: RunRecords) -> dict[str, np.ndarray]:
     arrival = rec.arrival
+    ended = outcomes(rec)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gaps = rec.output_tokens - 1
+        tpot = (rec.finish - rec.first_token) / np.where(gaps > 0, gaps, np.nan)
     return {
         "arrival": arrival,
         "tenant": rec.tenant,
         "true": rec.output_tokens,
         "done": ~np.isnan(rec.finish),
-        "expired": np.array([is_expired(s) for s in rec.status], dtype=bool),
+        "outcome": ended,
+        "expired": ended == "expired",
+        # entered a queue: completed, expired there, or failed after admission (not refused at the door)
+        "entered": (ended == "completed") | (ended == "expired") | (ended == "error"),
         "e2e": rec.finish - arrival,
         "ttft": rec.first_token - arrival,
+        "tpot": tpot,
         "wait": rec.dispatch - arrival,
     }
 
@@ -108,90 +125,111 @@ def group_oracle_errors(run: Run, phase: Sequence[int]) -> dict[str, float]:
 
 
 def run_span_s(rec: RunRecords) -> float:
-    """Seconds from the first arrival to the last arrival or finish: the window goodput is over.
-
-    The same for every policy on one workload up to its drain, so goodputs compare as rates.
-    """
+    """Seconds from the first arrival to the last arrival or finish (the run's makespan)."""
     events = np.concatenate([rec.arrival, rec.finish])
     events = events[~np.isnan(events)]
     return float(events.max() - np.nanmin(rec.arrival)) if rec.arrival.size and events.size else 0.0
 
 
-def _outcome_figures(
-    rec: RunRecords, a: dict[str, np.ndarray], mask: np.ndarray, span_s: float,
-    objectives: Mapping[str, float],
-) -> dict[str, Any]:
-    """Shares, goodput, TTFT and SLO attainment of the requests in `mask` (all of a run's, or a tenant's).
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """Per-request SLO judgement of one run (`attainment.slo_flags`, `attainment.e2e_flags`)."""
 
-    Of the n requests sent: ``completed``, ``shed`` (refused at admission: quota, queue limits, size; a
-    live run's answers other than 200 and 504) and ``expired`` (left their queue at its deadline; a live
-    504) as shares of n. Goodput counts completed requests only: output tokens / span and requests /
-    span (`run_span_s`). TTFT is over completed requests. SLO attainment, present when a tenant in
-    `mask` has an objective o_t (``latency_slo_s``), is over those tenants' requests:
-    ``#{completed, e2e <= o_t} / n_t``, so a shed or expired request is a miss. `a` is `_arrays(rec)`.
+    ttft: np.ndarray
+    tpot: np.ndarray
+    e2e_judged: np.ndarray
+    e2e_met: np.ndarray
+
+
+def _figures(
+    rec: RunRecords, a: dict[str, np.ndarray], mask: np.ndarray, window: Window, judged: _Judged | None
+) -> dict[str, Any]:
+    """The figures of the requests in `mask` (all in the window; a run's, or one tenant's of it).
+
+    Shares are of the requests sent (`attainment.OUTCOMES`). Latency percentiles count the requests
+    that entered a queue: one that never finished (expired, failed) is infinitely late for E2E, and one
+    that never got a first token for TTFT (`_censored_pct`); a request refused at the door is in the
+    shares, not the latencies. TPOT is over completed requests of more than one token. SLO attainment is
+    over the requests sent less those *rejected* for the tenant's own doing (bad input, over its quota
+    or queue cap): a shed, expired or failed one misses; goodput counts those that met both objectives, per
+    second of the window's length.
     """
     n = int(mask.sum())
-    done = a["done"] & mask
-    expired = a["expired"] & mask
-    shed = ~rec.admitted & ~a["expired"] & mask
     nan = float("nan")
-    out: dict[str, Any] = {
-        "requests": n,
-        "completed_share": done.sum() / n if n else nan,
-        "shed_share": shed.sum() / n if n else nan,
-        "expired_share": expired.sum() / n if n else nan,
-        "goodput_tokens_per_s": np.nansum(rec.output_tokens[done]) / span_s if span_s else nan,
-        "goodput_requests_per_s": done.sum() / span_s if span_s else nan,
-        "ttft_s": _pct(a["ttft"][done], 50, 99),
+    ended = a["outcome"][mask]
+    done = a["done"] & mask
+    entered = a["entered"] & mask
+    started = entered & ~np.isnan(a["ttft"])
+    out: dict[str, Any] = {"requests": n}
+    for name in OUTCOMES:
+        out[f"{name}_share"] = float((ended == name).sum() / n) if n else nan
+    out["e2e_s"] = {
+        **_censored_pct(a["e2e"][done], int((entered & ~done).sum()), 50, 90, 99),
+        "mean": float(a["e2e"][done].mean()) if done.any() else nan,
     }
-    objective = np.array([objectives.get(str(t), np.nan) for t in a["tenant"]], dtype=float)
-    judged = mask & ~np.isnan(objective)
-    if judged.any():
-        met = judged & a["done"] & (a["e2e"] <= objective)
-        out["slo_attainment"] = float(met.sum() / judged.sum())
-    return {k: float(v) if isinstance(v, np.floating) else v for k, v in out.items()}
+    out["ttft_s"] = _censored_pct(a["ttft"][started], int((entered & ~started).sum()), 50, 90, 99)
+    out["tpot_s"] = _pct(a["tpot"][done & ~np.isnan(a["tpot"])], 50, 99)
+    if judged is not None:
+        both = judged.ttft & judged.tpot & mask
+        k = int((mask & (a["outcome"] != "rejected")).sum())  # a tenant's own refusals are not judged
+        out["slo"] = {
+            "ttft": float((judged.ttft & mask).sum() / k) if k else nan,
+            "tpot": float((judged.tpot & mask).sum() / k) if k else nan,
+            "both": float(both.sum() / k) if k else nan,
+        }
+        e2e = judged.e2e_judged & mask
+        if e2e.any():  # the optional end-to-end objective (latency_slo_s), over the tenants that have one
+            out["slo"]["e2e"] = float((judged.e2e_met & e2e).sum() / e2e.sum())
+        length = window.length_s
+        out["goodput"] = {
+            "requests_per_s": float(both.sum() / length) if length > 0 else nan,
+            "tokens_per_s": float(np.nansum(rec.output_tokens[both]) / length) if length > 0 else nan,
+        }
+    return out
 
 
-def policy_summary(run: Run, objectives: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """Latency percentiles overall and per tenant, outcome shares and goodput, counts, and run facts.
+def _counts(a: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, int]:
+    """How the requests in `mask` ended, over the whole run (not only the window): ``failed`` is those
+    that entered a queue and never finished (expired, or an error after admission)."""
+    ended = a["outcome"][mask]
+    counts = {name: int((ended == name).sum()) for name in ("completed", "rejected", "shed", "expired")}
+    counts["failed"] = int((a["entered"] & ~a["done"] & mask).sum())
+    return counts
 
-    E2E percentiles count every request that entered a queue: one that never finished (expired at its
-    queue deadline, or failed after admission) is infinitely late. The mean, TTFT and wait are over
-    completed requests. `rejected` counts requests refused at admission (quotas, caps, bad input).
-    `objectives` maps tenants to their end-to-end objective in seconds (`_outcome_figures`).
+
+def policy_summary(
+    run: Run,
+    objectives: Mapping[str, Objectives] | None = None,
+    window: tuple[float, float] | None = STEADY_WINDOW,
+) -> dict[str, Any]:
+    """One run's summary: figures overall and per tenant over the steady window, counts, run facts.
+
+    `window` gives the steady window as shares of the arrival span (`attainment.steady_window`; None:
+    every request); every share, latency percentile, attainment and goodput is over the requests that
+    arrived in it, followed to completion (`_figures`), and ``window`` states it. The counts
+    (``completed``, ``rejected``, ``shed``, ``expired``, ``failed``) are of the whole run.
+    `objectives` (tenant -> `Objectives`, e.g. `CoreConfig.objectives()`) adds ``slo`` and ``goodput``.
     """
     rec = as_records(run)
-    objectives = {t: float(o) for t, o in (objectives or {}).items() if o is not None}
-    span = run_span_s(rec)
     a = _arrays(rec)
-    done, expired = a["done"], a["expired"]
-    failed = (rec.admitted | expired) & ~done
-    e2e = a["e2e"][done]
+    win = steady_window(rec, window)
+    inside = in_window(rec, win)
+    judged = None
+    if objectives is not None:
+        ttft, tpot = slo_flags(rec, objectives)
+        e2e_judged, e2e_met = e2e_flags(rec, objectives)
+        judged = _Judged(ttft, tpot, e2e_judged, e2e_met)
     per_tenant = {}
     for tenant in dict.fromkeys(a["tenant"].tolist()):
         mine = a["tenant"] == tenant
-        mask = done & mine
-        per_tenant[tenant] = {
-            "e2e_s": _censored_pct(a["e2e"][mask], int((failed & mine).sum()), 50, 99),
-            "completed": int(mask.sum()),
-            "expired": int((expired & mine).sum()),
-            "rejected": int((~rec.admitted & ~expired & mine).sum()),
-            **_outcome_figures(rec, a, mine, span, objectives),
-        }
-    overall = _outcome_figures(rec, a, np.ones(len(rec), dtype=bool), span, objectives)
+        per_tenant[tenant] = {**_counts(a, mine), **_figures(rec, a, mine & inside, win, judged)}
+    wait_done = a["done"] & inside
     return {
-        "outcomes": {k: v for k, v in overall.items() if k != "ttft_s"},
-        "span_s": span,
-        "e2e_s": {
-            **_censored_pct(e2e, int(failed.sum()), 50, 90, 99),
-            "mean": float(e2e.mean()) if e2e.size else float("nan"),
-        },
-        "ttft_s": _pct(a["ttft"][done], 50, 99),
-        "queue_wait_s": _pct(a["wait"][done], 50, 99),
-        "completed": int(done.sum()),
-        "expired": int(expired.sum()),
-        "failed": int(failed.sum()),
-        "rejected": int((~rec.admitted & ~expired).sum()),
+        "window": {"start_s": win.start_s, "end_s": win.end_s, "requests": int(inside.sum())},
+        **_figures(rec, a, inside, win, judged),
+        "queue_wait_s": _pct(a["wait"][wait_done], 50, 99),
+        **_counts(a, np.ones(len(rec), dtype=bool)),
+        "span_s": run_span_s(rec),
         "per_tenant": per_tenant,
         "estimator": estimator_errors(rec),
         **rec.extras,
@@ -234,29 +272,47 @@ def summarize(
     results: Sequence[Run],
     meta: dict[str, Any],
     phase: Sequence[int] | None = None,
-    objectives: Mapping[str, float | None] | None = None,
+    objectives: Mapping[str, Objectives] | None = None,
+    window: tuple[float, float] | None = STEADY_WINDOW,
 ) -> dict[str, Any]:
     """The summary.json document; `phase` (drift phase per request) adds the group oracle;
-    `objectives` (tenant -> end-to-end objective, s) adds SLO attainment."""
+    `objectives` (tenant -> `Objectives`) adds SLO attainment and goodput, stated under ``objectives``.
+
+    ``window`` states the steady window (shares of the arrival span and, from the first run, its
+    seconds and requests); ``vs_fifo`` compares each policy with FIFO (`seeds.versus`: one seed gives
+    the ratios without an interval)."""
     runs = [as_records(r) for r in results]
-    slo = {t: float(o) for t, o in (objectives or {}).items() if o is not None}
-    policies = {run.policy: policy_summary(run, slo) for run in runs}
+    policies = {run.policy: policy_summary(run, objectives, window) for run in runs}
     named = [r for r in runs if r.policy not in REFERENCES]
     source = next((r for r in named if r.policy == "sjf"), named[0] if named else runs[0])
     estimator: dict[str, Any] = dict(estimator_errors(source))
     if phase is not None and source.estimator is None:
         estimator["group_oracle"] = group_oracle_errors(source, phase)
-    return {
+    lo, hi = window if window is not None else (0.0, 1.0)
+    first = next(iter(policies.values()))["window"] if policies else {}
+    summary = {
         **meta,
-        **({"latency_slo_s": slo} if slo else {}),
+        "window": {"from_share": lo, "to_share": hi, **first},
+        **({"objectives": objectives_doc(objectives)} if objectives is not None else {}),
         "estimator": {**estimator, "from_policy": source.policy},
         "policies": policies,
         "comparisons": comparisons(policies, estimator),
     }
+    if REFERENCE in policies:
+        summary["vs_fifo"] = versus([summary], REFERENCE)
+    return summary
+
+
+def objectives_doc(objectives: Mapping[str, Objectives]) -> dict[str, dict[str, float]]:
+    """Each tenant's objectives as summary.json states them (seconds; ``e2e_s`` where it has one)."""
+    return {
+        t: {"ttft_s": o.ttft_s, "tpot_s": o.tpot_s, **({"e2e_s": o.e2e_s} if o.e2e_s is not None else {})}
+        for t, o in objectives.items()
+    }
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """A plain-text table of the summary."""
+    """A plain-text table of the summary: per policy, a row over all requests and one per tenant."""
     lines = []
     est = summary["estimator"]
     unc, cor = est["uncorrected"], est["corrected"]
@@ -270,34 +326,23 @@ def format_table(summary: dict[str, Any]) -> str:
             f"group oracle (true mean per tenant, category, phase): MAE {_num(oracle['mae'], 1)}, "
             f"RMSE {_num(oracle['rmse'], 1)}"
         )
-    columns = ("p50", "p90", "p99", "mean", "ttft50", "wait50")
-    head = (
-        f"{'policy':<16}" + "".join(f"{c:>9}" for c in columns)
-        + f"{'done':>8}{'expired':>8}{'rej':>6}{'util':>6}{'tok/s':>8}"
+    lines.append(window_line(summary))
+    columns = (
+        ("ttft%", 7), ("tpot%", 7), ("both%", 7), ("gp tok/s", 9), ("gp req/s", 9), ("ttft50", 8),
+        ("ttft99", 8), ("e2e50", 8), ("e2e99", 8), ("rej%", 6), ("shed%", 6), ("exp%", 6),
     )
+    head = f"{'policy':<16}{'tenant':<16}" + "".join(f"{c:>{w}}" for c, w in columns)
+    head += f"{'util':>6}{'tok/s':>8}"
     lines += [head, "-" * len(head)]
     for name, p in summary["policies"].items():
-        e = p["e2e_s"]
         util, rate = p.get("utilisation"), p.get("output_tokens_per_s")
-        lines.append(
-            f"{name:<16}{_num(e['p50'], 2):>9}{_num(e['p90'], 2):>9}{_num(e['p99'], 2):>9}"
-            f"{_num(e['mean'], 2):>9}{_num(p['ttft_s']['p50'], 2):>9}{_num(p['queue_wait_s']['p50'], 2):>9}"
-            f"{_num(p['completed'], 0):>8}{_num(p.get('expired', 0), 0):>8}{_num(p['rejected'], 0):>6}"
-            f"{_num(util, 2):>6}{_num(rate, 0):>8}"
-        )
-    lines.append("(E2E percentiles count an expired or failed request as infinitely late: inf)")
-    tenants = list(next(iter(summary["policies"].values()))["per_tenant"])
-    lines.append("")
-    lines.append("per-tenant E2E p50 / p99 (s), expired")
-    lines.append(f"{'policy':<16}" + "".join(f"{t[:22]:>26}" for t in tenants))
-    for name, p in summary["policies"].items():
-        rows = [p["per_tenant"][t] for t in tenants]
-        cells = "".join(
-            f"{_num(r['e2e_s']['p50'], 1):>9} /{_num(r['e2e_s']['p99'], 1):>8}"
-            f"{_num(r.get('expired', 0), 0):>7} "
-            for r in rows
-        )
-        lines.append(f"{name:<16}{cells}")
+        lines.append(f"{name:<16}{'all':<16}{_row(p)}{_num(util, 2):>6}{_num(rate, 0):>8}")
+        for tenant, t in p["per_tenant"].items():
+            lines.append(f"{'':<16}{tenant[:15]:<16}{_row(t)}")
+    lines.append(
+        "(attainment and shares in %; gp: goodput, the requests and tokens that met both objectives; "
+        "latencies in s, an expired or failed request infinitely late: inf)"
+    )
     lines.append("")
     for key, value in summary["comparisons"].items():
         if isinstance(value, dict):
@@ -305,7 +350,42 @@ def format_table(summary: dict[str, Any]) -> str:
         elif isinstance(value, float):
             value = f"{value:+.3f}"
         lines.append(f"{key}: {value}")
+    if summary.get("vs_fifo"):
+        lines += ["", format_versus(summary["vs_fifo"])]
     return "\n".join(lines)
+
+
+def window_line(summary: dict[str, Any]) -> str:
+    """What the figures are over: the steady window, and each tenant's objectives."""
+    w = summary.get("window") or {}
+    text = (
+        f"steady window: arrivals from {100 * w.get('from_share', 0):.0f}% to "
+        f"{100 * w.get('to_share', 1):.0f}% "
+        f"of the arrival span ({_num(w.get('start_s'), 1)}-{_num(w.get('end_s'), 1)} s, "
+        f"{_num(w.get('requests'), 0)} requests), each followed to completion"
+    )
+    objectives = summary.get("objectives")
+    if objectives:
+        text += "; objectives TTFT / TPOT: " + ", ".join(
+            f"{t} {_num(o['ttft_s'], 3)} s / {_num(o['tpot_s'], 3)} s" for t, o in objectives.items()
+        )
+    return text
+
+
+def _row(p: dict[str, Any]) -> str:
+    slo, goodput = p.get("slo") or {}, p.get("goodput") or {}
+    cells = [
+        (_pc(slo.get("ttft")), 7), (_pc(slo.get("tpot")), 7), (_pc(slo.get("both")), 7),
+        (_num(goodput.get("tokens_per_s"), 0), 9), (_num(goodput.get("requests_per_s"), 2), 9),
+        (_num(p["ttft_s"]["p50"], 2), 8), (_num(p["ttft_s"]["p99"], 2), 8),
+        (_num(p["e2e_s"]["p50"], 2), 8), (_num(p["e2e_s"]["p99"], 2), 8),
+        (_pc(p.get("rejected_share")), 6), (_pc(p.get("shed_share")), 6), (_pc(p.get("expired_share")), 6),
+    ]
+    return "".join(f"{c:>{w}}" for c, w in cells)
+
+
+def _pc(value: float | None) -> str:
+    return _num(None if value is None else 100 * value, 1)
 
 
 def _cell(value: float, digits: int) -> str:
@@ -431,9 +511,9 @@ def write_results(
     out: Path,
     plots: bool = True,
     phase: Sequence[int] | None = None,
-    objectives: Mapping[str, float | None] | None = None,
+    objectives: Mapping[str, Objectives] | None = None,
 ) -> dict[str, Any]:
-    """Write summary.json, requests.csv and the plots under `out`; returns the summary."""
+    """Write summary.json, requests.csv and the plots under `out`; returns the summary (`summarize`)."""
     out.mkdir(parents=True, exist_ok=True)
     runs = [as_records(r) for r in results]
     summary = summarize(runs, meta, phase, objectives)
@@ -456,7 +536,11 @@ __all__ = [
     "UNCORRECTED",
     "RunRecords",
     "format_table",
+    "is_expired",
+    "objectives_doc",
+    "policy_summary",
     "summarize",
+    "window_line",
     "write_results",
     "write_summary",
 ]

@@ -13,18 +13,23 @@ from typing import Any
 from driftsched.results import markdown_table
 
 HEADER = (
-    "policy", "tenant", "completed", "shed", "expired", "goodput tok/s", "goodput req/s",
-    "E2E p50 (s)", "E2E p99 (s)", "TTFT p50 (s)", "TTFT p99 (s)", "SLO attainment",
+    "policy", "tenant", "TTFT met", "TPOT met", "both met", "goodput tok/s", "goodput req/s",
+    "TTFT p50 (s)", "TTFT p99 (s)", "E2E p50 (s)", "E2E p99 (s)", "rejected", "shed", "expired",
 )
 
 LEGEND = (
-    "Shares are of the requests sent: *completed*; *shed*, refused at admission (quota, queue limit, "
-    "size); *expired*, left the queue at its deadline. Goodput counts completed requests only: their "
-    "output tokens and their number per second of the run (first arrival to last finish). E2E "
-    "percentiles count an expired or failed request as infinitely late (∞); TTFT is over completed "
-    "requests. SLO attainment: the share of a tenant's requests completed within its `latency_slo_s` "
-    "(shed and expired requests miss it); the *all* row judges the tenants that have one; – where "
-    "none has."
+    "Every figure is over the *steady window*: the requests that arrived between 10 % and 90 % of the "
+    "arrival span (the run's start and drain left out), each followed to completion. A request meets "
+    "its tenant's *TTFT* objective when it completed and its first token came within the TTFT target of "
+    "its arrival, and its *TPOT* objective when it completed and (finish − first token) / (output "
+    "tokens − 1) is within the TPOT target (a one-token answer: when it met TTFT); *both met* is the "
+    "share meeting both, of the requests sent less those rejected for the tenant's own doing, so a shed "
+    "or expired request misses both. *Goodput*: the requests that met both objectives, and their output tokens, per second of the "
+    "window. *Rejected*: refused for the request's or its tenant's own doing (bad input, over its "
+    "quota or its queue cap); *shed*: refused for load (overload, an objective it could not meet); "
+    "*expired*: left the queue at its deadline. Latency percentiles are over the requests that entered "
+    "a queue: one that never finished counts as infinitely late (∞) for E2E, one that never got a first "
+    "token for TTFT."
 )
 
 
@@ -36,62 +41,122 @@ def results_table(summary: dict[str, Any], policies: Sequence[str] | None = None
     rows = []
     for name in names:
         p = runs[name]
-        rows.append([f"**{name}**", "all", *_cells(p["outcomes"], p["e2e_s"], p["ttft_s"])])
-        order = [t for t in summary.get("tenants", ()) if t in p["per_tenant"]]
-        for tenant in order + [t for t in p["per_tenant"] if t not in order]:
-            t = p["per_tenant"][tenant]
-            rows.append(["", tenant, *_cells(t, t["e2e_s"], t["ttft_s"])])
+        rows.append([f"**{name}**", "all", *_cells(p)])
+        for tenant in _tenants(summary, [name]):
+            if tenant in p["per_tenant"]:
+                rows.append(["", tenant, *_cells(p["per_tenant"][tenant])])
     return markdown_table(HEADER, rows, align="ll" + "r" * (len(HEADER) - 2))
 
 
-def summary_table(summary: dict[str, Any], policies: Sequence[str] | None = None) -> str:
-    """One row per policy: each tenant's SLO attainment (tenants with an objective), then goodput, the
-    median E2E latency and the TTFT tail over all requests, and the share shed or expired."""
+def summary_table(
+    summary: dict[str, Any], policies: Sequence[str] | None = None, reference: str = "fifo"
+) -> str:
+    """One row per policy: each tenant's share meeting both objectives, then over all requests the
+    goodput (and its ratio to `reference`'s, mean and 95 % interval over seeds, when there were several:
+    the summary's ``vs_<reference>``, `seeds.versus`), the TTFT and E2E tails, and the share shed or
+    expired."""
     runs = summary["policies"]
     names = [p for p in (policies or runs) if p in runs]
-    order = list(summary.get("tenants", ()))
-    for name in names:
-        order += [t for t in runs[name]["per_tenant"] if t not in order]
-    judged = [
-        t for t in order
-        if any(_known(runs[n]["per_tenant"].get(t, {}).get("slo_attainment")) for n in names)
-    ]
+    tenants = _tenants(summary, names)
+    vs = summary.get("vs_" + reference.replace("-", "_")) or {}
+    with_ratio = any((e.get("goodput_tokens_ratio") or {}).get("ci95") for e in vs.values())
     header = (
-        "policy", *(f"{t}: SLO attainment" for t in judged),
-        "goodput tok/s", "E2E p50 (s)", "TTFT p99 (s)", "shed + expired",
+        "policy", *(f"{t}: both met" for t in tenants), "goodput tok/s",
+        *((f"goodput vs {reference}",) if with_ratio else ()),
+        "TTFT p99 (s)", "E2E p99 (s)", "shed + expired",
     )
     rows = []
     for name in names:
         p = runs[name]
-        out = p["outcomes"]
+        ratio = "1 (reference)" if name == reference else _ratio(vs.get(name, {}).get("goodput_tokens_ratio"))
         rows.append([
             f"**{name}**",
-            *(_share(p["per_tenant"].get(t, {}).get("slo_attainment")) for t in judged),
-            _number(out["goodput_tokens_per_s"], 0),
-            _number(p["e2e_s"]["p50"], 2),
+            *(_share(_get(p["per_tenant"].get(t, {}), "slo", "both")) for t in tenants),
+            _number(_get(p, "goodput", "tokens_per_s"), 0),
+            *((ratio,) if with_ratio else ()),
             _number(p["ttft_s"]["p99"], 2),
-            _share(out["shed_share"] + out["expired_share"]),
+            _number(p["e2e_s"]["p99"], 2),
+            _share(_sum(p.get("shed_share"), p.get("expired_share"))),
         ])
     return markdown_table(header, rows)
 
 
-def _known(value: float | None) -> bool:
-    return value is not None and not math.isnan(value)
+def window_and_objectives(summary: dict[str, Any]) -> str:
+    """The note a results page states its measure in: the steady window and each tenant's objectives."""
+    w = summary.get("window") or {}
+    text = (
+        f"Steady window: the requests that arrived from {_pct(w.get('from_share'))} to "
+        f"{_pct(w.get('to_share'))} of the arrival span"
+    )
+    if w.get("start_s") is not None and w.get("end_s") is not None:
+        requests = _number(w.get("requests"), 0)
+        text += f" ({w['start_s']:,.1f}–{w['end_s']:,.1f} s, {requests} requests per policy)"
+    text += ", each followed to completion."
+    objectives = summary.get("objectives")
+    if objectives:
+        parts = []
+        for tenant, o in objectives.items():
+            part = f"{tenant} TTFT {_seconds(o['ttft_s'])}, TPOT {_seconds(o['tpot_s'])}"
+            if o.get("e2e_s") is not None:
+                part += f" (end to end {_seconds(o['e2e_s'])}, in summary.json)"
+            parts.append(part)
+        text += " Objectives per tenant: " + "; ".join(parts) + "."
+    else:
+        text += " No objectives were given, so there is no attainment or goodput."
+    return text
 
 
-def _cells(outcomes: dict[str, Any], e2e: dict[str, float], ttft: dict[str, float]) -> list[str]:
+def _tenants(summary: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """The summary's ``tenants`` order, then any other tenant of `names`' runs."""
+    order = list(summary.get("tenants", ()))
+    order = [t for t in order if any(t in summary["policies"][n]["per_tenant"] for n in names)]
+    for name in names:
+        order += [t for t in summary["policies"][name]["per_tenant"] if t not in order]
+    return order
+
+
+def _get(block: dict[str, Any], group: str, key: str) -> float | None:
+    value = (block.get(group) or {}).get(key)
+    return None if value is None else float(value)
+
+
+def _sum(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def _ratio(ci: dict[str, Any] | None) -> str:
+    if not ci or ci.get("value") is None or math.isnan(ci["value"]):
+        return "–"
+    if math.isinf(ci["value"]):
+        return "∞"
+    interval = ci.get("ci95")
+    text = f"{ci['value']:.2f}×"
+    return text + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
+def _cells(p: dict[str, Any]) -> list[str]:
     return [
-        _share(outcomes["completed_share"]),
-        _share(outcomes["shed_share"]),
-        _share(outcomes["expired_share"]),
-        _number(outcomes["goodput_tokens_per_s"], 0),
-        _number(outcomes["goodput_requests_per_s"], 2),
-        _number(e2e["p50"], 2),
-        _number(e2e["p99"], 2),
-        _number(ttft["p50"], 2),
-        _number(ttft["p99"], 2),
-        _share(outcomes.get("slo_attainment")),
+        _share(_get(p, "slo", "ttft")),
+        _share(_get(p, "slo", "tpot")),
+        _share(_get(p, "slo", "both")),
+        _number(_get(p, "goodput", "tokens_per_s"), 0),
+        _number(_get(p, "goodput", "requests_per_s"), 2),
+        _number(p["ttft_s"]["p50"], 2),
+        _number(p["ttft_s"]["p99"], 2),
+        _number(p["e2e_s"]["p50"], 2),
+        _number(p["e2e_s"]["p99"], 2),
+        _share(p.get("rejected_share")),
+        _share(p.get("shed_share")),
+        _share(p.get("expired_share")),
     ]
+
+
+def _pct(share: float | None) -> str:
+    return "?" if share is None else f"{100 * share:g} %"
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:g} ms" if value < 1 else f"{value:g} s"
 
 
 def _share(value: float | None) -> str:

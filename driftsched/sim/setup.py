@@ -170,4 +170,5 @@ def on_config_tenants(
     data = core.model_dump()
     scheduler = data["scheduler"]
     scheduler["max_request_tokens"] = min(scheduler["max_request_tokens"], kv_capacity_tokens)
-    return Workload(workload.name, items, tenants, workload.phase_starts), CoreConfig.model_validate(data)
+    workload = replace(workload, items=items, tenants=tenants)  # keeps its phases and shock instant
+    return workload, CoreConfig.model_validate(data)

@@ -24,8 +24,12 @@ The simulator is the service on virtual time:
 
 An engine that cannot admit more fuses decode iterations up to its next event or the next arrival.
 
-References (simulator-only): ``sjf-oracle`` orders by the true output length (the limit of ordering);
-``sjf-uncorrected`` runs SJF with drift correction disabled (raw estimates).
+Three estimates (simulator-only variants of every policy, `estimate_variant`): ``<policy>`` runs on the
+drift-corrected estimate, as the service does; ``<policy>-uncorrected`` with drift correction disabled
+(raw estimates); ``<policy>-oracle`` with the true output length in place of the estimate (the limit of
+ordering by size; the estimator then observes nothing). ``sjf-oracle`` and ``sjf-uncorrected`` are the
+references every `driftsched simulate` runs. A policy that declares its own preemption (vLLM's priority
+policy preempts at once) gets it here as in the service (`driftsched.core.policy.preemption_for`).
 """
 
 from __future__ import annotations
@@ -44,18 +48,37 @@ from driftsched.core.clock import ManualClock
 from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig, TenantConfig
 from driftsched.core.dispatch import Dispatcher
 from driftsched.core.placement import Capacity, Placement
-from driftsched.core.policy import PolicyContext
+from driftsched.core.policy import PolicyContext, preemption_for
 from driftsched.core.request import Request
 from driftsched.core.scheduler import Scheduler
 from driftsched.core.stats import SchedulerStats
 from driftsched.sim.engine import ContinuousBatchEngine, EngineSequence
 from driftsched.sim.perf_model import PerfModel
 from driftsched.sim.workload import Workload, WorkloadItem
-from policies import make_policy, resolve_options
+from policies import POLICIES, make_policy, resolve_options
 
+ESTIMATES = ("corrected", "uncorrected", "oracle")
+"""What a policy's order may read as a request's output length: the service's drift-corrected estimate,
+the raw estimate, or the true length (simulator only)."""
 ORACLE = "sjf-oracle"
 UNCORRECTED = "sjf-uncorrected"
 REFERENCES = (ORACLE, UNCORRECTED)
+
+
+def estimate_variant(name: str) -> tuple[str, str]:
+    """(policy, estimate) for a simulated policy name: ``bounded-oracle`` is ``("bounded", "oracle")``,
+    ``bounded`` is ``("bounded", "corrected")``. A registered name is always itself."""
+    if name not in POLICIES:
+        for estimate in ESTIMATES[1:]:
+            base = name.removesuffix(f"-{estimate}")
+            if base != name and (base in POLICIES or ":" in base):
+                return base, estimate
+    return name, ESTIMATES[0]
+
+
+def is_variant(name: str) -> bool:
+    """Whether `name` is a reference run of a policy on other estimates (``-uncorrected``, ``-oracle``)."""
+    return estimate_variant(name)[1] != ESTIMATES[0]
 
 
 @dataclass(slots=True)
@@ -121,18 +144,17 @@ class Simulation:
         self.items = workload.items
         self.intake = intake if intake is not None else [intake_fields(it) for it in self.items]
         self.policy_name = policy
-        self.oracle = policy == ORACLE
+        base, estimate = estimate_variant(policy)
+        self.oracle = estimate == "oracle"
         self.queue_timeout_s = queue_timeout_s
-        if policy in REFERENCES:
-            policy_obj = make_policy("sjf")
-            if policy == UNCORRECTED:
-                data = config.model_dump()
-                data["estimator"]["drift"]["enabled"] = False
-                config = CoreConfig.model_validate(data)
-        else:  # the configured options belong to the configured policy; any other runs on its defaults
-            options = config.scheduler.policy_options if policy == config.scheduler.policy else {}
-            context = PolicyContext.of(config, queue_timeout_s)  # and each derives from this run
-            policy_obj = make_policy(policy, **resolve_options(policy, options, context))
+        if estimate == "uncorrected":
+            data = config.model_dump()
+            data["estimator"]["drift"]["enabled"] = False
+            config = CoreConfig.model_validate(data)
+        # The configured options belong to the configured policy; any other runs on its defaults.
+        options = config.scheduler.policy_options if base == config.scheduler.policy else {}
+        context = PolicyContext.of(config, queue_timeout_s)  # and each derives from this run
+        policy_obj = make_policy(base, **resolve_options(base, options, context))
         self.clock = ManualClock()
         self.scheduler = Scheduler(config, policy_obj, self.clock)
         self.placement = Placement(
@@ -141,7 +163,10 @@ class Simulation:
             kv_growth_tokens=config.scheduler.kv_growth_tokens,
         )
         self.dispatcher = Dispatcher(
-            self.scheduler, self.placement, config.scheduler.preemption, progress=self._progress
+            self.scheduler,
+            self.placement,
+            preemption_for(policy_obj, config.scheduler.preemption),
+            progress=self._progress,
         )
         self._seqs: dict[str, tuple[int, EngineSequence]] = {}  # running request id -> (replica, seq)
         self._retired: set[int] = set()  # autoscaling: replicas taken out of placement
@@ -278,12 +303,20 @@ class Simulation:
         step, now = self.dispatcher.step(), self.clock.now
         for ticket in step.expired:
             self.expired[int(ticket.request_id)] = True
+        unstarted: set[str] = set()
         for ticket, _ in step.preempted:
-            r, seq = self._seqs[ticket.request_id]
+            running = self._seqs.get(ticket.request_id)
+            if running is None:  # granted earlier in this same step (no minimum run): it never started
+                unstarted.add(ticket.request_id)
+                self.scheduler.requeue(ticket.request_id, 0, now + self.queue_timeout_s)
+                continue
+            r, seq = running
             if self.engines[r].abort(seq):  # else it finished in the step under way: let it complete
                 del self._seqs[ticket.request_id]
                 self.scheduler.requeue(ticket.request_id, seq.generated, now + self.queue_timeout_s)
         for ticket, replica in step.grants:
+            if ticket.request_id in unstarted:
+                continue
             i, r = int(ticket.request_id), int(replica)
             # A resumed request prefills its prompt plus what it generated before, then continues.
             output = self.items[i].output_tokens - ticket.generated
@@ -365,4 +398,5 @@ class Simulation:
         """The scheduler's backlog as the scheduler actor publishes it to the autoscaling policy."""
         running = sum(seq.generated for _, seq in self._seqs.values())
         return self.meter.backlog(self.clock.now, self.scheduler.queued_tickets(),
-                                  self.scheduler.num_in_flight, len(self.active_replicas), window_s, running)
+                                  self.scheduler.num_in_flight, len(self.active_replicas), window_s, running,
+                                  risk=self.scheduler.risk)

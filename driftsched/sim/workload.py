@@ -1,4 +1,6 @@
-"""The ``paper`` synthetic multi-tenant workload, and the arrival-rate helper shared with trace replay.
+"""The synthetic multi-tenant workloads ``paper`` and ``saas``, and the arrival-rate helper for traces.
+
+## paper
 
 Four API applications share one pool of L4 replicas (tier 0 is the highest QoS tier):
 
@@ -24,19 +26,46 @@ Arrivals: Poisson per tenant (docs-pipeline: Poisson bursts), generated at unit 
 so that the offered work is ``load`` times the measured saturated capacity of ``replicas``
 replicas on this mix (``scale_to_load``), as greedy vLLM-style admission sustains it. Around 1.1 the GPUs
 stay saturated and queues build in bursts; the code-assist shift makes the second half heavier.
+
+## saas
+
+A second product on the same pool, with other applications, other sizes and other bursts:
+
+================  ====  ======  =====  =====================================================================
+tenant            tier  weight  share  story
+================  ====  ======  =====  =====================================================================
+assistant         0     4       40%    consumer chat app: multi-turn chats carrying their history (long
+                                       prompts, medium answers) and quick factual questions
+tool-agent        1     3       35%    an agent's tool calls: a JSON call or a one-line decision read off a
+                                       long transcript with tool schemas; sessions of about 6 calls 1.5 s
+                                       apart (each call follows the previous tool's result)
+eval-harness      2     2       15%    evaluation runs: benchmark questions (a letter or a number, some with
+                                       reasoning) and coding problems, in bursts of about 32 requests 20 ms
+                                       apart
+nightly-reports   3     1       10%    report generator: long reports, and summaries of long inputs, in
+                                       bursts of about 4 requests 0.5 s apart
+================  ====  ======  =====  =====================================================================
+
+Lengths are lognormal per (tenant, category) (``SAAS_PROFILES``). Against the estimator's priors the
+agent's answers are far shorter (code ~90 tokens against a prior of 384, qa ~25 against 64) and its
+prompts far longer than the paper's; the harness's answers are shorter still; the reports are longer.
+The workload is stationary (no template change): its bias is static, learned once. Each tenant's
+latency objectives are its tier's (`driftsched.core.slo.TIER_OBJECTIVES`), as for any tenant that
+states none. Arrivals and load scaling as for ``paper``; a burst is spread at its tenant's own gap.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from driftsched.sim.perf_model import PerfModel
 
 CATEGORIES = ("qa", "chat", "code", "summarize", "longform")
+BURST_GAP_S = 0.05  # default spacing inside a burst, in seconds at the final rate (not rescaled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +102,9 @@ class Workload:
     phase_starts: tuple[float, ...] = ()
     """Fractions of the run (by arrival index) where the generating distribution changes (drift
     phases); used only to score estimates afterwards (the group oracle), never by the scheduler."""
+    shock_s: float | None = None
+    """The modelled instant of a drift shock (`driftsched.sim.shock`): requests arriving at or after it
+    are changed. Used only to report around it, never by the scheduler."""
 
     def phases(self) -> list[int]:
         """The drift phase of every item (0 before the first phase start)."""
@@ -90,6 +122,11 @@ class _Profile:
     max_tokens: dict[str, int]
     length_scale: dict[str, float]
     burst_size: float = 1.0  # mean requests per arrival event (geometric)
+    burst_gap_s: float = BURST_GAP_S  # spacing inside a burst (seconds at the final rate)
+    output: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """(median, sigma) of output tokens per category, over `OUTPUT_LENGTH` (before `length_scale`)."""
+    prompt: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """(median, sigma) of prompt tokens per category, over `PROMPT_LENGTH`."""
 
 
 # (median, sigma) of lognormal token counts; prompt lengths are clipped to [8, 8000].
@@ -109,7 +146,6 @@ PROMPT_LENGTH = {
 }
 SHIFT_AT = 0.5  # fraction of the run (by arrival order) from which the template changes act
 SHIFTS = {("code-assist", "code"): 2.0, ("support-bot", "chat"): 0.6}
-BURST_GAP_S = 0.05  # spacing inside a burst, in seconds at the final rate (not rescaled)
 
 PROFILES = (
     _Profile(
@@ -150,6 +186,52 @@ _TEXT = {
     "summarize": ("Summarize the following ticket thread in a few bullet points:\n...",),
     "longform": ("Write a report on our Q3 product launch, with sections and a conclusion.",),
 }
+
+# The saas workload (module docstring); lengths per (tenant, category) as (median, sigma).
+SAAS_PROFILES = (
+    _Profile(
+        TenantSpec("assistant", tier=0, weight=4.0),
+        0.40,
+        {"chat": 0.65, "qa": 0.35},
+        {"chat": 1024, "qa": 512},
+        {},
+        output={"chat": (240, 0.8), "qa": (70, 0.7)},
+        prompt={"chat": (1200, 0.8), "qa": (120, 0.5)},  # history grows over a conversation
+    ),
+    _Profile(
+        TenantSpec("tool-agent", tier=1, weight=3.0),
+        0.35,
+        {"code": 0.6, "qa": 0.4},
+        {"code": 512, "qa": 256},
+        {},
+        burst_size=6.0,
+        burst_gap_s=1.5,
+        output={"code": (90, 0.5), "qa": (25, 0.6)},  # a tool call's arguments; a one-line decision
+        prompt={"code": (3500, 0.4), "qa": (3000, 0.4)},  # transcript + tool schemas
+    ),
+    _Profile(
+        TenantSpec("eval-harness", tier=2, weight=2.0),
+        0.15,
+        {"qa": 0.7, "code": 0.3},
+        {"qa": 256, "code": 1024},
+        {},
+        burst_size=32.0,
+        burst_gap_s=0.02,
+        output={"qa": (12, 1.0), "code": (260, 0.6)},
+        prompt={"qa": (450, 0.5), "code": (300, 0.5)},  # few-shot question; problem statement
+    ),
+    _Profile(
+        TenantSpec("nightly-reports", tier=3, weight=1.0),
+        0.10,
+        {"longform": 0.6, "summarize": 0.4},
+        {"longform": 2048, "summarize": 512},
+        {},
+        burst_size=4.0,
+        burst_gap_s=0.5,
+        output={"longform": (1100, 0.35), "summarize": (220, 0.5)},
+        prompt={"longform": (1800, 0.5), "summarize": (5000, 0.4)},
+    ),
+)
 
 
 def capacity_rps(perf: PerfModel, items: Sequence[WorkloadItem]) -> float:
@@ -219,12 +301,48 @@ def paper_workload(
     load: float = 1.2,
     perf: PerfModel | None = None,
     with_text: bool = True,
+    drift: bool = True,
 ) -> Workload:
-    """Generate the ``paper`` workload: ``num_requests`` requests offering ``load`` x capacity."""
+    """Generate the ``paper`` workload: ``num_requests`` requests offering ``load`` x capacity.
+
+    ``drift=False`` leaves out the two mid-run template changes (a stationary run of the same tenants,
+    the base of the drift-shock workload)."""
+    shifts = SHIFTS if drift else {}
+    items = generate(PROFILES, num_requests, seed, replicas, load, perf, with_text, shifts)
+    return Workload("paper", items, tuple(p.spec for p in PROFILES), (SHIFT_AT,) if drift else ())
+
+
+def saas_workload(
+    num_requests: int,
+    seed: int = 0,
+    replicas: int = 4,
+    load: float = 1.2,
+    perf: PerfModel | None = None,
+    with_text: bool = True,
+) -> Workload:
+    """Generate the ``saas`` workload (module docstring): stationary, ``load`` x capacity."""
+    items = generate(SAAS_PROFILES, num_requests, seed, replicas, load, perf, with_text)
+    return Workload("saas", items, tuple(p.spec for p in SAAS_PROFILES))
+
+
+def generate(
+    profiles: Sequence[_Profile],
+    num_requests: int,
+    seed: int,
+    replicas: int,
+    load: float,
+    perf: PerfModel | None = None,
+    with_text: bool = True,
+    shifts: dict[tuple[str, str], float] | None = None,
+) -> list[WorkloadItem]:
+    """Requests of `profiles`' tenants, sorted by arrival, offering ``load`` x the measured capacity.
+
+    ``shifts`` multiplies a (tenant, category)'s median output from `SHIFT_AT` of the run on."""
+    shifts = shifts or {}
     rng = np.random.default_rng(seed)
     horizon = num_requests * 1.2 + 50.0  # unit total rate: enough arrivals to cut at num_requests
     arrivals: list[tuple[float, int]] = []
-    for index, prof in enumerate(PROFILES):
+    for index, prof in enumerate(profiles):
         events = rng.poisson(prof.share * horizon / prof.burst_size)
         starts = np.sort(rng.uniform(0.0, horizon, events))
         sizes = rng.geometric(1.0 / prof.burst_size, events)
@@ -235,28 +353,29 @@ def paper_workload(
     n = len(arrivals)
     tenant_of = np.array([index for _, index in arrivals], dtype=np.int64)
     cat_of = np.zeros(n, dtype=np.int64)
-    out_median = np.zeros(n)
+    out_median, out_sigma = np.zeros(n), np.zeros(n)
+    p_median, p_sigma = np.zeros(n), np.zeros(n)
     cap = np.zeros(n, dtype=np.int64)
     shifted = np.arange(n) >= SHIFT_AT * n
-    for index, prof in enumerate(PROFILES):
+    for index, prof in enumerate(profiles):
         mask = tenant_of == index
         cats = [CATEGORIES.index(c) for c in prof.mix]
         cat_of[mask] = rng.choice(cats, size=int(mask.sum()), p=list(prof.mix.values()))
         for cat in prof.mix:
             sel = mask & (cat_of == CATEGORIES.index(cat))
-            out_median[sel] = OUTPUT_LENGTH[cat][0] * prof.length_scale.get(cat, 1.0)
-            out_median[sel & shifted] *= SHIFTS.get((prof.spec.name, cat), 1.0)
+            median, sigma = prof.output.get(cat, OUTPUT_LENGTH[cat])
+            out_median[sel] = median * prof.length_scale.get(cat, 1.0)
+            out_median[sel & shifted] *= shifts.get((prof.spec.name, cat), 1.0)
+            out_sigma[sel] = sigma
+            p_median[sel], p_sigma[sel] = prof.prompt.get(cat, PROMPT_LENGTH[cat])
             cap[sel] = prof.max_tokens[cat]
-    out_sigma = np.array([OUTPUT_LENGTH[c][1] for c in CATEGORIES])[cat_of]
     outputs = np.clip(np.rint(out_median * np.exp(out_sigma * rng.standard_normal(n))), 1, cap)
-    p_median = np.array([PROMPT_LENGTH[c][0] for c in CATEGORIES])[cat_of]
-    p_sigma = np.array([PROMPT_LENGTH[c][1] for c in CATEGORIES])[cat_of]
     prompts = np.clip(np.rint(p_median * np.exp(p_sigma * rng.standard_normal(n))), 8, 8000)
     pick = rng.integers(0, 1 << 30, n)
     items = [
         WorkloadItem(
             t,
-            PROFILES[ti].spec.name,
+            profiles[ti].spec.name,
             CATEGORIES[ci],
             int(pt),
             int(mt),
@@ -274,19 +393,17 @@ def paper_workload(
             strict=True,
         )
     ]
-    perf = perf or PerfModel()
-    items = scale_to_load(items, perf, replicas, load)
-    items = _tighten_bursts(items)
-    return Workload("paper", items, tuple(p.spec for p in PROFILES), (SHIFT_AT,))
+    items = scale_to_load(items, perf or PerfModel(), replicas, load)
+    return _tighten_bursts(items, {p.spec.name: p.burst_gap_s for p in profiles})
 
 
-def _tighten_bursts(items: list[WorkloadItem]) -> list[WorkloadItem]:
-    """Spread requests that share an arrival instant (a burst) BURST_GAP_S apart, keeping order."""
+def _tighten_bursts(items: list[WorkloadItem], gaps: dict[str, float]) -> list[WorkloadItem]:
+    """Spread requests that share an arrival instant (a burst) their tenant's gap apart, keeping order."""
     out: list[WorkloadItem] = []
     last: dict[str, tuple[float, float]] = {}  # tenant -> (burst start, last assigned time)
     for it in items:
         start, assigned = last.get(it.tenant, (-1.0, -1.0))
-        t = assigned + BURST_GAP_S if it.arrival_s == start else it.arrival_s
+        t = assigned + gaps.get(it.tenant, BURST_GAP_S) if it.arrival_s == start else it.arrival_s
         last[it.tenant] = (it.arrival_s, t)
         out.append(replace(it, arrival_s=t) if t != it.arrival_s else it)
     out.sort(key=lambda it: it.arrival_s)
