@@ -57,6 +57,7 @@ from driftsched.core.config import parse_core_config
 from driftsched.core.dispatch import Dispatcher
 from driftsched.core.errors import UnknownRequestError
 from driftsched.core.placement import Capacity, Placement
+from driftsched.core.policy import preemption_for
 from driftsched.core.request import RejectReason, Ticket
 from driftsched.core.scheduler import Scheduler
 from driftsched.core.stats import SchedulerStats
@@ -163,7 +164,9 @@ class SchedulerActor:
             replica_timeout_s=replica_timeout_s, kv_watermark=config.scheduler.kv_watermark,
             kv_growth_tokens=config.scheduler.kv_growth_tokens,
         )
-        self._dispatcher = Dispatcher(self._core, self._ledger, config.scheduler.preemption)
+        # A policy that declares its own preemption (`vllm-priority`: at once) runs with it here too.
+        preemption = preemption_for(self._core.policy, config.scheduler.preemption)
+        self._dispatcher = Dispatcher(self._core, self._ledger, preemption)
         self._preempt: dict[str, set[str]] = {}  # replica id -> requests it must stop
         self._book = RequestBook()
         self._waiters: dict[str, asyncio.Future[AcquireResult]] = {}

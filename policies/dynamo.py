@@ -24,7 +24,8 @@ cache is modelled, so every input token is uncached.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from driftsched.core.policy import Policy
 from driftsched.core.request import Ticket
@@ -40,6 +41,8 @@ class DynamoWsptPolicy(HeapPolicy):
     """Highest ``(1 + priority) / input tokens`` first; priority from the tier (module docstring)."""
 
     name: ClassVar[str] = "dynamo-wspt"
+    admission: ClassVar[Mapping[str, Any]] = {"enabled": False}
+    """It models a system without DriftSched's SLO-aware admission: everything that arrives queues."""
 
     def __init__(self, lowest_tier: int = 3) -> None:
         if lowest_tier < 0:
@@ -59,6 +62,8 @@ class DynamoEdfPolicy(Policy):
     """EDF within each tier, deficit round robin on input tokens between tiers (module docstring)."""
 
     name: ClassVar[str] = "dynamo-edf"
+    admission: ClassVar[Mapping[str, Any]] = {"enabled": False}
+    """It models a system without DriftSched's SLO-aware admission: everything that arrives queues."""
 
     def __init__(self, quanta: tuple[float, ...] = (4096.0, 2048.0, 1024.0)) -> None:
         if not quanta or not all(q > 0 and math.isfinite(q) for q in quanta):

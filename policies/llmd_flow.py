@@ -20,7 +20,8 @@ in what order (admission, not ordering, in this code base).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from driftsched.core.policy import Policy
 from driftsched.core.request import Ticket
@@ -31,6 +32,8 @@ class LlmdFlowPolicy(Policy):
     """Strict tier bands; lowest virtual token counter among tenants; TTFT deadline within a tenant."""
 
     name: ClassVar[str] = "llmd-flow"
+    admission: ClassVar[Mapping[str, Any]] = {"enabled": False}
+    """It models a system without DriftSched's SLO-aware admission: everything that arrives queues."""
 
     def __init__(
         self, input_weight: float = 1.0, output_weight: float = 3.0, output_guess_tokens: float = 128.0

@@ -31,6 +31,8 @@ class VllmPriorityPolicy(HeapPolicy):
     """Lowest tier first, then arrival; preempts at once (module docstring)."""
 
     name: ClassVar[str] = "vllm-priority"
+    admission: ClassVar[Mapping[str, Any]] = {"enabled": False}
+    """It models a system without DriftSched's SLO-aware admission: everything that arrives queues."""
     preemption: ClassVar[Mapping[str, Any]] = {
         "enabled": True,
         "wait_s": 0.0,

@@ -113,12 +113,11 @@ def test_the_scheduler_runs_bounded_with_options_derived_from_the_deployment():
 
 def test_the_code_defaults_are_the_shipped_scheduling():
     config = parse_app_config({"core": {"tenants": [{"name": "a"}]}})
-    assert config.core.scheduler.policy == "bounded"
+    assert config.core.scheduler.policy == "slo"
+    assert config.core.scheduler.admission.enabled is True
     assert config.core.scheduler.preemption.enabled is False
     assert config.gateway.queue_timeout_s == DEFAULT_QUEUE_TIMEOUT_S
-    assert config.scheduler_core().scheduler.policy_options == {
-        "horizon_s": DEFAULT_QUEUE_TIMEOUT_S, "tenant_horizon_s": {}
-    }
+    assert config.scheduler_core().scheduler.policy_options == {}  # slo derives nothing
 
 
 def test_vllm_context_must_hold_the_largest_admitted_request(tmp_path):

@@ -81,6 +81,10 @@ def _real_time_core(
     preemption = scheduler["preemption"]
     preemption["wait_s"] *= time_scale
     preemption["min_run_s"] *= time_scale
+    admission = scheduler["admission"]  # its windows and half-lives run on the service's real clock
+    for key in ("rate_half_life_s", "min_measured_s", "share_half_life_s"):
+        admission[key] *= time_scale
+    admission["max_retry_after_s"] = max(1.0, admission["max_retry_after_s"] * time_scale)
     return data
 
 

@@ -41,7 +41,7 @@ from driftsched.sim.simulator import (
 from driftsched.sim.workload import Workload, paper_workload, scale_to_load
 
 TRACE_FORMATS = ("driftsched", "azure", "mooncake", "sharegpt")
-DEFAULT_POLICIES = "fifo,priority,weighted,sjf,aging,bounded"
+DEFAULT_POLICIES = "fifo,priority,bounded,slo,vllm-priority,llmd-flow,dynamo-wspt,dynamo-edf"
 # Five seeds: enough for a Student-t interval on each ratio to FIFO (t(0.975, 4) = 2.78).
 DEFAULT_SEEDS = 5
 # Offered work 10% above what greedy (vLLM-style) admission sustains on the mix: sustained contention.

@@ -20,16 +20,16 @@ HEADER = (
 LEGEND = (
     "Every figure is over the *steady window*: the requests that arrived between 10 % and 90 % of the "
     "arrival span (the run's start and drain left out), each followed to completion. A request meets "
-    "its tenant's *TTFT* objective when it completed and its first token came within the TTFT target of "
-    "its arrival, and its *TPOT* objective when it completed and (finish − first token) / (output "
+    "its tenant's *TTFT* objective when it completed and its first token came within the TTFT target "
+    "of its arrival, and its *TPOT* objective when it completed and (finish − first token) / (output "
     "tokens − 1) is within the TPOT target (a one-token answer: when it met TTFT); *both met* is the "
-    "share meeting both, of the requests sent less those rejected for the tenant's own doing, so a shed "
-    "or expired request misses both. *Goodput*: the requests that met both objectives, and their output tokens, per second of the "
-    "window. *Rejected*: refused for the request's or its tenant's own doing (bad input, over its "
-    "quota or its queue cap); *shed*: refused for load (overload, an objective it could not meet); "
-    "*expired*: left the queue at its deadline. Latency percentiles are over the requests that entered "
-    "a queue: one that never finished counts as infinitely late (∞) for E2E, one that never got a first "
-    "token for TTFT."
+    "share meeting both, of the requests sent less those rejected for the tenant's own doing, so a "
+    "shed or expired request misses both. *Goodput*: the requests that met both objectives, and their "
+    "output tokens, per second of the window. *Rejected*: refused for the request's or its tenant's "
+    "own doing (bad input, over its quota or its queue cap); *shed*: refused for load (overload, an "
+    "objective it could not meet); *expired*: left the queue at its deadline. Latency percentiles are "
+    "over the requests that entered a queue: one that never finished counts as infinitely late (∞) "
+    "for E2E, one that never got a first token for TTFT."
 )
 
 
