@@ -84,13 +84,8 @@ class LazyHeap:
 
 
 class HeapPolicy(RankedPolicy):
-    """A min-heap of `(key..., seq, n, ticket)` with lazy removal; subclasses define `key`.
-
-    `n` counts insertions, so even tickets sharing a `seq` never compare the tickets themselves.
-
-    Removal only forgets the ticket; its heap entry is skipped when it surfaces, and the heap is
-    rebuilt when dead entries outnumber live ones, so every operation stays O(log n) amortised.
-    """
+    """Tickets in the order of a static `key` (then admission order), kept in a `LazyHeap`; subclasses
+    define `key`. Every operation is O(log n) amortised."""
 
     name: ClassVar[str] = "heap"
     time_options: ClassVar[Mapping[str, int]] = {}
@@ -103,43 +98,22 @@ class HeapPolicy(RankedPolicy):
         return {}
 
     def __init__(self) -> None:
-        self._heap: list[tuple[Any, ...]] = []
-        self._live: dict[str, Ticket] = {}
-        self._count = 0
+        self._queue = LazyHeap()
 
     def key(self, ticket: Ticket) -> tuple[float, ...]:
         raise NotImplementedError
 
     def add(self, ticket: Ticket, now: float) -> None:
-        self._live[ticket.request_id] = ticket
-        self._count += 1
-        heapq.heappush(self._heap, (*self.key(ticket), ticket.seq, self._count, ticket))
-
-    def _discard_dead_top(self) -> None:
-        heap, live = self._heap, self._live
-        while heap and live.get(heap[0][-1].request_id) is not heap[0][-1]:
-            heapq.heappop(heap)
+        self._queue.push(self.key(ticket), ticket)
 
     def pop(self, now: float) -> Ticket | None:
-        self._discard_dead_top()
-        if not self._heap:
-            return None
-        ticket: Ticket = heapq.heappop(self._heap)[-1]
-        del self._live[ticket.request_id]
-        return ticket
+        return self._queue.pop()
 
     def peek(self, now: float) -> Ticket | None:
-        self._discard_dead_top()
-        return self._heap[0][-1] if self._heap else None
+        return self._queue.peek()
 
     def remove(self, ticket: Ticket) -> bool:
-        if self._live.get(ticket.request_id) is not ticket:
-            return False
-        del self._live[ticket.request_id]
-        if len(self._heap) > 2 * len(self._live) + 64:
-            self._heap = [e for e in self._heap if self._live.get(e[-1].request_id) is e[-1]]
-            heapq.heapify(self._heap)
-        return True
+        return self._queue.discard(ticket)
 
     def rank(self, ticket: Ticket, now: float) -> tuple[float, ...]:
         """The ticket's place in this order, queued or not (for preemption decisions)."""
@@ -149,4 +123,4 @@ class HeapPolicy(RankedPolicy):
         """Most policies need no completion feedback."""
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self._queue)

@@ -27,13 +27,12 @@ operation (a heap on the key and one on arrival, both with lazy removal).
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from driftsched.core.request import Ticket
-from policies.base import HeapPolicy
+from policies.base import HeapPolicy, LazyHeap
 from policies.sjf import kv_area
 
 
@@ -59,7 +58,7 @@ class RelativeSjfPolicy(HeapPolicy):
         self.area_per_s = area_per_s
         self.horizon_s = horizon_s
         self.max_wait_s = max_wait_s
-        self._by_arrival: list[tuple[Any, ...]] = []  # (arrival, seq, n, ticket), lazy like the key heap
+        self._by_arrival = LazyHeap()  # the same tickets by arrival, for the max_wait_s cap
 
     def offset_s(self, ticket: Ticket) -> float:
         """How much later than its arrival this ticket is ordered (at most `horizon_s`)."""
@@ -70,28 +69,29 @@ class RelativeSjfPolicy(HeapPolicy):
 
     def add(self, ticket: Ticket, now: float) -> None:
         super().add(ticket, now)
-        heapq.heappush(self._by_arrival, (ticket.arrival_time, ticket.seq, self._count, ticket))
+        self._by_arrival.push((ticket.arrival_time,), ticket)
 
     def _overdue(self, now: float) -> Ticket | None:
         """The oldest queued ticket if it has waited `max_wait_s` (None otherwise)."""
-        heap, live = self._by_arrival, self._live
-        while heap and live.get(heap[0][-1].request_id) is not heap[0][-1]:
-            heapq.heappop(heap)
-        if len(heap) > 2 * len(live) + 64:  # entries of tickets popped by key, deep in this heap
-            heap[:] = [e for e in heap if live.get(e[-1].request_id) is e[-1]]
-            heapq.heapify(heap)
-        if not heap:
-            return None
-        oldest: Ticket = heap[0][-1]
-        return oldest if now - oldest.arrival_time >= self.max_wait_s else None
+        oldest = self._by_arrival.peek()
+        return oldest if oldest is not None and now - oldest.arrival_time >= self.max_wait_s else None
 
     def peek(self, now: float) -> Ticket | None:
         overdue = self._overdue(now)
         return overdue if overdue is not None else super().peek(now)
 
     def pop(self, now: float) -> Ticket | None:
-        overdue = self._overdue(now)
-        if overdue is None:
-            return super().pop(now)
-        del self._live[overdue.request_id]  # its key-heap entry is skipped when it surfaces
-        return overdue
+        ticket = self._overdue(now)
+        if ticket is None:
+            ticket = super().pop(now)
+        else:
+            super().remove(ticket)
+        if ticket is not None:
+            self._by_arrival.discard(ticket)
+        return ticket
+
+    def remove(self, ticket: Ticket) -> bool:
+        if not super().remove(ticket):
+            return False
+        self._by_arrival.discard(ticket)
+        return True
