@@ -180,6 +180,7 @@ class Protocol:
         self.ours, self.peers = ours, list(peers)
         self.runs: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
         self.rows: list[tuple[str, str, str, str]] = []  # (target, setting, figure, verdict)
+        self.capacities: dict[str, dict[str, dict[str, Any]]] = {}  # workload -> policy -> mean_ci
 
     def add(self, run: dict[str, Any]) -> None:
         self.runs.setdefault((run["workload"], run["load"]), []).append(run)
@@ -241,7 +242,6 @@ class Protocol:
         if not per_seed:
             return
         setting = f"{workload}, loads {', '.join(f'{l_:g}' for l_ in loads)}"
-        self.capacities = getattr(self, "capacities", {})
         self.capacities[workload] = {n: mean_ci(v) for n, v in per_seed.items()}
         ours = per_seed[self.ours]
         for other, bar in [("fifo", 1.3), *((p, 1.0) for p in self.peers)]:
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if table:
                 details += [f"### {w} at {'its own timestamps' if load is None else f'load {load:g}'}",
                             table]
-    caps = getattr(protocol, "capacities", {})
+    caps = protocol.capacities
     cap_rows = [[w, *(_ci_text(c[n]) for n in ["fifo", args.ours, *peers])] for w, c in caps.items()]
     cap_table = results.markdown_table(["workload", "fifo", args.ours, *peers], cap_rows) if cap_rows else ""
     (args.out / "protocol.json").write_text(json.dumps(
