@@ -301,6 +301,37 @@ class AdmissionConfig(_Strict):
     """Largest Retry-After given with an admission refusal."""
 
 
+PLACEMENT_RULES = ("driftsched", "most-free-kv", "round-robin", "ray-prefix", "llmd-sticky", "dynamo-kv")
+"""Placement rules (`driftsched.core.placement`): ours first, then the peers' to compare with."""
+
+
+class PlacementConfig(_Strict):
+    """Where a dispatched request goes: the fit filter, then a rule that scores the replicas it fits."""
+
+    rule: str = "driftsched"
+    """One of `PLACEMENT_RULES`. `driftsched` sends a request where its prompt's prefix is cached unless
+    that replica's queued prefill would cost more than the cache saves; `most-free-kv` ignores the
+    prefix cache; the others are the peers' rules (docs/scheduling.md#placement)."""
+    block_tokens: int = Field(default=256, ge=16)
+    """Tokens per prefix hash block; a multiple of the engine's KV block (vLLM: 16)."""
+    index_ttl_s: float = Field(default=120.0, gt=0)
+    """A replica's prefix index forgets blocks not used for this long (`driftsched.core.prefix`)."""
+
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, value: str) -> str:
+        if value not in PLACEMENT_RULES:
+            raise ValueError(f"unknown placement rule {value!r}; choose one of {', '.join(PLACEMENT_RULES)}")
+        return value
+
+    @field_validator("block_tokens")
+    @classmethod
+    def _block(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError(f"must be a multiple of 16 (vLLM's KV block), got {value}; try 256")
+        return value
+
+
 class SchedulerConfig(_Strict):
     """Policy and system-wide admission limits."""
 
@@ -333,6 +364,8 @@ class SchedulerConfig(_Strict):
     """Preempt-and-resume settings (see `PreemptionConfig`)."""
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     """SLO-aware admission and per-tier holdback (see `AdmissionConfig`)."""
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    """Cache-aware placement (see `PlacementConfig`)."""
 
     @field_validator("kv_growth_tokens")
     @classmethod

@@ -82,4 +82,6 @@ class Intake:
             bucket=est.bucket,
             ttft_slo_s=objectives.ttft_s,
             tpot_slo_s=objectives.tpot_s,
+            prefix_blocks=request.prefix_blocks,
+            session_id=request.session_id,
         )

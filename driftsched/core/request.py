@@ -47,6 +47,10 @@ class Request:
     allowance (`driftsched.core.slo.Objectives.tighten`)."""
     tpot_slo_s: float | None = None
     """A stricter time-per-output-token objective the caller asks for (seconds)."""
+    prefix_blocks: tuple[int, ...] = ()
+    """Chained hashes of the prompt's whole blocks (`driftsched.core.prefix`), for cache-aware placement."""
+    session_id: str | None = None
+    """The caller's conversation or agent session (`x-session-id`), a placement hint where no hashes are."""
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +84,10 @@ class Ticket:
     """The time-to-first-token objective this request is held to (its tenant's, or stricter if asked)."""
     tpot_slo_s: float = math.inf
     """The time-per-output-token objective this request is held to."""
+    prefix_blocks: tuple[int, ...] = ()
+    """Chained hashes of the prompt's whole blocks, never the prompt (`driftsched.core.prefix`)."""
+    session_id: str | None = None
+    """Session hint from the caller, used by placement only where `prefix_blocks` is empty."""
 
     @property
     def ttft_deadline(self) -> float:
