@@ -33,8 +33,8 @@ from policies.base import HeapPolicy, LazyHeap, ttft_deadline
 
 
 def input_cost(ticket: Ticket) -> float:
-    """Dynamo's scheduling cost: uncached input tokens, at least 1 (no prefix cache modelled)."""
-    return float(max(1, ticket.prompt_tokens))
+    """Dynamo's scheduling cost: uncached input tokens (the best replica's prefix match at admission)."""
+    return float(ticket.uncached_prompt)
 
 
 class DynamoWsptPolicy(HeapPolicy):

@@ -4,7 +4,9 @@ A request's size is the KV-token-seconds it will occupy, in decode steps: ``ĉ �
 prompt p and corrected output estimate ĉ (its cache grows from p to p + ĉ over ĉ steps). On a
 KV-bound engine that area, not the output length alone, is what a request takes from everyone queued
 behind it: a 2,000-token document with a 128-token summary holds as much memory for as long as a
-600-token chat with a 240-token answer. ``size="output"`` orders by ĉ alone (classic SJF).
+600-token chat with a 240-token answer. A prompt prefix already in a replica's cache is shared with the
+requests that put it there, so p counts only the uncached prompt (`Ticket.uncached_prompt`).
+``size="output"`` orders by ĉ alone (classic SJF).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ SIZES = ("kv", "output")
 def kv_area(ticket: Ticket) -> float:
     """Estimated KV-token-steps still to come: remaining output estimate times mean resident tokens."""
     c = ticket.remaining_estimate
-    return c * (ticket.prompt_tokens + c / 2.0)
+    return c * (ticket.uncached_prompt + c / 2.0)
 
 
 class SjfPolicy(HeapPolicy):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -267,3 +268,14 @@ def test_scheduler_grants_only_to_replicas_serve_routes_to() -> None:
     assert (first.status, first.replica_id) == (AcquireStatus.GRANTED, "old")
     assert (second.status, second.replica_id) == (AcquireStatus.GRANTED, "new")
     assert summary.in_flight == 1 and summary.queued == 0
+
+
+def test_queued_prefill_alone_can_set_the_drain_term() -> None:
+    """Prompt-heavy queues (long contexts, little output) scale on prefill; the terms are not added."""
+    scaler = QueueAwareScaler(AutoscaleConfig(drain_s=60, prior_prefill_tokens_per_s=6000))
+    light = replace(backlog(queued_tokens=MU * 60), queued_prefill_tokens=6000 * 30)
+    raw, reason = scaler.demand(light)
+    assert reason == "backlog" and raw == pytest.approx(1.0)
+    heavy = replace(light, queued_prefill_tokens=6000 * 60 * 3)
+    raw, reason = scaler.demand(heavy)
+    assert reason == "prefill" and raw == pytest.approx(3.0)

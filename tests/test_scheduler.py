@@ -196,3 +196,20 @@ def test_every_admitted_request_leaves_the_queue_once(name, actions):
     assert set(dispatched) | cancelled | expired <= admitted
     assert len(dispatched) + len(cancelled) + expired_total == len(admitted)
     assert sched.num_queued == 0
+
+
+def test_admission_reads_the_cached_prefix_once_into_the_ticket():
+    """The scheduler asks its placement how much of the prompt is cached, at admission only."""
+    s, _ = make_scheduler()
+    asked: list[str] = []
+
+    def lookup(ticket):
+        asked.append(ticket.request_id)
+        return 10_000  # more than the prompt: an engine still computes one token
+
+    s.prefix_lookup = lookup
+    hashed = s.submit(Request("h", "a", 600, 64, 0.0, prefix_blocks=(1, 2)))
+    plain = s.submit(Request("p", "a", 600, 64, 0.0))
+    assert asked == ["h"]  # a ticket without hashes has nothing to look up
+    assert hashed.ticket.cached_tokens == 599 and hashed.ticket.uncached_prompt == 1
+    assert plain.ticket.cached_tokens == 0 and plain.ticket.uncached_prompt == 600

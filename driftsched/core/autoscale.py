@@ -12,9 +12,16 @@ tokens and, for each QoS tier ``k`` with queued work and an objective, ``Q_k`` t
 
     steady  = (lambda + shed) / (mu * target_utilization)      keep up with arrivals, refused ones too
     drain   = Q / (mu * drain_s)                               clear the backlog within drain_s
+    prefill = P / (pi * drain_s)                               ... its prompts' prefill alone, too
     slo_k   = Q_k / (mu * max(min_budget_s, slo_headroom * latency_slo_s_k - w_k))
     risk_k  = min(A_k / (mu * slo_headroom * ttft_k), (max_risk_growth - 1) * replicas)   tier k at risk
-    raw     = steady + max(drain, max_k slo_k, max_k risk_k)   both at once
+    raw     = steady + max(drain, prefill, max_k slo_k, max_k risk_k)   both at once
+
+``P`` is the queued prompts' uncached tokens (a prefix already in a replica's cache is not prefilled
+again) and ``pi`` one replica's prefill tokens/s (`prior_prefill_tokens_per_s`): on prompt-heavy traffic
+(long documents, agents' growing contexts) prefill, not decode, is what a backlog waits for. The
+measured ``mu`` already pays for the prefill of the mix it was measured on, so the two terms are not
+added: ``prefill`` bites when the queued prompts alone would outlast the drain budget.
 
 ``risk_k`` reads the scheduler's predicted risk (`driftsched.core.risk`): for a tier the scheduler
 judges at risk, ``A_k`` is the corrected output work ahead of a new request of the tier and ``ttft_k``
@@ -80,6 +87,9 @@ class AutoscaleConfig(BaseModel):
     Keep it near the replicas' start-up time: capacity asked for now serves only after that."""
     prior_tokens_per_s: float = Field(default=1500.0, gt=0)
     """Output tokens/s of one saturated replica before the scheduler has measured it."""
+    prior_prefill_tokens_per_s: float = Field(default=6000.0, gt=0)
+    """Uncached prompt tokens/s one replica prefills (an L4 with an 8B FP8 model: ~91 TFLOP/s effective
+    over 2 x 7.5 GFLOP a token, docs/simulator.md), for the backlog's prefill term."""
     prior_replica_s: float = Field(default=60.0, ge=0)
     """Weight of the prior against the measurement, in saturated replica-seconds."""
     max_risk_growth: float = Field(default=2.0, ge=1.0)
@@ -117,7 +127,7 @@ class ScaleDecision:
     replicas: int
     desired: int
     reason: str
-    """One of: steady, backlog, slo:<tier>, risk:<tier>, idle, hold."""
+    """One of: steady, backlog, prefill, slo:<tier>, risk:<tier>, idle, hold."""
     raw: float
 
 
@@ -145,6 +155,9 @@ class QueueAwareScaler:
         demand = backlog.arrival_tokens_per_s + backlog.shed_tokens_per_s
         steady = demand / (mu * cfg.target_utilization)
         extra, reason = backlog.queued_tokens / (mu * cfg.drain_s), "backlog"
+        prefill = backlog.queued_prefill_tokens / (cfg.prior_prefill_tokens_per_s * cfg.drain_s)
+        if prefill > extra:
+            extra, reason = prefill, "prefill"
         ahead = 0.0
         for tier in backlog.tiers:  # ascending tier: `ahead` is the work at this tier or above
             ahead += tier.queued_tokens

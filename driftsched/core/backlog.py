@@ -31,8 +31,9 @@ Measurement (time is passed in; the meter never reads a clock):
   figures admission and the holdback act on); and the estimated output tokens/s that SLO admission
   refused over the window: refused demand is demand the pool did not have the capacity for.
 
-Output tokens only: prefill of the prompt is an order of magnitude cheaper per token on the engines
-modelled here, so the decode work dominates the time a backlog takes.
+Work is counted in output tokens, plus the queued prompts' uncached tokens apart
+(``queued_prefill_tokens``): prefill is an order of magnitude cheaper per token on the engines modelled
+here, but long prompts (documents, agents' contexts) can still make it most of a backlog's time.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Backlog:
     """Replica-seconds of those intervals: ``served_tokens / saturated_replica_s`` is the measured
     output tokens/s of one saturated replica."""
     tiers: tuple[TierBacklog, ...] = ()
+    queued_prefill_tokens: float = 0.0
+    """Prompt tokens the queued tickets must prefill: their uncached prompts (`Ticket.uncached_prompt`)."""
     shed_tokens_per_s: float = 0.0
     """Estimated output tokens/s that SLO admission refused over the window (demand the pool lacked
     the capacity for; admitted arrivals alone would hide it)."""
@@ -135,9 +138,10 @@ class BacklogMeter:
         scheduler's risk model (`Scheduler.risk`; None: no predicted risk, no refused demand)."""
         self._window_s = min(max(window_s, 1e-3), _MAX_WINDOW_S)
         tiers: dict[int, list[float]] = {}  # tier -> [queued, tokens, oldest queued_at, slo or inf]
-        total_tokens, count = 0.0, 0
+        total_tokens, prefill, count = 0.0, 0.0, 0
         for ticket in queued:
             tokens = ticket.remaining_estimate
+            prefill += ticket.uncached_prompt
             row = tiers.setdefault(ticket.tier, [0, 0.0, now, float("inf")])
             row[0] += 1
             row[1] += tokens
@@ -155,6 +159,7 @@ class BacklogMeter:
             time=now,
             queued=count,
             queued_tokens=total_tokens,
+            queued_prefill_tokens=prefill,
             in_flight=in_flight,
             replicas=replicas,
             arrival_tokens_per_s=self._arrival_rate(now),

@@ -88,6 +88,14 @@ class Ticket:
     """Chained hashes of the prompt's whole blocks, never the prompt (`driftsched.core.prefix`)."""
     session_id: str | None = None
     """Session hint from the caller, used by placement only where `prefix_blocks` is empty."""
+    cached_tokens: int = 0
+    """Prompt tokens expected to be in a replica's prefix cache (the best match when it was admitted):
+    the prefill and new KV it will not need. Size keys and the backlog count `uncached_prompt`."""
+
+    @property
+    def uncached_prompt(self) -> int:
+        """Prompt tokens it must prefill where its prefix is cached (at least one, as an engine computes)."""
+        return max(1, self.prompt_tokens - self.cached_tokens)
 
     @property
     def ttft_deadline(self) -> float:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 
 from driftsched.core.admission import SloAdmission, TenantQuota, admission_for
@@ -82,6 +83,9 @@ class Scheduler:
         self._holdback = admission.enabled and admission.holdback
         self._reserve = admission.reserve
         self._in_flight_tiers: dict[int, int] = {}
+        self.prefix_lookup: Callable[[Ticket], int] | None = None
+        """Prompt tokens of a ticket cached on the replica that holds most of its prefix (set by the
+        `Dispatcher` from its `Placement`); read once, at admission, into `Ticket.cached_tokens`."""
 
     # -- admission -------------------------------------------------------------------------------
 
@@ -130,6 +134,8 @@ class Scheduler:
             self.risk.shed.add(now, ticket.remaining_estimate)
             return self._reject(tenant, refusal.reason, refusal.detail, refusal.retry_after_s)
         quota.charge(ticket.cost_tokens)
+        if ticket.prefix_blocks and self.prefix_lookup is not None:
+            ticket.cached_tokens = min(ticket.prompt_tokens - 1, self.prefix_lookup(ticket))
         self._slo.admitted(ticket, now)
         self._seq += 1
         ticket.seq = self._seq
