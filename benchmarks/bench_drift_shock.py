@@ -134,7 +134,7 @@ def run_scenario(base: Workload, shock: Shock, args: argparse.Namespace, setup: 
         workload, config = on_config_tenants(workload, setup.base, mapping, setup.perf.kv_capacity_tokens)
     else:
         config = core_config_for(workload, setup.perf, setup.base)
-    intake = [intake_fields(it) for it in workload.items]
+    intake = [intake_fields(it, workload.block_tokens) for it in workload.items]
     runs = {}
     for name in variants(args.policy):
         sim = Simulation(

@@ -145,7 +145,7 @@ def run_case(case: Case) -> dict[str, dict[str, Any]]:
     perf = perf_model.PerfModel(perf_model.MODEL_SHAPES[case.model])
     workload = build(case.workload, case.requests, case.seed, case.replicas, case.load, perf, case.traces_dir)
     base = core_config_for(workload, perf)
-    intake = [intake_fields(item) for item in workload.items]
+    intake = [intake_fields(item, workload.block_tokens) for item in workload.items]
     out = {}
     for variant in case.variants:
         name, options = split_variant(variant)

@@ -100,7 +100,7 @@ def run_task(task: Task, policies: Sequence[str], requests: int, ours: str) -> d
     config = core_config_for(workload, setup.perf)
     plain = _without_admission(config)
     objectives = config.objectives()
-    intake = [intake_fields(it) for it in workload.items]
+    intake = [intake_fields(it, workload.block_tokens) for it in workload.items]
     weights = {t.name: t.weight for t in config.tenants}
     out: dict[str, Any] = {"workload": workload_name, "load": load, "seed": seed, "policies": {}}
     for name in policies:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from driftsched.bench.prompts import LEADS, approx_tokens, intake_fields, synthe
 from driftsched.bench.service import service_estimator
 from driftsched.core.classify import Classifier
 from driftsched.core.config import CoreConfig
+from driftsched.core.prefix import common_prefix, text_block_hashes
 from driftsched.sim.perf_model import PerfModel
 from driftsched.sim.records import RunRecords
 from driftsched.sim.report import summarize, write_results
@@ -336,3 +338,16 @@ def test_bench_live_sizes_a_vllm_config_with_the_default_model_and_no_simulator(
     args = {"replicas": {"engine": "vllm", "model": "./tiny", "num_replicas": 3}}
     _, replicas, model, simulated = _live_perf(args)
     assert (replicas, model, simulated) == (3, "./tiny", False)
+
+
+def test_prefix_blocks_become_text_the_service_hashes_alike() -> None:
+    """Items sharing k prefix blocks send prompts whose first k hash blocks are equal, and no more."""
+    a = WorkloadItem(0.0, "t", "chat", 700, 100, 50, prefix_blocks=(11, 22, 33))
+    b = WorkloadItem(0.0, "t", "code", 900, 100, 50, prefix_blocks=(11, 22, 44, 55))
+    sent = [intake_fields(it, 256) for it in (a, b)]
+    assert [f.prompt_tokens for f in sent] == [700, 900]
+    ha, hb = (text_block_hashes(f.prompt_text, 256) for f in sent)
+    assert (len(ha), len(hb), common_prefix(ha, hb)) == (2, 3, 2)
+    assert intake_fields(a).prompt_text != sent[0].prompt_text  # without a block size: no prefix text
+    again = replace(a, prompt_text=sent[0].prompt_text)
+    assert intake_fields(again, 256).prompt_text == sent[0].prompt_text  # idempotent

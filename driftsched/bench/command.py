@@ -148,7 +148,7 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     _add_pacing(parser, time_scale=0.25, timeout=150.0)
 
 
-def _options(args: argparse.Namespace) -> LoadOptions:
+def _options(args: argparse.Namespace, block_tokens: int = 0) -> LoadOptions:
     if args.time_scale <= 0 or args.timeout <= 0:
         raise ValueError("--time-scale and --timeout must be > 0")
     return LoadOptions(
@@ -157,6 +157,7 @@ def _options(args: argparse.Namespace) -> LoadOptions:
         duration_s=args.duration,
         timeout_s=args.timeout,
         seed=args.seed,
+        block_tokens=block_tokens,
     )
 
 
@@ -177,7 +178,7 @@ def run_loadgen(args: argparse.Namespace) -> int:
     perf = perf_model.PerfModel(perf_model.MODEL_SHAPES[args.model])
     workload = build_workload(args, perf)
     target = Target(base_url, keys, tenant_map, args.served_model, not args.no_target_tokens)
-    options = _options(args)
+    options = _options(args, workload.block_tokens)
     try:
         policy = str(httpx.get(root + "/healthz", timeout=10.0).json().get("policy", "live"))
     except (httpx.HTTPError, ValueError):
@@ -219,7 +220,7 @@ def run_live(args: argparse.Namespace) -> int:
     perf, replicas, model, simulated = _live_perf(base_args)
     workload = build_workload(argparse.Namespace(**{**vars(args), "replicas": replicas}), perf)
     core = core_config_for(workload, perf, CoreConfig.model_validate(base_args["core"]))
-    plan = LivePlan(base_args, workload, core, _options(args), args.port)
+    plan = LivePlan(base_args, workload, core, _options(args, workload.block_tokens), args.port)
     started = time.perf_counter()
     runs = run_policies(plan, policies)
     meta: dict[str, Any] = {

@@ -31,10 +31,10 @@ def as_sent(workload: Workload) -> Workload:
     """The workload as the service sees it: each item reduced to its `intake_fields` (true length kept)."""
     items = []
     for it in workload.items:
-        f = intake_fields(it)
+        f = intake_fields(it, workload.block_tokens)
         items.append(replace(it, category=f.category or "", prompt_text=f.prompt_text,
                              prompt_tokens=f.prompt_tokens, max_tokens=f.max_tokens))
-    return Workload(workload.name, items, workload.tenants)
+    return Workload(workload.name, items, workload.tenants, block_tokens=workload.block_tokens)
 
 
 def simulate(

@@ -67,6 +67,8 @@ class LoadOptions:
     seed: int = 0
     max_connections: int = 2048
     progress: bool = True
+    block_tokens: int = 0
+    """The workload's prefix block size (`Workload.block_tokens`): items' prefix blocks become shared text."""
 
 
 @dataclass(slots=True)
@@ -109,9 +111,9 @@ def send_times(items: Sequence[WorkloadItem], options: LoadOptions) -> list[floa
     return [(it.arrival_s - start) * options.time_scale for it in items]
 
 
-def request_body(item: WorkloadItem, target: Target) -> dict[str, object]:
+def request_body(item: WorkloadItem, target: Target, block_tokens: int = 0) -> dict[str, object]:
     """The `POST /v1/completions` body of one item: its `intake_fields`, then transport options."""
-    fields = intake_fields(item)
+    fields = intake_fields(item, block_tokens)
     body: dict[str, object] = {
         "prompt": fields.prompt_text,
         "max_tokens": fields.max_tokens,
@@ -136,12 +138,15 @@ async def _one(
     rec: LiveRecord,
     t0: float,
     timeout_s: float,
+    session_id: str | None = None,
 ) -> None:
     rec.send_s = time.monotonic() - t0
     counted = 0
     try:
         async with asyncio.timeout(timeout_s):
             headers = {"Authorization": f"Bearer {key}"}
+            if session_id is not None:
+                headers["x-session-id"] = session_id
             async with client.stream("POST", url, json=body, headers=headers) as resp:
                 rec.http_status = resp.status_code
                 if resp.status_code != 200:
@@ -214,7 +219,8 @@ async def run_load(
             if delay > 0:
                 await asyncio.sleep(delay)
             task = asyncio.create_task(
-                _one(client, url, key, request_body(item, target), rec, t0, options.timeout_s)
+                _one(client, url, key, request_body(item, target, options.block_tokens), rec, t0,
+                     options.timeout_s, item.session_id)
             )
             task.add_done_callback(lambda _t: bar.update(1))
             tasks.append(task)

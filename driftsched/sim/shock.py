@@ -97,7 +97,8 @@ def apply_shock(workload: Workload, shock: Shock) -> Workload:
         raise ValueError(f"need requests on both sides of the shock, got {n} requests")
     out = list(items[:first]) + [_shocked(it, shock) for it in items[first:]]
     phase = (first - 0.5) / n  # `phases` puts index i in phase 1 iff i >= first, free of rounding
-    return Workload(workload.name, out, workload.tenants, (phase,), shock_s=items[first].arrival_s)
+    return Workload(workload.name, out, workload.tenants, (phase,), shock_s=items[first].arrival_s,
+                    block_tokens=workload.block_tokens)
 
 
 def _shocked(item: WorkloadItem, shock: Shock) -> WorkloadItem:
