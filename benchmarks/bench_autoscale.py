@@ -223,7 +223,7 @@ def build(spec: TraceSpec, seed: int) -> tuple[Workload, PerfModel, AutoscaleCon
     perf = PerfModel(MODEL_SHAPES["llama-3.1-8b-fp8"], max_num_seqs=SLOTS, max_num_batched_tokens=4096)
     base = paper_workload(spec.requests, seed=seed, replicas=spec.base_replicas, load=1.0, perf=perf)
     items = bursty(base.items, spec.quiet_s, spec.burst_s, spec.quiet_load, spec.burst_load)
-    workload = Workload("bursty", items, base.tenants)
+    workload = Workload("bursty", items, base.tenants, block_tokens=base.block_tokens)
     # The prior an operator would configure: one replica's measured throughput on this model and mix
     # (bench_vllm on real L4s; here the simulated engine's).
     prior = measured_capacity_rps(perf, items) * sum(it.output_tokens for it in items) / len(items)

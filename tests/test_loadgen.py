@@ -227,7 +227,8 @@ def test_fidelity_simulates_what_was_sent():
     sent = as_sent(workload)
     for it, orig in zip(sent.items, workload.items, strict=True):
         assert it.category == orig.category and approx_tokens(it.prompt_text) == it.prompt_tokens
-        assert intake_fields(it) == intake_fields(orig)  # what the service sees, unchanged by as_sent
+        # what the service sees, unchanged by as_sent
+        assert intake_fields(it, sent.block_tokens) == intake_fields(orig, workload.block_tokens)
     assert [it.output_tokens for it in sent.items] == [it.output_tokens for it in workload.items]
     row = compare({"sjf": {"e2e_s": {"p50": 2.0, "p99": 4.0}, "ttft_s": {"p50": 1.0}}},
                   {"sjf": {"e2e_s": {"p50": 1.0, "p99": 4.0}, "ttft_s": {"p50": 0.5}}})["sjf"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from driftsched.sim.perf_model import PerfModel
 from driftsched.sim.traces import (
+    MOONCAKE_BLOCK_TOKENS,
     ReplayOptions,
     TraceFormatError,
     load_azure_conv,
@@ -117,3 +120,64 @@ def test_rescale_to_load(traces):
 def test_unknown_category_mode(traces):
     with pytest.raises(ValueError, match="prompt_band"):
         load_mooncake(traces / "mooncake_synthetic.jsonl", ReplayOptions(limit=5, category="x"))
+
+
+def write_mooncake(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_mooncake_hash_ids_become_whole_prefix_blocks(tmp_path):
+    path = write_mooncake(
+        tmp_path / "m.jsonl",
+        [
+            {"timestamp": 0, "input_length": 1100, "output_length": 5, "hash_ids": [0, 1, 2]},
+            {"timestamp": 500, "input_length": 1024, "output_length": 7, "hash_ids": [0, 1]},
+            {"timestamp": 900, "input_length": 300, "output_length": 2, "hash_ids": [0]},
+            {"timestamp": 1000, "input_length": 600, "output_length": 2},
+        ],
+    )
+    wl = load_mooncake(path)
+    assert wl.block_tokens == MOONCAKE_BLOCK_TOKENS == 512
+    # 1,100 tokens are two whole blocks (the third id names a partial one); 300 tokens, none.
+    assert [it.prefix_blocks for it in wl.items] == [(0, 1), (0, 1), (), ()]
+
+
+def test_prompt_clips_keep_the_head_blocks(tmp_path):
+    path = write_mooncake(
+        tmp_path / "m.jsonl",
+        [
+            {"timestamp": 0, "input_length": 5000, "output_length": 100, "hash_ids": list(range(10))},
+            {"timestamp": 1, "input_length": 700, "output_length": 300, "hash_ids": [0, 11]},
+        ],
+    )
+    clipped = load_mooncake(path, ReplayOptions(max_prompt_tokens=2000))
+    assert [(it.prompt_tokens, it.prefix_blocks) for it in clipped.items] == [(2000, (0, 1, 2)), (700, (0,))]
+    # max_tokens is the trace-wide cap, 300: a 2,048-token context leaves 1,748 for a prompt.
+    fitted = load_mooncake(path, ReplayOptions(max_request_tokens=2048))
+    assert [(it.prompt_tokens, it.prefix_blocks) for it in fitted.items] == [(1748, (0, 1, 2)), (700, (0,))]
+    assert all(it.prompt_tokens + it.max_tokens <= 2048 for it in fitted.items)
+    both = load_mooncake(path, ReplayOptions(max_prompt_tokens=1100, max_request_tokens=2048))
+    assert [it.prompt_tokens for it in both.items] == [1100, 700]
+    with pytest.raises(ValueError, match="no room for a prompt"):
+        load_mooncake(path, ReplayOptions(max_request_tokens=300))
+
+
+def test_mooncake_bad_hash_ids(tmp_path):
+    path = write_mooncake(
+        tmp_path / "bad.jsonl", [{"timestamp": 0, "input_length": 600, "output_length": 1, "hash_ids": ["a"]}]
+    )
+    with pytest.raises(TraceFormatError, match=r"bad\.jsonl:1: .*hash_ids"):
+        load_mooncake(path)
+
+
+def test_mooncake_conversation_prefixes(traces):
+    opts = ReplayOptions(limit=3000, max_request_tokens=32_768)
+    wl = load_mooncake(traces / "mooncake_conversation.jsonl", opts)
+    assert all(len(it.prefix_blocks) == it.prompt_tokens // 512 for it in wl.items)
+    assert all(it.prompt_tokens + it.max_tokens <= 32_768 for it in wl.items)
+    assert max(it.prompt_tokens for it in wl.items) == 32_768 - wl.items[0].max_tokens  # some were clipped
+    assert all(it.prefix_blocks[0] == 0 for it in wl.items if it.prefix_blocks)  # the shared first block
+    heads = Counter(it.prefix_blocks[:2] for it in wl.items if len(it.prefix_blocks) >= 2)
+    assert heads.most_common(2)[1][1] > 1  # beyond block 0, some conversations come back
+    assert load_azure_conv(traces / "azure2023_conv.csv", ReplayOptions(limit=10)).block_tokens == 0

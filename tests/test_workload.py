@@ -1,8 +1,10 @@
-"""The paper workload: documented shape, runtime drift, determinism, and the load helper."""
+"""The paper and saas workloads: documented shape, runtime drift, determinism, the load helper, and
+the tenants' system-prompt prefix blocks."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from itertools import pairwise
 from statistics import mean
 
@@ -11,10 +13,14 @@ import pytest
 from driftsched.sim.engine import ContinuousBatchEngine, EngineSequence
 from driftsched.sim.perf_model import QWEN3_1_7B_BF16, PerfModel
 from driftsched.sim.workload import (
+    BLOCK_TOKENS,
     CATEGORIES,
+    PROFILES,
+    SAAS_PROFILES,
     capacity_rps,
     measured_capacity_rps,
     paper_workload,
+    saas_workload,
     scale_to_load,
 )
 
@@ -92,3 +98,33 @@ def test_capacity_estimate_close_to_saturated_engine(model, low, high):
         finished += [now] * len(events.finished)
     measured = 2000 / (finished[2499] - finished[499])
     assert low < measured / capacity_rps(perf, items) < high
+
+
+@pytest.mark.parametrize("make", [paper_workload, saas_workload])
+def test_tenants_share_their_system_prompt_blocks(make):
+    wl = make(3000, seed=4)
+    bt = wl.block_tokens
+    assert bt == BLOCK_TOKENS
+    profiles = {p.spec.name: p for p in (*PROFILES, *SAAS_PROFILES)}
+    heads: dict[str, set] = defaultdict(set)
+    owner: dict[int, int] = {}
+    for i, it in enumerate(wl.items):
+        shared = min(profiles[it.tenant].system_tokens, it.prompt_tokens) // bt
+        assert len(it.prefix_blocks) == it.prompt_tokens // bt
+        heads[it.tenant].add(it.prefix_blocks[:shared])
+        for h in it.prefix_blocks[shared:]:  # past the system prompt, no block is anyone else's
+            assert owner.setdefault(h, i) == i
+    for tenant, seen in heads.items():
+        longest = max(seen, key=len)
+        assert all(longest[: len(h)] == h for h in seen), tenant  # one head per tenant, cut by length
+    full = {name: max(seen, key=len) for name, seen in heads.items()}
+    assert len({h[0] for h in full.values() if h}) == len([h for h in full.values() if h])
+    assert sum(bool(h) for h in full.values()) >= 3
+
+
+@pytest.mark.parametrize("make", [paper_workload, saas_workload])
+def test_prefix_blocks_change_nothing_else(make):
+    hashed, plain = make(1500, seed=6), make(1500, seed=6, block_tokens=0)
+    assert plain.block_tokens == 0 and all(not it.prefix_blocks for it in plain.items)
+    assert [replace(it, prefix_blocks=()) for it in hashed.items] == plain.items
+    assert make(1500, seed=6).items == hashed.items  # the ids are seeded too

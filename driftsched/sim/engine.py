@@ -16,7 +16,32 @@ and ``free_kv_tokens`` allow. ``free_seq_slots`` counts the perf model's ``engin
 ``max_num_seqs``: that many sequences may wait, in arrival order, for the next free running slot (the
 engine-side queue a live replica keeps so a finishing sequence is replaced at the next step). The
 target output length is the *true* one; only the simulator knows it. Sequences hold
-KV counted in tokens (no block rounding, no prefix caching).
+KV counted in tokens (no block rounding).
+
+Prefix caching (``block_tokens > 0``; 0 turns it off and leaves every step as it was), after vLLM's
+automatic prefix caching. A sequence's ``blocks`` are its prompt's chained block hashes, ``block_tokens``
+tokens each; only the whole blocks of the prompt count (a partial tail block is never shared).
+
+* When a waiting sequence is admitted, its leading blocks found in the cache are not prefilled: its
+  computed tokens start at ``matched x block_tokens``, capped at its tokens - 1 so that the step still
+  computes one token and samples from it (vLLM caps a hit the same way). Those tokens are charged to
+  ``kv_used`` at once, so the admission test is ``kv_used + cached + first chunk <= capacity``. A
+  preempted sequence re-admitted matches again (often its own blocks, if they were not evicted).
+* When a sequence's prefill reaches the end of its prompt, its whole prompt blocks enter the cache.
+  (vLLM caches each block as soon as it is full, and caches generated blocks too; here a chunked
+  prefill's blocks are reusable only once the prompt is done, and answers are never reused, so a next
+  turn of a conversation hits only its previous prompt.)
+* Blocks referenced by running sequences are pinned. A block nobody references stays cached, as
+  evictable, in an LRU that lives in the free KV: it never holds more than ``(kv_capacity - kv_used) //
+  block_tokens`` blocks, and every allocation that shrinks the free KV evicts its oldest blocks first;
+  a chain is evicted from its end (`driftsched.sim.prefix_cache`).
+* Simplification: a running sequence is charged its whole prompt in ``kv_used`` even when another
+  running one holds the same blocks (vLLM stores them once). The model understates the KV room that
+  sharing saves, not the prefill it saves.
+
+Counters, as vLLM's ``prefix_cache_queries`` / ``prefix_cache_hits``: every admission adds the
+sequence's tokens to ``prefix_query_tokens`` and its cached tokens to ``prefix_hit_tokens``; a
+sequence's ``cached_tokens`` keeps what its first admission found.
 
 ``step(horizon_s)`` fuses consecutive pure-decode iterations until the next event or until the elapsed
 time reaches ``horizon_s`` (closed-form sum), so a simulator can jump between events; with the default
@@ -38,18 +63,22 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 
 from driftsched.sim.perf_model import PerfModel
+from driftsched.sim.prefix_cache import PrefixCache
 from driftsched.sim.sequence import DecodeClock, EngineSequence, StepEvents
 
 __all__ = ["ContinuousBatchEngine", "DecodeClock", "EngineSequence", "StepEvents"]
 
 
 class ContinuousBatchEngine:
-    """Continuous batching with chunked prefill and recompute preemption, timed by a ``PerfModel``."""
+    """Continuous batching with chunked prefill, recompute preemption and an optional prefix cache."""
 
-    def __init__(self, perf: PerfModel) -> None:
+    def __init__(self, perf: PerfModel, block_tokens: int = 0) -> None:
+        self._cache = PrefixCache(block_tokens)
         self.perf = perf
+        self.block_tokens = block_tokens
         self.kv_capacity = perf.kv_capacity_tokens
         self._running: dict[EngineSequence, None] = {}  # admission order; decoders first
         self._prefilling: list[EngineSequence] = []  # the running ones not decoding, in order
@@ -60,6 +89,10 @@ class ContinuousBatchEngine:
         self.kv_used = 0
         self.held_tokens = 0  # prompt + generated over all sequences held, cached or not
         self.num_preemptions = 0
+        # The cache's evictable blocks, bound here because the step's hot path tests it for emptiness.
+        self._evictable = self._cache.evictable
+        self.prefix_query_tokens = 0
+        self.prefix_hit_tokens = 0
 
     # -- capacity the scheduler pulls against --------------------------------------------------
     @property
@@ -85,6 +118,15 @@ class ContinuousBatchEngine:
     def is_idle(self) -> bool:
         return not self._running and not self.waiting
 
+    @property
+    def num_cached_blocks(self) -> int:
+        """Blocks in the prefix cache: pinned by running sequences plus evictable ones."""
+        return len(self._cache)
+
+    def cached_prefix_blocks(self, blocks: Sequence[int]) -> int:
+        """How many leading ``blocks`` the prefix cache holds now (0 without prefix caching)."""
+        return self._cache.match(blocks)
+
     def add(self, seq: EngineSequence) -> None:
         """Queue a sequence; it starts at the next step that has room."""
         if seq.output_tokens < 1 or seq.prompt_tokens < 1:
@@ -108,6 +150,8 @@ class ContinuousBatchEngine:
             else:
                 _freeze(seq)
             self.kv_used -= seq._computed
+            if seq._pinned:
+                self._release(seq)
         else:
             return False
         self.held_tokens -= seq.num_tokens
@@ -144,6 +188,8 @@ class ContinuousBatchEngine:
             served += take
             todo -= take
             self.kv_used += take
+            if self._evictable:
+                self._evict()
             while todo and self.kv_used + 1 > cap:
                 todo -= not prefilling  # the tail is a decoder once no prefilling sequence is left
                 _, freed = self._preempt_newest(events)
@@ -163,18 +209,28 @@ class ContinuousBatchEngine:
             else:
                 scheduled.append((seq, need))
                 self.kv_used += need
+                if self._evictable:
+                    self._evict()
                 budget -= need
                 j += 1
                 continue
             break
         for seq in prefilling[j:]:
             context -= seq._computed
-        limit = self.perf.max_num_seqs
+        limit, block_tokens = self.perf.max_num_seqs, self.block_tokens
         while not events.preempted and self.waiting and budget > 0 and len(running) < limit:
             seq = self.waiting[0]
-            need = min(seq.prompt_tokens + seq._generated - seq._computed, budget)
-            if self.kv_used + need > cap:
-                break
+            if block_tokens:
+                matched, cached = self._lookup(seq)
+                need = min(seq.prompt_tokens + seq._generated - cached, budget)
+                if self.kv_used + cached + need > cap:
+                    break
+                self._admit_cached(seq, matched, cached)
+                context += cached  # the step reads the cached prefix's KV, as it reads earlier chunks'
+            else:
+                need = min(seq.prompt_tokens + seq._generated - seq._computed, budget)
+                if self.kv_used + need > cap:
+                    break
             self.waiting.popleft()
             seq._order = self._next_order
             self._next_order += 1
@@ -182,6 +238,8 @@ class ContinuousBatchEngine:
             prefilling.append(seq)
             scheduled.append((seq, need))
             self.kv_used += need
+            if self._evictable:
+                self._evict()
             budget -= need
         return self._apply(served, scheduled, context, events)
 
@@ -195,6 +253,8 @@ class ContinuousBatchEngine:
         freed = seq._computed
         self.kv_used -= freed
         seq._computed = 0
+        if seq._pinned:
+            self._release(seq)
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
         events.preempted.append(seq)
@@ -218,8 +278,11 @@ class ContinuousBatchEngine:
             events.num_tokens += served
             finished = self._pop_finished()
         still: list[EngineSequence] = []
+        block_tokens = self.block_tokens
         for seq, n in scheduled:
             seq._computed += n
+            if block_tokens and seq._computed >= seq.prompt_tokens:
+                self._cache_prompt(seq)
             if seq._computed == seq.prompt_tokens + seq._generated:
                 seq._generated += 1
                 self.held_tokens += 1
@@ -257,6 +320,8 @@ class ContinuousBatchEngine:
         events = StepEvents(num_iterations=k, num_tokens=n * k)
         clock.ticks += k
         self.kv_used += n * k
+        if self._evictable:
+            self._evict()
         self.held_tokens += n * k
         events.finished = self._pop_finished()
         return duration, events
@@ -289,6 +354,47 @@ class ContinuousBatchEngine:
         del self._running[seq]
         self.kv_used -= seq._computed
         self.held_tokens -= seq.prompt_tokens + seq._generated
+        if seq._pinned:
+            self._release(seq)
+
+    # -- prefix cache (module docstring) -------------------------------------------------------
+    def _whole_blocks(self, seq: EngineSequence) -> int:
+        return min(len(seq.blocks), seq.prompt_tokens // self.block_tokens)
+
+    def _lookup(self, seq: EngineSequence) -> tuple[int, int]:
+        """Leading whole prompt blocks of a waiting ``seq`` found cached, and the tokens they spare."""
+        if not seq.blocks:
+            return 0, 0
+        matched = self._cache.match(seq.blocks[: self._whole_blocks(seq)])
+        return matched, min(matched * self.block_tokens, seq.prompt_tokens + seq._generated - 1)
+
+    def _admit_cached(self, seq: EngineSequence, matched: int, cached: int) -> None:
+        """Pin the ``matched`` blocks for ``seq``, start it at ``cached`` computed tokens, count the query."""
+        self._cache.pin(seq.blocks[:matched])
+        seq._pinned = matched
+        seq._computed = cached
+        self.kv_used += cached
+        self.prefix_query_tokens += seq.prompt_tokens + seq._generated
+        self.prefix_hit_tokens += cached
+        if not seq._admitted:
+            seq._admitted = True
+            seq.cached_tokens = cached
+
+    def _cache_prompt(self, seq: EngineSequence) -> None:
+        """The prompt is computed: its whole blocks not yet pinned by ``seq`` enter the cache, pinned."""
+        whole = self._whole_blocks(seq)
+        if seq._pinned < whole:
+            self._cache.pin(seq.blocks[seq._pinned : whole])
+            seq._pinned = whole
+
+    def _release(self, seq: EngineSequence) -> None:
+        """Unpin ``seq``'s blocks (those nobody else holds become evictable) and fit the free KV."""
+        self._cache.unpin(seq.blocks[: seq._pinned])
+        seq._pinned = 0
+        self._evict()
+
+    def _evict(self) -> None:
+        self._cache.evict(self.kv_capacity - self.kv_used)
 
 
 def _freeze(seq: EngineSequence) -> None:

@@ -23,8 +23,10 @@ Where each constant comes from (shared/L4_PERF_FACTS.md; measurements unless mar
 * request_overhead 4 ms: *derived* per-request cost in TTFT, outside the GPU step loop.
 * KV capacity: gpu_memory_utilization 0.9 of memory, minus weights, minus ~1 GiB activation reserve.
 
-Assumptions: KV is counted in tokens, not 16-token blocks; no prefix caching; CUDA graphs on (fixed
-overhead does not grow with batch size); tensor parallelism 1.
+Assumptions: KV is counted in tokens, not 16-token blocks; CUDA graphs on (fixed overhead does not grow
+with batch size); tensor parallelism 1. Prefix caching is the engine's (`driftsched.sim.engine`): a cached
+prefix of ``p`` tokens only moves the first chunk's start, so it costs ``c * (p + c / 2)`` pairs, not a
+prefill.
 """
 
 from __future__ import annotations

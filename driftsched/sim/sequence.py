@@ -3,6 +3,9 @@
 A decoding sequence's counters are lazy: while it decodes, ``generated`` and ``computed`` are its values
 when it started decoding plus the ticks its engine's ``DecodeClock`` has run since (see
 ``driftsched.sim.engine``), so that a step need not touch every sequence in the batch.
+
+``blocks`` are the prompt's chained prefix-block hashes (`driftsched.core.prefix`), in the engine's
+``block_tokens``; an engine without prefix caching ignores them.
 """
 
 from __future__ import annotations
@@ -24,21 +27,32 @@ class EngineSequence:
     """One request inside the engine: prompt, true output length, and progress so far."""
 
     __slots__ = (
+        "_admitted",
         "_clock",
         "_computed",
         "_entry",
         "_generated",
         "_order",
+        "_pinned",
         "_since",
+        "blocks",
+        "cached_tokens",
         "output_tokens",
         "prompt_tokens",
         "request_id",
     )
 
-    def __init__(self, request_id: Hashable, prompt_tokens: int, output_tokens: int) -> None:
+    def __init__(
+        self, request_id: Hashable, prompt_tokens: int, output_tokens: int, blocks: tuple[int, ...] = ()
+    ) -> None:
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
+        self.blocks = blocks
+        self.cached_tokens = 0
+        """Prompt tokens the first admission found in the engine's prefix cache (not prefilled)."""
+        self._admitted = False
+        self._pinned = 0  # leading `blocks` this sequence holds a reference to in its engine's cache
         self._generated = 0  # while decoding: the values at tick `_since` of `_clock`
         self._computed = 0
         self._clock: DecodeClock | None = None  # set while decoding in an engine

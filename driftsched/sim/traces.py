@@ -13,6 +13,13 @@ only (never from the true output length):
 
 ``max_tokens``: ``None`` uses one trace-wide cap (the largest output in the rows read, which reveals
 nothing per request); a mapping sets a per-category cap, and outputs are clipped to it.
+
+Prefix blocks: the Mooncake traces carry ``hash_ids``, remapped hashes of 512-token blocks (equal leading
+ids, equal prefix); they become the items' ``prefix_blocks`` (`MOONCAKE_BLOCK_TOKENS`), whole blocks
+only (the last id of a prompt that is not a multiple of 512 names a partial block, which no engine
+shares). Their prompts run past the context of the models an L4 serves: ``max_prompt_tokens`` and
+``max_request_tokens`` clip each prompt (to that many tokens; so that prompt + ``max_tokens`` fits) and
+its blocks to the whole blocks that remain. The shared part of a prompt is its head, so a clip keeps it.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ PROMPT_BANDS: tuple[tuple[int, str], ...] = ((256, "qa"), (1024, "chat"), (2048,
 BAND_TOP = "summarize"  # prompts at or above the last band bound
 EPOCH = datetime(1970, 1, 1)  # naive: Azure stamps carry no zone; only differences matter
 RANDOM_MIX = {"qa": 0.3, "chat": 0.3, "code": 0.15, "summarize": 0.15, "longform": 0.1}
+MOONCAKE_BLOCK_TOKENS = 512  # tokens per `hash_ids` block (the trace's README)
+
+Row = tuple[float, int, int, tuple[int, ...]]  # arrival_s, prompt tokens, output tokens, prefix blocks
 
 
 class TraceFormatError(ValueError):
@@ -60,6 +70,10 @@ class ReplayOptions:
     perf: PerfModel | None = None  # with replicas and load: rescale arrivals to that load
     replicas: int = 1
     load: float | None = None
+    max_prompt_tokens: int | None = None
+    """Clip each prompt to this many tokens, and its prefix blocks to the whole blocks left."""
+    max_request_tokens: int | None = None
+    """The model's context: clip each prompt so that prompt + its ``max_tokens`` fits, blocks likewise."""
 
 
 def _number(path: Path, line: int, column: str, raw: str | None, integer: bool = True) -> float:
@@ -117,8 +131,8 @@ def load_csv(
     return Workload(path.stem, items, specs)
 
 
-def _build(name: str, rows: list[tuple[float, int, int]], opts: ReplayOptions) -> Workload:
-    """Assign tenants, categories and max_tokens to (arrival_s, prompt, output) rows."""
+def _build(name: str, rows: list[Row], opts: ReplayOptions, block_tokens: int = 0) -> Workload:
+    """Assign tenants, categories and max_tokens to (arrival_s, prompt, output, blocks) rows; clip prompts."""
     rng = np.random.default_rng(opts.seed)
     n = len(rows)
     if opts.tenants:
@@ -130,19 +144,35 @@ def _build(name: str, rows: list[tuple[float, int, int]], opts: ReplayOptions) -
         cats = rng.choice(len(CATEGORIES), size=n, p=[RANDOM_MIX[c] for c in CATEGORIES]).tolist()
         category = [CATEGORIES[c] for c in cats]
     elif opts.category == "prompt_band":
-        category = [next((c for b, c in PROMPT_BANDS if p < b), BAND_TOP) for _, p, _ in rows]
+        category = [next((c for b, c in PROMPT_BANDS if p < b), BAND_TOP) for _, p, _, _ in rows]
     else:
         raise ValueError(f"category={opts.category!r}: choose 'random' or 'prompt_band'")
-    trace_cap = max((o for _, _, o in rows), default=1)
+    trace_cap = max((o for _, _, o, _ in rows), default=1)
     items = []
-    for (t, prompt, output), ti, cat in zip(rows, tenant_of, category, strict=True):
+    for (t, prompt, output, blocks), ti, cat in zip(rows, tenant_of, category, strict=True):
         cap = trace_cap if opts.max_tokens is None else opts.max_tokens[cat]
         out = min(cap, max(1, output))
-        items.append(WorkloadItem(t, tenants[ti].name, cat, max(1, prompt), cap, out))
+        prompt = min(max(1, prompt), _prompt_limit(opts, cap))
+        if block_tokens:
+            blocks = blocks[: prompt // block_tokens]
+        items.append(WorkloadItem(t, tenants[ti].name, cat, prompt, cap, out, prefix_blocks=blocks))
     items.sort(key=lambda it: it.arrival_s)
     if opts.load is not None:
         items = scale_to_load(items, opts.perf or PerfModel(), opts.replicas, opts.load)
-    return Workload(name, items, tuple(tenants))
+    return Workload(name, items, tuple(tenants), block_tokens=block_tokens)
+
+
+def _prompt_limit(opts: ReplayOptions, max_tokens: int) -> int:
+    """The longest prompt `opts` allows beside ``max_tokens`` (a very large number when unclipped)."""
+    limit = opts.max_prompt_tokens if opts.max_prompt_tokens is not None else 1 << 62
+    if opts.max_request_tokens is not None:
+        limit = min(limit, opts.max_request_tokens - max_tokens)
+    if limit < 1:
+        raise ValueError(
+            f"no room for a prompt: max_prompt_tokens={opts.max_prompt_tokens}, max_request_tokens="
+            f"{opts.max_request_tokens} and max_tokens={max_tokens}; raise the limits or cap max_tokens"
+        )
+    return limit
 
 
 def load_azure_conv(path: str | Path, opts: ReplayOptions = ReplayOptions()) -> Workload:
@@ -162,25 +192,31 @@ def load_azure_conv(path: str | Path, opts: ReplayOptions = ReplayOptions()) -> 
 
     data = list(islice(rows(), opts.limit))
     start = min((t for t, _, _ in data), default=0.0)
-    return _build(path.stem, [(t - start, p, o) for t, p, o in data], opts)
+    return _build(path.stem, [(t - start, p, o, ()) for t, p, o in data], opts)
 
 
 def load_mooncake(path: str | Path, opts: ReplayOptions = ReplayOptions()) -> Workload:
-    """Mooncake FAST'25 JSONL trace (timestamp in ms, input_length, output_length)."""
+    """Mooncake FAST'25 JSONL trace (timestamp in ms, input_length, output_length, optional hash_ids)."""
     path = Path(path)
+    size = MOONCAKE_BLOCK_TOKENS
 
-    def rows() -> Iterator[tuple[float, int, int]]:
+    def rows() -> Iterator[Row]:
         with path.open() as f:
             for line, text in enumerate(f, start=1):
                 if not text.strip():
                     continue
                 try:
                     rec = json.loads(text)
-                    yield rec["timestamp"] / 1000.0, int(rec["input_length"]), int(rec["output_length"])
+                    prompt = int(rec["input_length"])
+                    ids = rec.get("hash_ids", [])
+                    if not isinstance(ids, list) or not all(type(h) is int for h in ids):
+                        raise TypeError(f"hash_ids must be a list of integers, got {ids!r:.60}")
+                    output = int(rec["output_length"])
+                    yield rec["timestamp"] / 1000.0, prompt, output, tuple(ids[: prompt // size])
                 except (ValueError, KeyError, TypeError) as exc:
                     raise TraceFormatError(f"{path}:{line}: {type(exc).__name__}: {exc}") from exc
 
-    return _build(path.stem, list(islice(rows(), opts.limit)), opts)
+    return _build(path.stem, list(islice(rows(), opts.limit)), opts, block_tokens=size)
 
 
 def load_sharegpt_lengths(
@@ -198,4 +234,4 @@ def load_sharegpt_lengths(
     data = list(islice(rows(), opts.limit))
     gaps = np.random.default_rng([opts.seed, 1]).exponential(1.0 / rate_rps, len(data))
     times = (np.cumsum(gaps) - gaps[0]).tolist() if data else []
-    return _build(path.stem, [(t, p, o) for t, (p, o) in zip(times, data, strict=True)], opts)
+    return _build(path.stem, [(t, p, o, ()) for t, (p, o) in zip(times, data, strict=True)], opts)

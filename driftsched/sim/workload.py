@@ -1,5 +1,7 @@
 """The synthetic multi-tenant workloads ``paper`` and ``saas``, and the arrival-rate helper for traces.
 
+(The ``sessions`` workload, whose conversations grow turn by turn, is in `driftsched.sim.sessions`.)
+
 ## paper
 
 Four API applications share one pool of L4 replicas (tier 0 is the highest QoS tier):
@@ -52,20 +54,34 @@ prompts far longer than the paper's; the harness's answers are shorter still; th
 The workload is stationary (no template change): its bias is static, learned once. Each tenant's
 latency objectives are its tier's (`driftsched.core.slo.TIER_OBJECTIVES`), as for any tenant that
 states none. Arrivals and load scaling as for ``paper``; a burst is spread at its tenant's own gap.
+
+## Prefix blocks
+
+Every tenant of both workloads opens each prompt with its own system prompt, of a stated length per
+tenant (``_Profile.system_tokens``, the reason beside each). A request's ``prefix_blocks`` are the chained
+block hashes of its prompt in ``block_tokens`` (default `BLOCK_TOKENS`, the placement's): the tenant's
+system-prompt blocks for the whole blocks of its first ``min(system, prompt)`` tokens, then blocks of its
+own. The lengths do not change (a prompt's length already includes its system prompt) and the ids come
+from `BlockIds`, not from the generator's random stream, so arrivals and lengths are the same with or
+without hashes (``block_tokens=0``: none); only a prefix cache changes what a run measures.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from driftsched.core.config import PlacementConfig
 from driftsched.sim.perf_model import PerfModel
 
 CATEGORIES = ("qa", "chat", "code", "summarize", "longform")
 BURST_GAP_S = 0.05  # default spacing inside a burst, in seconds at the final rate (not rescaled)
+BLOCK_TOKENS: int = PlacementConfig.model_fields["block_tokens"].default
+"""Tokens per prefix block of the synthetic workloads: the placement's default hash block."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +95,11 @@ class WorkloadItem:
     max_tokens: int
     output_tokens: int  # TRUE length: only the simulated engine may read it
     prompt_text: str | None = None
+    prefix_blocks: tuple[int, ...] = ()
+    """Chained hashes of the prompt's whole blocks of `Workload.block_tokens` tokens (as
+    `driftsched.core.prefix` makes them): equal leading ids mean an equal prefix."""
+    session_id: str | None = None
+    """The conversation or agent run the request belongs to, where the workload has sessions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +126,8 @@ class Workload:
     shock_s: float | None = None
     """The modelled instant of a drift shock (`driftsched.sim.shock`): requests arriving at or after it
     are changed. Used only to report around it, never by the scheduler."""
+    block_tokens: int = 0
+    """Tokens per block of the items' `prefix_blocks` (0: the items carry none)."""
 
     def phases(self) -> list[int]:
         """The drift phase of every item (0 before the first phase start)."""
@@ -127,6 +150,8 @@ class _Profile:
     """(median, sigma) of output tokens per category, over `OUTPUT_LENGTH` (before `length_scale`)."""
     prompt: dict[str, tuple[float, float]] = field(default_factory=dict)
     """(median, sigma) of prompt tokens per category, over `PROMPT_LENGTH`."""
+    system_tokens: int = 0
+    """Length of the system prompt that opens every prompt of the tenant (module docstring)."""
 
 
 # (median, sigma) of lognormal token counts; prompt lengths are clipped to [8, 8000].
@@ -154,6 +179,7 @@ PROFILES = (
         {"qa": 0.6, "chat": 0.35, "summarize": 0.05},
         {"qa": 512, "chat": 512, "summarize": 512},
         {"qa": 0.8},
+        system_tokens=500,  # persona, tone and policy excerpts; most of a short support chat
     ),
     _Profile(
         TenantSpec("code-assist", tier=1, weight=3.0),
@@ -161,6 +187,7 @@ PROFILES = (
         {"code": 0.7, "qa": 0.2, "chat": 0.1},
         {"code": 2048, "qa": 512, "chat": 1024},
         {},
+        system_tokens=700,  # editing rules and output format; the file context follows
     ),
     _Profile(
         TenantSpec("docs-pipeline", tier=2, weight=2.0, requests_per_minute=600.0),
@@ -169,6 +196,7 @@ PROFILES = (
         {"summarize": 400, "qa": 256},
         {"summarize": 0.7},  # bullet-point template
         burst_size=8.0,
+        system_tokens=300,  # the batch job's one summarisation template; the document follows
     ),
     _Profile(
         TenantSpec("content-studio", tier=3, weight=1.0),
@@ -176,6 +204,7 @@ PROFILES = (
         {"longform": 0.7, "chat": 0.2, "summarize": 0.1},
         {"longform": 1536, "chat": 1024, "summarize": 1024},
         {"longform": 1.2},
+        system_tokens=200,  # house style rules: its briefs are short, so barely a block is shared
     ),
 )
 
@@ -197,6 +226,7 @@ SAAS_PROFILES = (
         {},
         output={"chat": (240, 0.8), "qa": (70, 0.7)},
         prompt={"chat": (1200, 0.8), "qa": (120, 0.5)},  # history grows over a conversation
+        system_tokens=1000,  # persona, safety and formatting rules, the user's saved memory
     ),
     _Profile(
         TenantSpec("tool-agent", tier=1, weight=3.0),
@@ -208,6 +238,7 @@ SAAS_PROFILES = (
         burst_gap_s=1.5,
         output={"code": (90, 0.5), "qa": (25, 0.6)},  # a tool call's arguments; a one-line decision
         prompt={"code": (3500, 0.4), "qa": (3000, 0.4)},  # transcript + tool schemas
+        system_tokens=1500,  # the tool schemas and agent instructions, the same in every call
     ),
     _Profile(
         TenantSpec("eval-harness", tier=2, weight=2.0),
@@ -219,6 +250,7 @@ SAAS_PROFILES = (
         burst_gap_s=0.02,
         output={"qa": (12, 1.0), "code": (260, 0.6)},
         prompt={"qa": (450, 0.5), "code": (300, 0.5)},  # few-shot question; problem statement
+        system_tokens=256,  # the harness's instructions and answer format, before each question
     ),
     _Profile(
         TenantSpec("nightly-reports", tier=3, weight=1.0),
@@ -230,6 +262,7 @@ SAAS_PROFILES = (
         burst_gap_s=0.5,
         output={"longform": (1100, 0.35), "summarize": (220, 0.5)},
         prompt={"longform": (1800, 0.5), "summarize": (5000, 0.4)},
+        system_tokens=600,  # report template and formatting instructions
     ),
 )
 
@@ -290,6 +323,41 @@ def scale_to_load(
     return [replace(it, arrival_s=(it.arrival_s - start) * factor) for it in items]
 
 
+class BlockIds:
+    """Fresh prefix-block ids for synthetic prompts; an id never drawn before is a block nobody shares.
+
+    Ids count up from a start derived from (`salt`, `seed`), 62 bits wide: two workloads merged into one
+    run (an adversary tenant beside a base workload, say) do not share blocks by accident, and nothing
+    is drawn from a generator's random stream."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, salt: str, seed: int) -> None:
+        digest = hashlib.blake2b(f"{salt}:{seed}".encode(), digest_size=8).digest()
+        self._next = int.from_bytes(digest, "little") >> 2
+
+    def fresh(self, n: int) -> tuple[int, ...]:
+        """``n`` new ids (none for ``n <= 0``)."""
+        start = self._next
+        self._next += max(0, n)
+        return tuple(range(start, self._next))
+
+
+def with_system_prompts(
+    items: Sequence[WorkloadItem], system_tokens: Mapping[str, int], block_tokens: int, ids: BlockIds
+) -> list[WorkloadItem]:
+    """`items` with `prefix_blocks`: their tenant's system-prompt blocks, then their own (module doc)."""
+    if block_tokens <= 0:
+        return list(items)
+    heads = {name: ids.fresh(tokens // block_tokens) for name, tokens in system_tokens.items()}
+    out = []
+    for it in items:
+        whole = it.prompt_tokens // block_tokens
+        head = heads.get(it.tenant, ())[:whole]  # the whole blocks of min(system, prompt) tokens
+        out.append(replace(it, prefix_blocks=head + ids.fresh(whole - len(head))))
+    return out
+
+
 def _lognormal(rng: np.random.Generator, median: float, sigma: float, n: int) -> np.ndarray:
     return np.asarray(np.exp(rng.normal(math.log(median), sigma, n)))
 
@@ -302,14 +370,17 @@ def paper_workload(
     perf: PerfModel | None = None,
     with_text: bool = True,
     drift: bool = True,
+    block_tokens: int = BLOCK_TOKENS,
 ) -> Workload:
     """Generate the ``paper`` workload: ``num_requests`` requests offering ``load`` x capacity.
 
     ``drift=False`` leaves out the two mid-run template changes (a stationary run of the same tenants,
-    the base of the drift-shock workload)."""
+    the base of the drift-shock workload); ``block_tokens=0`` leaves out the prefix blocks."""
     shifts = SHIFTS if drift else {}
     items = generate(PROFILES, num_requests, seed, replicas, load, perf, with_text, shifts)
-    return Workload("paper", items, tuple(p.spec for p in PROFILES), (SHIFT_AT,) if drift else ())
+    items = _system_prompts(items, PROFILES, block_tokens, BlockIds("paper", seed))
+    phases = (SHIFT_AT,) if drift else ()
+    return Workload("paper", items, tuple(p.spec for p in PROFILES), phases, block_tokens=block_tokens)
 
 
 def saas_workload(
@@ -319,10 +390,20 @@ def saas_workload(
     load: float = 1.2,
     perf: PerfModel | None = None,
     with_text: bool = True,
+    block_tokens: int = BLOCK_TOKENS,
 ) -> Workload:
     """Generate the ``saas`` workload (module docstring): stationary, ``load`` x capacity."""
     items = generate(SAAS_PROFILES, num_requests, seed, replicas, load, perf, with_text)
-    return Workload("saas", items, tuple(p.spec for p in SAAS_PROFILES))
+    items = _system_prompts(items, SAAS_PROFILES, block_tokens, BlockIds("saas", seed))
+    return Workload("saas", items, tuple(p.spec for p in SAAS_PROFILES), block_tokens=block_tokens)
+
+
+def _system_prompts(
+    items: list[WorkloadItem], profiles: Sequence[_Profile], block_tokens: int, ids: BlockIds
+) -> list[WorkloadItem]:
+    if block_tokens < 0:
+        raise ValueError(f"block_tokens must be >= 0 (0: no prefix blocks), got {block_tokens}")
+    return with_system_prompts(items, {p.spec.name: p.system_tokens for p in profiles}, block_tokens, ids)
 
 
 def generate(
