@@ -50,7 +50,8 @@ from driftsched.sim.attainment import in_window, outcomes, steady_window
 from driftsched.sim.command import add_arguments, build_workload, resolve_setup
 from driftsched.sim.records import as_records
 from driftsched.sim.report import policy_summary, write_summary
-from driftsched.sim.seeds import mean_ci
+from driftsched.sim.seeds import ci_text as _ci_text
+from driftsched.sim.seeds import mean_ci, verdict
 from driftsched.sim.simulator import Simulation, core_config_for
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
@@ -147,30 +148,6 @@ def capacity(points: dict[float, dict[str, Any]], policy: str) -> float:
             lo, hi = loads[k - 1], loads[k]
             return lo + (hi - lo) * (worst[k - 1] - ATTAINMENT_FLOOR) / (worst[k - 1] - worst[k])
     return loads[-1]
-
-
-def verdict(ci: dict[str, Any], ok: Callable[[float], bool]) -> str:
-    """"met" when the whole 95 % interval satisfies `ok`, "missed" when none of it does, else
-    "unresolved"; one seed (no interval) judges the value alone, and says so."""
-    interval = ci.get("ci95")
-    if not interval:
-        value = ci["value"]
-        return ("met" if ok(value) else "missed") + (" (1 seed)" if ci.get("n", 0) <= 1 else "")
-    lo, hi = interval
-    if ok(lo) and ok(hi):
-        return "met"
-    if not ok(lo) and not ok(hi):
-        return "missed"
-    return "unresolved"
-
-
-def _ci_text(ci: dict[str, Any], fmt: str = ".2f", unit: str = "") -> str:
-    value = ci["value"]
-    text = "inf" if math.isinf(value) else format(value, fmt)
-    if ci.get("ci95"):
-        lo, hi = ci["ci95"]
-        text += f" [{lo:{fmt}}, {hi:{fmt}}]"
-    return text + unit
 
 
 class Protocol:

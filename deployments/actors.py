@@ -84,6 +84,10 @@ class ActorNames:
     core_config: dict[str, object]
     drift_snapshot_path: str | None
     replica_timeout_s: float
+    shared_kv: bool = True
+    """Whether the replicas' engine stores a prefix shared by running requests once (`SchedulerActor`)."""
+    prefill_tokens_per_s: float | None = None
+    """A replica's prefill rate until the scheduler measures it (None: the configured one)."""
 
     def name(self, role: ActorRole) -> str:
         return actor_name(serve.get_replica_context().app_name, role, self.fingerprint)
@@ -91,7 +95,8 @@ class ActorNames:
     def scheduler(self) -> SchedulerHandle:
         drift = DriftActorLink(self.name(ActorRole.DRIFT), self._drift_config(), self.drift_snapshot_path)
         return scheduler_actor(self.name(ActorRole.SCHEDULER), self.core_config, self.replica_timeout_s,
-                               drift=drift)
+                               drift=drift, shared_kv=self.shared_kv,
+                               prefill_tokens_per_s=self.prefill_tokens_per_s)
 
     def drift(self) -> DriftHandle:
         return drift_actor(self.name(ActorRole.DRIFT), self._drift_config(), self.drift_snapshot_path)
@@ -103,20 +108,23 @@ class ActorNames:
         return drift if isinstance(drift, dict) else {}
 
 
-def _named(cls: type, name: str, *args: object) -> object:
-    """The named, detached actor `name` of `cls`, created with `args` unless it exists: an untyped
-    Ray handle, which the callers below type."""
+def _named(cls: type, name: str, *args: object, **kwargs: object) -> object:
+    """The named, detached actor `name` of `cls`, created with `args` and `kwargs` unless it exists: an
+    untyped Ray handle, which the callers below type."""
     return ray.remote(cls).options(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         max_restarts=-1, max_task_retries=0, max_concurrency=100_000, num_cpus=0,
-    ).remote(*args)
+    ).remote(*args, **kwargs)
 
 
 def scheduler_actor(name: str, core_config: dict[str, object], replica_timeout_s: float,
                     client_grace_s: float | None = None,
-                    drift: DriftActorLink | None = None) -> SchedulerHandle:
-    """The application's scheduler actor (created on first use); `drift`: where it sends observations."""
-    handle = _named(SchedulerActor, name, core_config, replica_timeout_s, client_grace_s, drift)
+                    drift: DriftActorLink | None = None, *, shared_kv: bool = True,
+                    prefill_tokens_per_s: float | None = None) -> SchedulerHandle:
+    """The application's scheduler actor (created on first use); `drift`: where it sends observations;
+    `shared_kv`, `prefill_tokens_per_s`: what its placement knows of the replicas (`SchedulerActor`)."""
+    handle = _named(SchedulerActor, name, core_config, replica_timeout_s, client_grace_s, drift,
+                    shared_kv=shared_kv, prefill_tokens_per_s=prefill_tokens_per_s)
     return cast(SchedulerHandle, handle)
 
 

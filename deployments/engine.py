@@ -28,6 +28,7 @@ __all__ = [
     "EngineTiming",
     "FinishReason",
     "GenerationRequest",
+    "PrefixCacheCounters",
     "TokenDelta",
     "Usage",
     "approx_token_count",
@@ -72,10 +73,23 @@ class Usage:
 
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int | None = None
+    """Prompt tokens whose KV the engine found in its prefix cache instead of computing them (OpenAI's
+    `prompt_tokens_details.cached_tokens`, vLLM's `num_cached_tokens`); None where it does not say."""
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True, frozen=True)
+class PrefixCacheCounters:
+    """An engine's prefix-cache counters since it started, in tokens, as vLLM keeps them
+    (`prefix_cache_queries` / `prefix_cache_hits`): prompt tokens looked up when a sequence is
+    scheduled from waiting, and those found cached. A preempted sequence scheduled again counts again."""
+
+    query_tokens: int = 0
+    hit_tokens: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -148,6 +162,9 @@ class Engine(Protocol):
 
     def capacity(self) -> Capacity:
         """Current capacity, reported to the scheduler."""
+
+    def prefix_cache(self) -> PrefixCacheCounters:
+        """The prefix-cache counters so far, reported to the scheduler with the capacity (for metrics)."""
 
     async def stop(self) -> None:
         """Release resources; pending generations end."""

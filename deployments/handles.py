@@ -16,7 +16,7 @@ from typing import ParamSpec, Protocol, TypeVar
 import ray
 
 from deployments.drift_actor import DriftSnapshot
-from deployments.engine import GenerationRequest, TokenDelta
+from deployments.engine import GenerationRequest, PrefixCacheCounters, TokenDelta
 from deployments.scheduler_actor import (
     AcquireResult,
     Answers,
@@ -88,7 +88,7 @@ class SchedulerHandle(GatewayScheduler, Protocol):
     def view(self) -> RemoteMethod[[], SchedulerView]: ...
 
     @property
-    def report(self) -> RemoteMethod[[str, Capacity], list[str]]: ...
+    def report(self) -> RemoteMethod[[str, Capacity, PrefixCacheCounters | None], list[str]]: ...
 
     @property
     def backlog(self) -> RemoteMethod[[float, ShownDecision | None, list[str] | None], Backlog]: ...

@@ -68,11 +68,18 @@ class ReplicaConfig(BaseModel):
     `deployments:` override of LLMReplica's ray_actor_options in the Serve config replaces this."""
     engine_args: dict[str, Any] = Field(default_factory=dict)
     """vLLM only: extra `AsyncEngineArgs` (dtype, gpu_memory_utilization, max_model_len, ...).
-    model, served_model_name, max_num_seqs and max_num_batched_tokens come from the fields above."""
+    model, served_model_name, max_num_seqs and max_num_batched_tokens come from the fields above, and
+    enable_prefix_caching from `prefix_caching`."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment variables of the replica processes (Ray runtime_env), e.g. vLLM's CPU settings."""
     kv_high_watermark: float = Field(default=0.95, gt=0, le=1)
     """vLLM only: above this KV-cache use a replica takes no new requests until it drains."""
+    prefix_caching: bool = True
+    """Engines keep the KV of prompt prefixes they computed and reuse it for a later prompt that starts
+    the same way, prefilling only the rest: vLLM's automatic prefix caching (its engine argument
+    enable_prefix_caching), modelled by the simulated engine in blocks of
+    core.scheduler.placement.block_tokens. Cache-aware placement sends a request where its prefix is
+    cached; off, every prompt is prefilled in full wherever it goes."""
 
     @model_validator(mode="after")
     def _check(self) -> ReplicaConfig:
@@ -85,6 +92,10 @@ class ReplicaConfig(BaseModel):
                        & set(self.engine_args))
         if clash:
             raise ValueError(f"engine_args must not set {clash}; use the replicas fields of those names")
+        caching = self.engine_args.get("enable_prefix_caching", self.prefix_caching)
+        if caching != self.prefix_caching:
+            raise ValueError(f"engine_args.enable_prefix_caching ({caching}) contradicts prefix_caching "
+                             f"({self.prefix_caching}); remove it from engine_args and set prefix_caching")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
@@ -127,14 +138,18 @@ def perf_model_for(config: ReplicaConfig) -> perf_model.PerfModel:
     )
 
 
-def build_engine(config: ReplicaConfig) -> Engine:
-    """The engine a replica runs, from its configuration (vLLM is imported only when it starts)."""
+def build_engine(config: ReplicaConfig, block_tokens: int = 0) -> Engine:
+    """The engine a replica runs, from its configuration (vLLM is imported only when it starts).
+
+    `block_tokens` is the placement's prefix block (core.scheduler.placement.block_tokens): the simulated
+    engine caches prefixes in blocks of that size, so its cache and the scheduler's picture of it share
+    one block; vLLM keeps its own KV blocks."""
     if config.engine == "vllm":
         from deployments.vllm_engine import VllmEngine
 
         return VllmEngine(config.model, config.served_model_name, config.max_num_seqs,
                           config.max_num_batched_tokens, dict(config.engine_args),
-                          config.kv_high_watermark, config.engine_queue_slots)
+                          config.kv_high_watermark, config.engine_queue_slots, config.prefix_caching)
 
     from deployments.sim_engine import SimulatedEngine
 
@@ -142,4 +157,5 @@ def build_engine(config: ReplicaConfig) -> Engine:
     return SimulatedEngine(
         perf, time_scale=config.time_scale, output_means=dict(config.output_means),
         output_sigma=config.output_sigma, seed=config.seed, tick_s=config.stream_interval_s,
+        block_tokens=block_tokens if config.prefix_caching else 0,
     )

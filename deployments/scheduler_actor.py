@@ -24,11 +24,12 @@ actor restarts); its answer names the requests the dispatcher preempted there, w
 request goes back to the queue with its generated tokens appended to its prompt, and the call waits
 for its new grant. ``cancel`` withdraws a request wherever it is (client disconnect). The actor holds
 no scheduling logic: which ticket goes next and to which replica is the core's `Dispatcher` (the
-policy's order placed by the `Placement` fit rule on what the heartbeats report), the same object the
-simulator drives. SLO admission is the core's too: ``submit`` answers its refusals (429
-``slo_unreachable`` / ``tier_holdback``, 503 ``system_slo_unreachable``, with Retry-After) like any
-other, each release's completion feeds the core's service-rate measurement, every dispatch step tells
-it the replicas reporting, and ``backlog`` hands the autoscaler the core's predicted risk per tier.
+policy's order placed by the `Placement` fit filter and configured rule on what the heartbeats report
+and the prefix hashes the tickets carry), the same object the simulator drives. SLO admission is the
+core's too: ``submit`` answers its refusals (429 ``slo_unreachable`` / ``tier_holdback``, 503
+``system_slo_unreachable``, with Retry-After) like any other, each release's completion feeds the
+core's service-rate measurement, every dispatch step tells it the replicas reporting, and ``backlog``
+hands the autoscaler the core's predicted risk per tier.
 
 Restart: the actor is a named Ray actor restarted by Ray (max_restarts=-1). A restarted instance starts
 empty, with a new epoch: in-flight calls fail on the caller's side, and clients that see the failure or
@@ -48,8 +49,9 @@ from dataclasses import dataclass, field, replace
 from typing import TypedDict
 
 from deployments.drift_feed import DRIFT_PUSH_S, DriftFeed, DriftSink
+from deployments.engine import PrefixCacheCounters
 from deployments.outbox import Outbox, Outboxes
-from deployments.telemetry import Histogram, Outcome, RequestBook, RequestTimings, SloTally
+from deployments.telemetry import Histogram, Outcome, PrefixTally, RequestBook, RequestTimings, SloTally
 from deployments.usage import TenantUsage, tenant_usage
 from driftsched.core.backlog import Backlog, BacklogMeter
 from driftsched.core.clock import Clock, monotonic_clock
@@ -144,6 +146,10 @@ class SchedulerView:
     """The autoscaling policy's last decision (`backlog`'s `decision`), None without autoscaling."""
     slo: dict[str, SloTally] = field(default_factory=dict)
     """Each tenant's requests judged against their latency objectives (the request book's tallies)."""
+    prefix: dict[tuple[str, str], PrefixTally] = field(default_factory=dict)
+    """(replica, tenant) -> completed requests' prompt tokens and those found in the prefix cache."""
+    engine_prefix: dict[str, PrefixCacheCounters] = field(default_factory=dict)
+    """Replica -> its engine's own prefix-cache counters, as last reported."""
 
 
 class SchedulerActor:
@@ -151,24 +157,28 @@ class SchedulerActor:
 
     def __init__(self, core_config: dict[str, object], replica_timeout_s: float = 5.0,
                  client_grace_s: float | None = None, drift: DriftSink | None = None,
-                 drift_push_s: float = DRIFT_PUSH_S, clock: Clock = monotonic_clock) -> None:
+                 drift_push_s: float = DRIFT_PUSH_S, clock: Clock = monotonic_clock, *,
+                 shared_kv: bool = True, prefill_tokens_per_s: float | None = None) -> None:
         """`client_grace_s`: how long a batching client may go without polling before its outbox is
         dropped and what it held freed (default: the ledger's grace for an unused grant). `drift`:
         where finished requests' observations go, every `drift_push_s` (None: nowhere). `clock`: the
-        scheduler's time (tests move it by hand; waits on the event loop stay in real seconds)."""
+        scheduler's time (tests move it by hand; waits on the event loop stay in real seconds).
+        `shared_kv` and `prefill_tokens_per_s` are what the placement cannot read from the config: whether
+        the replicas' engine stores a prefix shared by running requests once (vLLM; the simulated
+        engine charges each its whole prompt), and a replica's prefill rate until it is measured (None:
+        the configured one). The placement rule itself is the configured one, as in the simulator."""
         config = parse_core_config(core_config)
         policy = make_policy(config.scheduler.policy, **config.scheduler.policy_options)
         self._clock = clock
         self._core = Scheduler(config, policy, self._clock)
-        self._ledger = Placement(
-            replica_timeout_s=replica_timeout_s, kv_watermark=config.scheduler.kv_watermark,
-            kv_growth_tokens=config.scheduler.kv_growth_tokens,
-        )
+        self._ledger = Placement.from_config(config.scheduler, replica_timeout_s=replica_timeout_s,
+                                             prefill_tokens_per_s=prefill_tokens_per_s, shared_kv=shared_kv)
         # A policy that declares its own preemption (`vllm-priority`: at once) runs with it here too.
         preemption = preemption_for(self._core.policy, config.scheduler.preemption)
         self._dispatcher = Dispatcher(self._core, self._ledger, preemption)
         self._preempt: dict[str, set[str]] = {}  # replica id -> requests it must stop
         self._book = RequestBook()
+        self._engine_prefix: dict[str, PrefixCacheCounters] = {}  # replica -> its last reported counters
         self._waiters: dict[str, asyncio.Future[AcquireResult]] = {}
         self._granted: dict[str, str] = {}
         self._epoch = uuid.uuid4().hex  # a restarted instance has a new one: clients submit again
@@ -245,10 +255,12 @@ class SchedulerActor:
         self._ensure_maintenance()
         now = self._clock()
         rid = ticket.request_id
-        if replica_failed and self._ledger.drop(replica_id):
-            logger.warning("replica %s failed under %s; dropped, its requests resume elsewhere",
-                           replica_id, rid)
-            self._preempt.pop(replica_id, None)
+        if replica_failed:
+            if self._ledger.drop(replica_id):
+                logger.warning("replica %s failed under %s; dropped, its requests resume elsewhere",
+                               replica_id, rid)
+                self._preempt.pop(replica_id, None)
+            self._forget_replica(replica_id)
         self._granted.pop(rid, None)
         self._ledger.release(replica_id, rid, 0, now)
         self._preempt.get(replica_id, set()).discard(rid)
@@ -306,15 +318,19 @@ class SchedulerActor:
                     self._feed.observe(ticket, output_tokens)
             self._meter.completed(self._clock(), output_tokens)
         if item.timings is not None:
-            self._book.record(item.timings)
+            self._book.record(item.timings, item.replica_id)
 
     async def cancel(self, request_id: str) -> None:
         self._withdraw(request_id)
         self._pump()
 
-    async def report(self, replica_id: str, capacity: Capacity) -> list[str]:
-        """A replica's heartbeat; returns the requests it must preempt (stop; they resume elsewhere)."""
+    async def report(self, replica_id: str, capacity: Capacity,
+                     prefix_cache: PrefixCacheCounters | None = None) -> list[str]:
+        """A replica's heartbeat, with its engine's prefix-cache counters (for /metrics); returns the
+        requests it must preempt (stop; they resume elsewhere)."""
         self._ensure_maintenance()
+        if prefix_cache is not None:
+            self._engine_prefix[replica_id] = prefix_cache
         if self._serving is not None and replica_id not in self._serving:
             # Starting, or being stopped by the autoscaler: Serve routes nothing there, so no grants;
             # what runs there finishes and is released as usual.
@@ -331,6 +347,7 @@ class SchedulerActor:
         return SchedulerView(
             self._core.snapshot(), self._ledger.summary(), dict(book.histograms),
             dict(book.tokens), dict(book.outcomes), self._autoscale, dict(book.slo),
+            dict(book.replica_prefix), dict(self._engine_prefix),
         )
 
     async def backlog(
@@ -383,10 +400,17 @@ class SchedulerActor:
             "dispatcher_running": len(self._dispatcher._running),
             "book_histograms": len(self._book.histograms),
             "book_outcomes": len(self._book.outcomes),
+            "book_replica_prefix": len(self._book.replica_prefix),
+            "engine_prefix": len(self._engine_prefix),
             "drift_pending": self._feed.pending,
         }
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _forget_replica(self, replica_id: str) -> None:
+        """A replica the ledger dropped: its prefix-cache figures go too (re-registering starts anew)."""
+        self._book.forget_replica(replica_id)
+        self._engine_prefix.pop(replica_id, None)
 
     def _withdraw(self, request_id: str) -> None:
         """Cancel a queued request, or free the slot of a granted one."""
@@ -454,6 +478,7 @@ class SchedulerActor:
                 for replica_id, grants in self._ledger.expire(self._clock()):
                     logger.warning("replica %s stopped reporting; dropping %d grants",
                                    replica_id, len(grants))
+                    self._forget_replica(replica_id)
                     for rid in grants:
                         self._granted.pop(rid, None)
                         self._core.abort(rid)

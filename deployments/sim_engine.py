@@ -16,6 +16,12 @@ Output length of a request (the simulator's hidden truth):
   log-standard-deviation `output_sigma`, from an RNG seeded with `seed`, capped by `max_tokens`.
 
 Generated text is a fixed cycle of placeholder words, one word per token.
+
+Prefix caching (`block_tokens` > 0): the engine hashes each prompt's text in blocks of `block_tokens`
+x 4 characters (`driftsched.core.prefix.text_block_hashes`, as the ingress does) and the modelled engine
+keeps those blocks' KV as vLLM's automatic prefix caching does (`ContinuousBatchEngine`), so a prompt
+that starts like one it served recently prefills only the rest. The final delta's usage says how many
+prompt tokens were found cached.
 """
 
 from __future__ import annotations
@@ -27,7 +33,15 @@ import math
 import random
 from collections.abc import AsyncGenerator
 
-from deployments.engine import Capacity, FinishReason, GenerationRequest, TokenDelta, Usage
+from deployments.engine import (
+    Capacity,
+    FinishReason,
+    GenerationRequest,
+    PrefixCacheCounters,
+    TokenDelta,
+    Usage,
+)
+from driftsched.core.prefix import text_block_hashes
 from driftsched.sim.engine import ContinuousBatchEngine, EngineSequence
 from driftsched.sim.perf_model import PerfModel
 
@@ -50,8 +64,11 @@ class SimulatedEngine:
         output_sigma: float = 0.6,
         seed: int = 0,
         tick_s: float = 0.01,
+        block_tokens: int = 0,
     ) -> None:
-        self._engine = ContinuousBatchEngine(perf)
+        """`block_tokens`: the prefix cache's block (module docstring); 0 turns prefix caching off."""
+        self._engine = ContinuousBatchEngine(perf, block_tokens=block_tokens)
+        self._block_tokens = block_tokens
         self._perf = perf
         self._time_scale = time_scale
         self._horizon_s = tick_s / time_scale if time_scale > 0 else 0.0
@@ -89,6 +106,10 @@ class SimulatedEngine:
             kv_usage=1.0 - engine.free_kv_tokens / engine.kv_capacity if engine.kv_capacity else 0.0,
         )
 
+    def prefix_cache(self) -> PrefixCacheCounters:
+        engine = self._engine
+        return PrefixCacheCounters(engine.prefix_query_tokens, engine.prefix_hit_tokens)
+
     def _forget(self, request_id: str) -> None:
         """Drop a request from the engine (freeing its KV) and from the streams; a no-op if unknown."""
         seq = self._seqs.pop(request_id, None)
@@ -108,7 +129,8 @@ class SimulatedEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta, None]:
         rid = request.request_id
         target = self._output_length(request)
-        seq = EngineSequence(rid, max(1, request.prompt_tokens), target)
+        blocks = text_block_hashes(request.prompt, self._block_tokens) if self._block_tokens else ()
+        seq = EngineSequence(rid, max(1, request.prompt_tokens), target, blocks)
         queue: asyncio.Queue[int] = asyncio.Queue()
         self._engine.add(seq)  # raises ValueError for a request larger than the KV cache
         self._seqs[rid], self._queues[rid], self._sent[rid] = seq, queue, 0
@@ -126,7 +148,8 @@ class SimulatedEngine:
                 done += n
                 if done >= target:
                     finish = FinishReason.LENGTH if target >= request.max_tokens else FinishReason.STOP
-                    usage = Usage(request.prompt_tokens, done)
+                    cached = seq.cached_tokens if self._block_tokens else None
+                    usage = Usage(request.prompt_tokens, done, cached)
                     yield TokenDelta(text, n, finish, usage)
                 else:
                     yield TokenDelta(text, n)

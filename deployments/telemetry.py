@@ -15,6 +15,13 @@ The book also judges each request against the latency objectives its ticket was 
   refused at admission here: the scheduler's counters hold those (`shed_count` says which count as misses).
 
 Goodput is the requests, and their output tokens, that met both.
+
+The book also counts each completed request's prompt tokens and those its engine found in its prefix
+cache (`PrefixTally`), per tenant and per (replica, tenant): the hit rate cache-aware placement earns.
+A request counts once, on the replica that finished it, with the cached tokens of that run (of a
+resumed request, those of its own prompt: what the client's usage reports). Per-replica entries go when
+the replica does (`forget_replica`), so the book stays bounded as replicas come and go; the per-tenant
+totals stay.
 """
 
 from __future__ import annotations
@@ -98,6 +105,9 @@ class RequestTimings:
     """Wall-clock arrival (unix seconds): with `ended_s`, the span goodput is a rate over."""
     ended_s: float | None = None
     """Wall-clock time the request ended, however it ended."""
+    cached_tokens: int | None = None
+    """Of `prompt_tokens`, those the engine found in its prefix cache (of a completed request whose
+    engine reports it; None otherwise)."""
 
 
 NOT_JUDGED_REJECTIONS: frozenset[str] = frozenset({
@@ -169,9 +179,27 @@ class SloTally:
         return max(0.0, self.last_end_s - self.first_arrival_s)
 
 
+@dataclass(slots=True)
+class PrefixTally:
+    """Prompt tokens of completed requests whose engine reported its prefix cache, and those found cached."""
+
+    query_tokens: int = 0
+    hit_tokens: int = 0
+
+    def add(self, query_tokens: int, hit_tokens: int) -> None:
+        self.query_tokens += query_tokens
+        self.hit_tokens += hit_tokens
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Cached over looked-up prompt tokens; None before any."""
+        return self.hit_tokens / self.query_tokens if self.query_tokens else None
+
+
 class RequestBook:
     """Histograms per (kind, tenant), tokens generated and prompt tokens per tenant, outcomes per
-    (tenant, outcome), and each tenant's `SloTally`."""
+    (tenant, outcome), each tenant's `SloTally`, and prefix-cache tallies per tenant and per
+    (replica, tenant)."""
 
     def __init__(self) -> None:
         self.histograms: dict[tuple[str, str], Histogram] = {}
@@ -179,8 +207,16 @@ class RequestBook:
         self.prompt_tokens: dict[str, int] = {}
         self.outcomes: dict[tuple[str, Outcome], int] = {}
         self.slo: dict[str, SloTally] = {}
+        self.prefix: dict[str, PrefixTally] = {}
+        self.replica_prefix: dict[tuple[str, str], PrefixTally] = {}
 
-    def record(self, timings: RequestTimings) -> None:
+    def forget_replica(self, replica: str) -> None:
+        """Drop `replica`'s prefix-cache entries (it is gone); the tenants' totals keep its counts."""
+        for key in [key for key in self.replica_prefix if key[0] == replica]:
+            del self.replica_prefix[key]
+
+    def record(self, timings: RequestTimings, replica: str = "") -> None:
+        """Add one ended request, which ran last on `replica` ("" if it never got one)."""
         tenant = timings.tenant
         for kind, value in zip(
             LATENCY_KINDS,
@@ -197,6 +233,11 @@ class RequestBook:
         self.prompt_tokens[tenant] = self.prompt_tokens.get(tenant, 0) + timings.prompt_tokens
         key = (tenant, timings.outcome)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if timings.cached_tokens is not None and timings.outcome == Outcome.OK:
+            query, hit = timings.prompt_tokens, min(timings.cached_tokens, timings.prompt_tokens)
+            self.prefix.setdefault(tenant, PrefixTally()).add(query, hit)
+            if replica:
+                self.replica_prefix.setdefault((replica, tenant), PrefixTally()).add(query, hit)
         met = judge(timings)
         if met is not None:
             tally = self.slo.get(tenant)

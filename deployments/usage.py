@@ -2,8 +2,9 @@
 
 Everything here is the asking tenant's alone: its lifetime request counters, how its granted requests
 ended, its prompt and generated tokens, its requests queued and running now, its latency percentiles,
-its quota left, and how its requests fared against its latency objectives (`slo`, `goodput`; judged as
-`deployments.telemetry.judge` defines). Nothing names or counts another tenant. Percentiles are
+its quota left, how its requests fared against its latency objectives (`slo`, `goodput`; judged as
+`deployments.telemetry.judge` defines), and how much of its prompts the engines found in their prefix
+caches (`prefix_cache`). Nothing names or counts another tenant. Percentiles are
 estimated from the request book's fixed latency buckets (`Histogram.quantile`), so they are as coarse
 as those buckets; the SLO shares are exact counts.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from deployments.telemetry import LATENCY_KINDS, Outcome, RequestBook, SloTally, shed_count
+from deployments.telemetry import LATENCY_KINDS, Outcome, PrefixTally, RequestBook, SloTally, shed_count
 from driftsched.core.scheduler import Scheduler
 from driftsched.core.slo import Objectives
 
@@ -44,6 +45,10 @@ class TenantUsage:
     goodput: dict[str, float | int | None] = dataclasses.field(default_factory=dict)
     """Requests that met both objectives and their output tokens: totals, and per second over
     `window_s` (first judged arrival to last judged end)."""
+    prefix_cache: dict[str, float | int | None] = dataclasses.field(default_factory=dict)
+    """Of the prompt tokens of its completed requests whose engine reports its prefix cache
+    (`prompt_tokens`), those found cached (`cached_prompt_tokens`) and their share (`hit_rate`, None
+    before any)."""
 
     def to_json(self) -> dict[str, object]:
         return {"object": "usage", **dataclasses.asdict(self)}
@@ -81,7 +86,16 @@ def tenant_usage(core: Scheduler, book: RequestBook, tenant: str) -> TenantUsage
         },
         slo=slo,
         goodput=goodput,
+        prefix_cache=prefix_report(book.prefix.get(tenant)),
     )
+
+
+def prefix_report(tally: PrefixTally | None) -> dict[str, float | int | None]:
+    """`TenantUsage.prefix_cache` from a tenant's prefix-cache tally."""
+    tally = tally or PrefixTally()
+    rate = tally.hit_rate
+    return {"hit_rate": None if rate is None else round(rate, 6), "cached_prompt_tokens": tally.hit_tokens,
+            "prompt_tokens": tally.query_tokens}
 
 
 def slo_report(tally: SloTally | None, shed: int, objectives: Objectives, strictest: Objectives

@@ -18,6 +18,9 @@ vLLM is imported only here, and only when `start` runs, so the rest of DriftSche
   the policy orders it instead of in vLLM's FCFS queue.
 * Errors become `EngineFailure` values on the final delta: invalid input (e.g. prompt longer than the
   model's context), a dead engine, an aborted request, anything else (`EngineErrorCode`).
+* Automatic prefix caching is on unless `prefix_caching` is False: the final delta's `usage` carries
+  the request's `num_cached_tokens` (prompt tokens vLLM found cached), and the stat logger adds up
+  vLLM's prefix-cache queries and hits (`prefix_cache`), the counters vLLM's own /metrics exports.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from deployments.engine import (
     EngineTiming,
     FinishReason,
     GenerationRequest,
+    PrefixCacheCounters,
     TokenDelta,
     Usage,
 )
@@ -61,6 +65,10 @@ class EngineState:
     waiting: int = 0
     kv_usage: float = 0.0
     updated: float = 0.0
+    prefix_queries: int = 0
+    """Prompt tokens looked up in the prefix cache, summed over every step since start."""
+    prefix_hits: int = 0
+    """Of those, tokens found cached."""
 
 
 def make_stat_logger(state: EngineState) -> type[StatLoggerBase]:
@@ -78,6 +86,9 @@ def make_stat_logger(state: EngineState) -> type[StatLoggerBase]:
                 state.waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
                 state.kv_usage = scheduler_stats.kv_cache_usage
                 state.updated = time.monotonic()
+                cache = scheduler_stats.prefix_cache_stats  # this step's lookups, not running totals
+                state.prefix_queries += cache.queries
+                state.prefix_hits += cache.hits
 
         def log_engine_initialized(self) -> None:
             pass
@@ -90,13 +101,14 @@ class VllmEngine:
 
     def __init__(self, model: str, served_model_name: str, max_num_seqs: int, max_num_batched_tokens: int,
                  engine_args: dict[str, Any], kv_high_watermark: float = 0.95,
-                 queue_slots: int = 0) -> None:
+                 queue_slots: int = 0, prefix_caching: bool = True) -> None:
         self._args = {
             "model": model, "served_model_name": served_model_name, "max_num_seqs": max_num_seqs,
             "max_num_batched_tokens": max_num_batched_tokens, "disable_log_stats": True,
-            "enable_log_requests": False, **engine_args,
+            "enable_log_requests": False, "enable_prefix_caching": prefix_caching, **engine_args,
         }
         self._max_num_seqs = max_num_seqs
+        self._prefix_caching = prefix_caching
         self._queue_slots = queue_slots
         self._kv_high_watermark = kv_high_watermark
         self._engine: AsyncLLM | None = None
@@ -143,6 +155,9 @@ class VllmEngine:
             engine_running=running, engine_waiting=waiting, kv_usage=state.kv_usage,
             engine_queue_s=self._queue_s,
         )
+
+    def prefix_cache(self) -> PrefixCacheCounters:
+        return PrefixCacheCounters(self._state.prefix_queries, self._state.prefix_hits)
 
     async def preempt(self, request_id: str) -> bool:
         if self._engine is None or request_id not in self._active:
@@ -231,8 +246,10 @@ class VllmEngine:
             if metrics is not None and metrics.num_generation_tokens:
                 generated = metrics.num_generation_tokens
             prompt_tokens = len(out.prompt_token_ids or request.prompt_token_ids)
-            yield TokenDelta(completion.text, len(ids), _FINISH[reason],
-                             Usage(prompt_tokens, generated), timing=self._timing(metrics), token_ids=ids)
+            cached = out.num_cached_tokens if self._prefix_caching else None  # off: nothing was looked up
+            usage = Usage(prompt_tokens, generated, cached)
+            yield TokenDelta(completion.text, len(ids), _FINISH[reason], usage, timing=self._timing(metrics),
+                             token_ids=ids)
             return
 
     def _timing(self, metrics: RequestStateStats | None) -> EngineTiming | None:

@@ -15,7 +15,9 @@ from ray.serve.deployment import Deployment
 from deployments.actors import ActorNames
 from deployments.autoscaling import serve_autoscaling_config
 from deployments.replica import LLMReplica
+from deployments.replica_config import ReplicaConfig, perf_model_for
 from driftsched.core.errors import ConfigError, UnknownPolicyError
+from driftsched.sim.simulator import perf_prefill_rate
 from policies import make_policy, policy_class
 from serve_app.config import parse_app_config
 from serve_app.ingress import Ingress
@@ -51,6 +53,14 @@ def check_policy(name: str, options: Mapping[str, object]) -> None:
         raise ConfigError(f"{head}.policy_options (policy {name!r}): {exc}") from None
 
 
+def simulated_prefill_rate(replicas: ReplicaConfig) -> float | None:
+    """Prefill tokens per real second of one simulated replica (None for vLLM: measured, from the
+    configured prior): the placement's starting figure until it has measured its replicas'."""
+    if replicas.engine != "sim":
+        return None
+    return perf_prefill_rate(perf_model_for(replicas)) / replicas.time_scale
+
+
 def build_app(args: dict[str, object]) -> Application:
     """Validate the args and bind the ingress to the LLM replicas."""
     config = parse_app_config(args)
@@ -65,6 +75,10 @@ def build_app(args: dict[str, object]) -> Application:
         core_config=config.core.model_dump(mode="json"),
         drift_snapshot_path=gateway.drift_snapshot_path,
         replica_timeout_s=gateway.replica_timeout_s,
+        # vLLM stores a prefix shared by running requests once; the simulated engine charges each its
+        # whole prompt, and its prefill rate is the performance model's, sped up by time_scale
+        shared_kv=replicas.engine == "vllm",
+        prefill_tokens_per_s=simulated_prefill_rate(replicas),
     )
     actor_options: dict[str, object] = {"num_cpus": replicas.num_cpus}
     if replicas.accelerator_type:
@@ -82,7 +96,7 @@ def build_app(args: dict[str, object]) -> Application:
         request_router_config=RequestRouterConfig(
             # Ray annotates RequestRouterConfig's keyword arguments as dicts, not as its fields
             request_router_class="deployments.router:GrantedReplicaRouter"),  # type: ignore[arg-type]
-    ).bind(replicas.model_dump(mode="json"), actors)
+    ).bind(replicas.model_dump(mode="json"), actors, config.core.scheduler.placement.block_tokens)
     return _deployment(Ingress).options(
         num_replicas=gateway.ingress_replicas,
         max_ongoing_requests=gateway.ingress_max_ongoing_requests,

@@ -134,6 +134,16 @@ class AppConfig(_Strict):
                 f"core.scheduler.max_request_tokens ({limit}) exceeds {where} ({context}): admitted "
                 "requests could never run; lower core.scheduler.max_request_tokens"
             )
+        # A prefix block that is not a whole number of vLLM's KV blocks would count a partly cached block
+        # as cached; vLLM's default block sizes (16 on GPU, 128 on CPU) divide the default 256.
+        kv_block = self.replicas.engine_args.get("block_size") if self.replicas.engine == "vllm" else None
+        block_tokens = self.core.scheduler.placement.block_tokens
+        if isinstance(kv_block, int) and kv_block > 0 and block_tokens % kv_block:
+            raise ValueError(
+                f"core.scheduler.placement.block_tokens ({block_tokens}) must be a multiple of "
+                f"replicas.engine_args.block_size ({kv_block}), vLLM's KV block; set it to "
+                f"{max(1, round(block_tokens / kv_block)) * kv_block}"
+            )
 
     def scheduler_core(self) -> CoreConfig:
         """The core config the scheduler runs: `core`, with the policy's options completed from this

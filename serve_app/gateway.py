@@ -14,8 +14,9 @@ restart), and each token at most the stall timeout. A request that ends any way 
 gone, replica failure, timeout — releases its slot exactly once.
 
 The gateway sees the stream, so it measures each request's time to first token and its end, and
-reports them on the release with the objectives its ticket was held to; the scheduler actor's request
-book judges them (`deployments.telemetry.judge`) for /metrics and /v1/usage.
+reports them on the release with the objectives its ticket was held to and the prompt tokens its engine
+found in the prefix cache; the scheduler actor's request book judges them
+(`deployments.telemetry.judge`) and counts the cache hits for /metrics and /v1/usage.
 """
 
 from __future__ import annotations
@@ -142,14 +143,16 @@ class Gateway:
 
     def prepare(self, tenant: str, prompt: RenderedPrompt, max_tokens: int | None,
                 default_max_tokens: int, sampling: Sampling, target_tokens: int | None,
-                category: str | None = None, asks: Asks = Asks()) -> Prepared:
+                category: str | None = None, asks: Asks = Asks(), session: str | None = None) -> Prepared:
         """Validate, classify and estimate a counted prompt; raises GatewayError(400) for invalid input.
 
         `category` is the caller's declared one (already checked against `CATEGORIES`); the classifier
         takes it as given, and classifies the prompt when it is None. `target_tokens` (benchmark mode
         only) goes to the engine and nowhere else: the estimator and the scheduler never see it.
         `asks` become the ticket's tier and objectives; an ask outside the tenant's allowance is a
-        `ParamError` naming its header.
+        `ParamError` naming its header. The ticket carries the prompt's prefix hashes and `session`
+        (the caller's `x-session-id`), the latter scoped to the tenant: two tenants' session "1" are
+        two sessions (tenant names cannot contain "/", so the scoped id is unambiguous).
         """
         started = time.monotonic()
         prompt_tokens = prompt.num_tokens
@@ -159,7 +162,8 @@ class Gateway:
         rid = uuid.uuid4().hex
         request = Request(rid, tenant, prompt_tokens, max_tokens, time.time(), category=category,
                           prompt_text=prompt.text, service_tier=asks.service_tier,
-                          ttft_slo_s=asks.ttft_s, tpot_slo_s=asks.tpot_s)
+                          ttft_slo_s=asks.ttft_s, tpot_slo_s=asks.tpot_s, prefix_blocks=prompt.prefix_blocks,
+                          session_id=None if session is None else f"{tenant}/{session}")
         rejection = self.intake.validate(request)
         if rejection is not None:
             if rejection.reason is RejectReason.INVALID:
@@ -308,7 +312,11 @@ class Gateway:
                 return RunEnd.PREEMPTED
             if delta.finish_reason is not None:
                 if delta.usage is not None:  # the client's own prompt, every generated token
-                    delta = replace(delta, usage=Usage(prepared.request.prompt_tokens, timings.output_tokens))
+                    prompt_tokens = prepared.request.prompt_tokens
+                    cached = delta.usage.cached_tokens  # of a resumed run's longer prompt: its own part
+                    timings.cached_tokens = None if cached is None else min(cached, prompt_tokens)
+                    delta = replace(delta, usage=Usage(prompt_tokens, timings.output_tokens,
+                                                       timings.cached_tokens))
                 if delta.timing is not None:
                     timings.engine_queue_s = delta.timing.queued_s
                     timings.engine_ttft_s = delta.timing.first_token_s

@@ -4,9 +4,9 @@ Endpoints: POST /v1/completions, POST /v1/chat/completions (streamed as SSE or n
 GET /v1/usage (the calling tenant's own figures), GET /healthz (ok or degraded, no tenant data), and
 GET /metrics (every tenant's figures: the scrape token only, see `serve_app.auth`). The per-request
 path lives in `serve_app.gateway`; this module maps HTTP to it and its outcomes to status codes:
-400 invalid body or objective header, 401 missing/unknown key, 429 over quota, 503 overloaded or
-scheduler unavailable, 504 queue deadline passed, 502 replica failure. An accepted request's response
-headers name its tier and the objectives it is held to (`serve_app.protocol`).
+400 invalid body, objective or session header, 401 missing/unknown key, 429 over quota, 503
+overloaded or scheduler unavailable, 504 queue deadline passed, 502 replica failure. An accepted
+request's response headers name its tier and the objectives it is held to (`serve_app.protocol`).
 """
 
 # Deliberately no `from __future__ import annotations` here: Serve's class-based FastAPI view cannot
@@ -50,6 +50,7 @@ from serve_app.protocol import (
     ResponseShaper,
     error_body,
     objective_asks,
+    session_id,
     sse,
     tier_name,
 )
@@ -111,7 +112,7 @@ class Ingress:
         self.gateway = Gateway(self.intake, self.config.gateway, self.scheduler, llm,
                                self.config.benchmark_mode)
         self.model_name = self.config.replicas.served_model_name
-        self.prompts = make_prompts(self.config.replicas)
+        self.prompts = make_prompts(self.config.replicas, core.scheduler.placement.block_tokens)
         self.rejected: Counter[str] = Counter()
         self._drift_copy: dict[str, object] | None = None
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_drift())
@@ -224,6 +225,7 @@ class Ingress:
                                              f"model {body.model!r} does not exist"))
         try:
             ttft_ask, tpot_ask = objective_asks(request.headers)
+            session = session_id(request.headers)
         except HeaderError as exc:
             return self._refuse(GatewayError(ErrorCode.INVALID_REQUEST, str(exc)), param=exc.header)
         max_tokens = body.max_tokens or getattr(body, "max_completion_tokens", None)
@@ -232,7 +234,7 @@ class Ingress:
             sampling = Sampling(body.temperature, body.top_p, body.seed, tuple(body.stops()))
             prepared = self.gateway.prepare(tenant, prompt, max_tokens, default, sampling,
                                             body.driftsched_target_tokens, body.category,
-                                            Asks(body.service_tier, ttft_ask, tpot_ask))
+                                            Asks(body.service_tier, ttft_ask, tpot_ask), session)
         except ParamError as err:
             return self._refuse(err, param=err.param)
         except GatewayError as err:

@@ -12,6 +12,11 @@ requests judged (refusals that count as misses included, `shed_count`), those th
 both, and the output tokens of those that met both (goodput); attainment is a ratio of two rates, e.g.
 ``rate(driftsched_slo_met_requests_total{objective="both"}[5m]) /
 rate(driftsched_slo_judged_requests_total[5m])``. The objectives themselves are gauges from the config.
+
+Prefix cache: per (replica, tenant), the prompt tokens of completed requests and those their engine
+found cached (`deployments.telemetry.PrefixTally`), so the hit rate placement earns is a ratio of
+rates per tenant or per replica; and per replica the engine's own counters (`PrefixCacheCounters`:
+every lookup, a preempted sequence's again, as vLLM counts them).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class _Snapshot:
         if self.view is not None:
             yield from self._scheduler(self.view)
             yield from _slo(self.view)
+            yield from _prefix_cache(self.view)
         yield from self._drift(self.drift)
 
     def _scheduler(self, view: SchedulerView) -> Iterator[Metric]:
@@ -188,6 +194,31 @@ def _slo(view: SchedulerView) -> Iterator[Metric]:
             met.add_metric([tenant, name], n)
         good.add_metric([tenant], tally.good_tokens)
     yield from (judged, met, good)
+
+
+def _prefix_cache(view: SchedulerView) -> Iterator[Metric]:
+    """Prompt tokens looked up in and found in the engines' prefix caches (module docstring)."""
+    query = CounterMetricFamily(
+        "driftsched_prefix_cache_query_tokens",
+        "Prompt tokens of completed requests whose engine reports its prefix cache, by the replica "
+        "that finished them.", labels=["replica", "tenant"])
+    hit = CounterMetricFamily("driftsched_prefix_cache_hit_tokens",
+                              "Of those prompt tokens, the ones the engine found in its prefix cache.",
+                              labels=["replica", "tenant"])
+    for (replica, tenant), tally in sorted(getattr(view, "prefix", {}).items()):
+        query.add_metric([replica, tenant], tally.query_tokens)
+        hit.add_metric([replica, tenant], tally.hit_tokens)
+    engine_query = CounterMetricFamily(
+        "driftsched_replica_prefix_cache_query_tokens",
+        "Prompt tokens the engine looked up in its prefix cache (a preempted sequence's again).",
+        labels=["replica"])
+    engine_hit = CounterMetricFamily("driftsched_replica_prefix_cache_hit_tokens",
+                                     "Prompt tokens the engine found in its prefix cache.",
+                                     labels=["replica"])
+    for replica, counters in sorted(getattr(view, "engine_prefix", {}).items()):
+        engine_query.add_metric([replica], counters.query_tokens)
+        engine_hit.add_metric([replica], counters.hit_tokens)
+    yield from (query, hit, engine_query, engine_hit)
 
 
 def _autoscale(decision: ShownDecision) -> Iterator[Metric]:

@@ -10,6 +10,11 @@ Latency objectives: OpenAI's `service_tier` picks the QoS tier within what the t
 headers `x-driftsched-ttft-ms` / `x-driftsched-tpot-ms` ask for stricter objectives than the tenant's
 (`driftsched.core.slo`). Responses name the tier and the objectives the request is held to in the
 `x-driftsched-*-target-ms` headers, and the body's `service_tier` says which tier it ran at.
+
+Sessions: the optional header `x-session-id` (the name Dynamo, Ray Serve LLM and AIBrix accept) names
+the caller's conversation or agent run. It is a placement hint only: requests of one session share a
+growing prefix, so where the prompt is too short to hash a whole block the scheduler can still send it
+to the replica that served the session last. A request without it is served the same way.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ TPOT_HEADER = "x-driftsched-tpot-ms"
 TTFT_TARGET_HEADER = "x-driftsched-ttft-target-ms"
 TPOT_TARGET_HEADER = "x-driftsched-tpot-target-ms"
 TIER_HEADER = "x-driftsched-tier"
+SESSION_HEADER = "x-session-id"
+"""Request header: the caller's session (conversation, agent run), a cache-aware placement hint."""
+MAX_SESSION_ID_CHARS = 128
+"""Longest session id accepted: it is kept per session by the scheduler, so its size is bounded."""
 
 
 class HeaderError(ValueError):
@@ -69,6 +78,23 @@ def objective_asks(headers: Mapping[str, str]) -> tuple[float | None, float | No
                                       f"got {raw[:40]!r}")
         asks.append(ms / 1000)
     return asks[0], asks[1]
+
+
+def session_id(headers: Mapping[str, str]) -> str | None:
+    """The session a request names in `SESSION_HEADER`, None where absent.
+
+    `HeaderError` unless it is 1 to `MAX_SESSION_ID_CHARS` printable ASCII characters (surrounding
+    spaces ignored): the id is a key the scheduler keeps, and an empty or binary one is a client bug.
+    """
+    raw = headers.get(SESSION_HEADER)
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not (0 < len(value) <= MAX_SESSION_ID_CHARS and value.isascii() and value.isprintable()):
+        raise HeaderError(SESSION_HEADER, f"{SESSION_HEADER} must be 1 to {MAX_SESSION_ID_CHARS} printable "
+                                          f"ASCII characters, got {len(raw)} characters starting "
+                                          f"{raw[:20]!r}")
+    return value
 
 
 def tier_name(tier: int, tenant_tier: int) -> str:
@@ -174,9 +200,14 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def usage_dict(usage: Usage) -> dict[str, int]:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+def usage_dict(usage: Usage) -> dict[str, object]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens` where the engine reports its cache."""
+    body: dict[str, object] = {"prompt_tokens": usage.prompt_tokens,
+                               "completion_tokens": usage.completion_tokens,
+                               "total_tokens": usage.total_tokens}
+    if usage.cached_tokens is not None:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return body
 
 
 class ResponseShaper:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from factories import make_ticket
 
 from deployments.drift_actor import DriftActor
@@ -115,3 +116,32 @@ def test_releases_feed_observations_to_the_drift_actor_in_numbered_batches_count
     (row,) = [r for r in tracker.stats() if (r.tenant, r.category) == ("a", "chat")]
     assert row.count == 4 and row.mean_drift_raw == 150.0  # observed 250 against the estimate 100
     assert sizes["core_in_flight"] == 0
+
+
+@pytest.mark.parametrize(("rule", "second_goes_to"), [("driftsched", "cached"), ("most-free-kv", "roomier")])
+def test_the_actor_places_by_the_configured_rule(rule, second_goes_to):
+    """The live placement is the configured one: a second request with the first one's prefix goes
+    back to the replica holding it under `driftsched`, to the one with more free KV under `most-free-kv`."""
+    config = {**CONFIG, "scheduler": {"policy": "fifo", "placement": {"rule": rule}}}
+    blocks = (11, 12, 13, 14)  # 4 x 256 tokens of prefix
+
+    def ticket(seq: int) -> Any:
+        t = make_ticket(seq, prompt_tokens=1100)
+        t.prefix_blocks = blocks
+        return t
+
+    async def scenario() -> tuple[str, str]:
+        actor = SchedulerActor(config)
+        for replica in ("x", "y"):
+            await actor.report(replica, Capacity(4, 4, 100_000, (), 100_000))
+        first = (await actor.submit("c", [Submission(ticket(1), 5.0)])).results["r1"].replica_id
+        assert first is not None
+        await actor.release_many([Release("r1", first, 20)])
+        other = "y" if first == "x" else "x"
+        await actor.report(first, Capacity(4, 4, 90_000, (), 100_000))  # now the fuller one
+        await actor.report(other, Capacity(4, 4, 100_000, (), 100_000))
+        second = (await actor.submit("c", [Submission(ticket(2), 5.0)])).results["r2"].replica_id
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert second == (first if second_goes_to == "cached" else ("y" if first == "x" else "x"))

@@ -11,8 +11,9 @@ import pytest
 from driftsched.cli import main
 from driftsched.core.config import CoreConfig
 from driftsched.sim.perf_model import PerfModel
-from driftsched.sim.simulator import ORACLE, UNCORRECTED, Simulation, core_config_for
-from driftsched.sim.workload import paper_workload
+from driftsched.sim.prefix_reference import single_lru_hit_rate
+from driftsched.sim.simulator import ORACLE, UNCORRECTED, Simulation, core_config_for, with_placement
+from driftsched.sim.workload import TenantSpec, Workload, WorkloadItem, paper_workload
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 PERF = PerfModel()
@@ -280,3 +281,83 @@ def test_simulate_runs_several_seeds(tmp_path, capsys):
     one = json.loads((out / "seed-0" / "summary.json").read_text())
     assert {"mae", "rmse"} <= set(one["estimator"]["group_oracle"])
     assert 0 < one["policies"]["fifo"]["utilisation"] <= 1
+
+
+# -- prefix caching and placement -----------------------------------------------------------------
+
+
+def _conversations(sessions: int, turns: int, block: int = 64) -> Workload:
+    """`sessions` conversations of `turns` turns, interleaved: turn k's prompt is turn k-1's prompt, its
+    answer and a new message, so it extends turn k-1's blocks; every session shares a 2-block system
+    prompt. What a prefix cache (and a placement that keeps a session on one replica) is for."""
+    items = []
+    for s in range(sessions):
+        context = 2 * block
+        for k in range(turns):
+            prompt = context + 3 * block
+            blocks = (1, 2, *(1_000 * (s + 1) + j for j in range(2, prompt // block)))
+            at = 2.0 * k + 0.05 * s
+            items.append(WorkloadItem(at, "a", "chat", prompt, 256, 200, prefix_blocks=blocks))
+            context = prompt + 200
+    items.sort(key=lambda it: it.arrival_s)
+    return Workload("conversations", items, (TenantSpec("a", tier=1, weight=1.0),), block_tokens=block)
+
+
+def test_single_lru_reference_counts_leading_blocks_found_in_one_pool_wide_cache():
+    items = [
+        WorkloadItem(0.0, "a", "chat", 200, 8, 8, prefix_blocks=(1, 2, 3)),  # cold: 0 of 200
+        WorkloadItem(1.0, "a", "chat", 300, 8, 8, prefix_blocks=(1, 2, 3, 4)),  # 3 blocks: 192 of 300
+        WorkloadItem(2.0, "a", "chat", 100, 8, 8, prefix_blocks=(9,)),  # 0 of 100
+        WorkloadItem(3.0, "a", "chat", 64, 8, 8, prefix_blocks=(1,)),  # capped: 63 of 64
+    ]
+    workload = Workload("w", items, (TenantSpec("a", tier=1, weight=1.0),), block_tokens=64)
+    assert single_lru_hit_rate(workload, 10 * 64) == pytest.approx((192 + 63) / 664)
+    # room for 4 blocks: the third request's block evicts the oldest, the second's tail (4): heads stay
+    assert single_lru_hit_rate(workload, 4 * 64) == pytest.approx((192 + 63) / 664)
+    assert single_lru_hit_rate(workload, 0) == 0.0
+
+
+def test_the_simulation_places_by_the_configured_rule_and_records_cached_tokens_and_replicas():
+    workload = _conversations(sessions=12, turns=6)
+    config = no_admission(core_config_for(workload, PERF))
+    hits = {}
+    for rule in ("most-free-kv", "driftsched"):
+        placed = with_placement(config, rule)
+        sim = Simulation(workload, "fifo", PERF, 4, placed, queue_timeout_s=NO_DEADLINE_S)
+        assert sim.placement.rule.name == rule and sim.placement.block_tokens == 64
+        r = sim.run()
+        assert not np.isnan(r.finish).any() and set(r.replica.tolist()) <= {0, 1, 2, 3}
+        assert r.prefix_hit_tokens == np.nansum(r.cached_tokens) > 0  # no preemption: one admission each
+        hits[rule] = r.prefix_hit_tokens / r.prefix_query_tokens
+    # a session kept on its replica finds its earlier turns; spread by free KV it mostly does not
+    assert hits["driftsched"] > hits["most-free-kv"] + 0.2
+
+
+def test_simulate_compares_placements_side_by_side(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rules = "most-free-kv,driftsched"
+    code = main(["simulate", "--trace", str(TRACES / "mooncake_conversation.jsonl"), "--requests", "300",
+                 "--replicas", "2", "--load", "0.8", "--policies", "fifo", "--seeds", "1", "--no-plots",
+                 "--placements", rules, "--out", str(out)])
+    assert code == 0
+    for rule in rules.split(","):
+        summary = json.loads((out / rule / "summary.json").read_text())
+        assert summary["placement"] == rule and 0 < summary["prefix_cache_reference"]["hit_rate"] < 1
+        fifo = summary["policies"]["fifo"]
+        assert 0 < fifo["prefix_cache"]["hit_rate"] < 1 and fifo["prefix_cache"]["cached_prompt_tokens"] > 0
+        assert fifo["ttft_s"]["p90"] > 0 and fifo["replica_share"]["max_over_mean"] >= 1
+        header = (out / rule / "requests.csv").read_text().splitlines()[0].split(",")
+        assert header[-3:] == ["cached_tokens", "replica", "status"]
+    comparison = json.loads((out / "placements.json").read_text())
+    assert set(comparison["placements"]) == set(rules.split(","))
+    assert set(comparison["placements"]["driftsched"]["fifo"]) >= {"hit_rate", "ttft_p50_s", "ttft_p90_s",
+                                                                  "output_tokens_per_s", "max_over_mean"}
+    printed = capsys.readouterr().out
+    assert "one LRU cache" in printed and "**driftsched**" in printed
+    assert "| placement |" in (out / "placements.md").read_text()
+
+
+def test_unknown_placements_are_named(tmp_path, capsys):
+    rules = "driftsched,nearest"
+    code = main(["simulate", "--workload", "paper", "--placements", rules, "--out", str(tmp_path)])
+    assert code == 2 and "unknown: nearest" in capsys.readouterr().err

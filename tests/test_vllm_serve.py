@@ -185,3 +185,47 @@ def test_two_replicas_serve_and_drift_reaches_shared_stats(vllm_app, client):
         pytest.fail(f"drift observations did not reach the shared statistics:\n{metrics[-2000:]}")
     assert "driftsched_engine_queue_seconds_count" in metrics
     assert "driftsched_replica_kv_cache_usage_ratio" in metrics
+
+
+def _sample(name: str, labels: str, metrics: str) -> float:
+    """The value of `name{labels}` in a /metrics text (0 where absent)."""
+    prefix = f"{name}{{{labels}}} "
+    return sum(float(line.removeprefix(prefix)) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+def test_a_second_turn_on_the_same_replica_reports_its_first_turn_cached(vllm_app, client, tokenizer):
+    """vLLM's prefix caching, seen through DriftSched: the second turn of a conversation goes where the
+    first ran (cache-aware placement) and its usage reports the first turn's prompt as cached; the
+    engine's own counters and the request book count the hit."""
+    base_url = vllm_app[1]
+    words, n = ["the", "scheduler", "admits", "requests", "from", "many", "tenants"], 40
+    system = ""
+    while len(tokenizer.encode(system)) < 300:  # > 2 of vLLM's 128-token CPU blocks, < the 512 context
+        system = " ".join(f"{words[i % len(words)]} {i}" for i in range(n))
+        n += 10
+    turn = [{"role": "system", "content": system}, {"role": "user", "content": "first question"}]
+    options = {"model": MODEL, "max_tokens": 8, "extra_body": {"driftsched_target_tokens": 8},
+               "extra_headers": {"x-session-id": "conversation-1"}}
+    first = client.chat.completions.with_raw_response.create(messages=turn, **options)
+    answer = first.parse().choices[0].message.content
+    turn += [{"role": "assistant", "content": answer}, {"role": "user", "content": "second question"}]
+    second = client.chat.completions.with_raw_response.create(messages=turn, **options)
+    replica = first.headers["x-driftsched-replica"]
+    assert second.headers["x-driftsched-replica"] == replica
+    first_usage, second_usage = first.parse().usage, second.parse().usage
+    cached = second_usage.prompt_tokens_details.cached_tokens
+    assert first_usage.prompt_tokens - 128 <= cached < second_usage.prompt_tokens, (first_usage, second_usage)
+    assert first_usage.prompt_tokens_details.cached_tokens < cached
+    deadline, metrics = time.monotonic() + 10, ""
+    while time.monotonic() < deadline:  # the engine's counters arrive with the next heartbeat
+        metrics = httpx.get(f"{base_url.removesuffix('/v1')}/metrics", headers=METRICS_HEADERS,
+                            timeout=10).text
+        engine_hits = _sample("driftsched_replica_prefix_cache_hit_tokens_total", f'replica="{replica}"',
+                              metrics)
+        if engine_hits >= cached:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the engine's prefix-cache hits never reached /metrics:\n{metrics[-3000:]}")
+    book = _sample("driftsched_prefix_cache_hit_tokens_total", f'replica="{replica}",tenant="gold"', metrics)
+    assert book >= cached

@@ -316,6 +316,30 @@ class PlacementConfig(_Strict):
     """Tokens per prefix hash block; a multiple of the engine's KV block (vLLM: 16)."""
     index_ttl_s: float = Field(default=120.0, gt=0)
     """A replica's prefix index forgets blocks not used for this long (`driftsched.core.prefix`)."""
+    prefill_tokens_per_s: float = Field(default=0.0, ge=0)
+    """One replica's prefill rate, tokens/s, until its own is measured from its reports (0: 4,096, about
+    an 8B model on an L4). The rules turn queued prefill into seconds with it (`driftsched`: expected
+    time to first token; `llmd-sticky`: its saturation threshold), so only its order of magnitude
+    matters before the measurement takes over."""
+    affinity_slack: float = Field(default=1.0, ge=0)
+    """`driftsched` keeps a request on the replica holding its prefix while its first token is expected
+    there within this share of its TTFT objective (or no later than anywhere else); past it, that
+    replica is saturated for the request and the soonest replica takes it. 1 keeps a session where its
+    context lives as long as it can still make its objective there; 0 moves it whenever another replica
+    is momentarily sooner, copying its context around the pool and evicting other sessions' prefixes
+    (a lower hit rate and a slower median TTFT in our runs)."""
+    affinity_min_share: float = Field(default=0.25, ge=0, le=1)
+    """`driftsched` follows a prefix only when its holder has at least this share of the prompt cached
+    more than the replica holding least; a shorter shared part (a system prompt before a long document)
+    is not worth concentrating a tenant's requests on the replicas that hold it (Ray's router uses 0.1
+    of the prompt). A larger share spreads work more evenly, a smaller one follows more prefixes."""
+    balance_slack: float = Field(default=0.3, ge=0)
+    """`driftsched` places a request on a replica only while the work granted to it lately (prompt
+    tokens to prefill and output tokens expected, decayed with a one-minute half-life) is within 1 +
+    this share of the pool's mean, so no prefix or tenant piles its work on the replicas that hold its
+    cache. 0.3 kept every replica's share of a run's work within about 1.1x the mean in our runs; a
+    larger share keeps more requests on their prefix's replica, a smaller one balances at the cache's
+    expense."""
 
     @field_validator("rule")
     @classmethod

@@ -63,6 +63,7 @@ class Dispatcher:
         self.placement = placement
         self.preemption = preemption if preemption is not None else PreemptionConfig()
         self.progress = progress if progress is not None else placement.progress
+        scheduler.prefix_lookup = placement.cached_tokens  # admission records the best cached prefix
         policy = scheduler.policy
         self._ranked = policy if isinstance(policy, RankedPolicy) and self.preemption.enabled else None
         self._running: list[tuple[Rank, int, str, str]] = []  # (negated rank, seq, id, replica)
@@ -77,12 +78,12 @@ class Dispatcher:
             head = scheduler.peek()
             if head is None:
                 break
-            replica = placement.choose(head)
+            replica = placement.choose(head, now)
             if replica is None and not out.preempted:
                 victim = self._victim(head, now)
                 if victim is not None:
                     out.preempted.append(victim)
-                    replica = placement.choose(head)
+                    replica = placement.choose(head, now)
             if replica is None:
                 break
             ticket = scheduler.dispatch()

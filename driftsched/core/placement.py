@@ -26,8 +26,33 @@ rule. The reservation is kept per replica, updated on each report, grant and rel
 report, O(1) per fit). An idle replica takes any ticket, or a head bigger than the free KV would never
 run. Beyond this the estimate decides only the *order* (the policy's business).
 
-**Placement.** Of the replicas the ticket fits, the one with the most free KV (then free slots, then
-id) takes it: work spreads to the least loaded replica.
+**Placement.** Of the replicas the ticket fits, a rule picks one (`PlacementConfig.rule`,
+`driftsched.core.placement_rules`): ours (`driftsched`: where its first token is expected soonest,
+its cached prefix counted) or a peer's. A bare `Placement()` places by the most free KV (then free
+slots, then id), the rule from before the prefix cache; `Placement.from_config` takes the configured
+one. The rule only says *where*: the ticket is the policy's head, so no rule can overtake its order.
+
+**The prefix cache as the scheduler sees it.** Each replica has a `PrefixIndex` (capacity: its KV in
+blocks, entries aged out after `index_ttl_s`), and every grant inserts the ticket's prefix hashes there
+(head last, so the head of a prompt is the last part of it an eviction takes, as vLLM frees a request's
+blocks tail first). A ticket's *cached* tokens on a replica are its leading blocks found there, capped
+at prompt - 1 (the engine computes at least one token). A ticket with no hashes but a session id is
+taken to find its session's previous prompt on the replica that served that session last.
+
+**Uncached work in flight.** Each grant records its uncached prompt tokens as prefill in flight on its
+replica until the replica reports a token generated for it (`Capacity.progress`) or it is released.
+Between reports that are busy with prefill, the tokens whose prefill finished over the seconds it took
+measure the replica's prefill rate (decayed, half-life `RATE_HALF_LIFE_S`; the configured
+`prefill_tokens_per_s` until `MIN_RATE_S` of it are measured). Each grant also adds its uncached prompt
+and output estimate to the replica's *recent work* (halved every `WORK_HALF_LIFE_S`), its share of
+what the pool was given lately. The rules read all three.
+
+**Cached prompts and KV.** A prefix hit saves the prefill; it saves KV only where the blocks are held
+by a request running on that replica: vLLM counts cached blocks no request holds as free (they are
+evictable) and takes them from the free pool when a request reuses them. So the fit rule's prompt
+term is the prompt less the leading blocks that the replica's outstanding grants already hold; with
+`shared_kv=False` (an engine that charges each running request its whole prompt, as the simulator's
+does) it is the whole prompt.
 
 **Slots.** A slot is used from the grant until the release, and anything a replica says it runs that
 the ledger did not grant counts too (grants of a scheduler instance that has since restarted). An engine
@@ -35,11 +60,13 @@ under pressure (vLLM with requests waiting inside it) reports fewer free slots t
 `max_slots - len(active)`; the difference is *withheld* until its next report, so the backlog waits
 here, in policy order, rather than in the engine's own queue.
 
-**Cost.** `choose` scans the replicas, O(replicas). With a deep queue the head often fits nowhere
+**Cost.** `choose` scans the replicas, O(replicas) plus the prefix match, O(blocks matched + 1) on
+each. With a deep queue the head often fits nowhere
 (it waits for KV), and the dispatcher asks again for that same head after every grant and release;
 so a ticket that fit nowhere is remembered with the replicas changed since, and asking again for it
 checks only those (a replica that did not change still cannot take it). Every method that changes a
-replica's figures marks it changed.
+replica's figures marks it changed. (An index entry that ages out only lowers a match, which never lets
+a ticket fit where it did not.)
 
 **Liveness.** A replica silent for `replica_timeout_s` is dropped with its grants; a grant that its
 replica has never reported running for `grant_grace_s` is presumed lost (its caller died) and released.
@@ -48,10 +75,23 @@ replica has never reported running for `grant_grace_s` is presumed lost (its cal
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from driftsched.core.config import SchedulerConfig
+from driftsched.core.placement_rules import Candidate, PlacementRule, Pool, make_rule
+from driftsched.core.prefix import PrefixIndex
 from driftsched.core.request import Ticket
+
+DEFAULT_PREFILL_TOKENS_PER_S = 4096.0
+"""A replica's prefill rate before one is configured or measured (about an 8B model on an L4)."""
+RATE_HALF_LIFE_S = 60.0
+MIN_RATE_S = 5.0
+WORK_HALF_LIFE_S = 60.0
+"""Half-life of each replica's recent work (`ReplicaState.recent_work`), the balance rules' measure."""
+MAX_SESSIONS = 65_536
+"""Sessions whose last replica is remembered (least recently used forgotten first)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,7 +108,7 @@ class Capacity:
     """Total KV of the engine in tokens; 0 when unknown (the KV part of the fit rule is then off)."""
     progress: tuple[int, ...] | None = None
     """Output tokens each `active` request (or each of `progress_ids`) has generated in its current run
-    (for the growth reservation and the preemption guards)."""
+    (for the growth reservation, the preemption guards and the prefill in flight)."""
     progress_ids: tuple[str, ...] = ()
     """With an exact report (`active=None`): the request ids `progress` is given for."""
     engine_running: int = 0
@@ -86,8 +126,8 @@ class ReplicaState:
     replica_id: str
     capacity: Capacity
     reported_at: float
-    granted: dict[str, tuple[float, int]] = field(default_factory=dict)  # id -> (grant time, prompt)
-    pending: dict[str, int] = field(default_factory=dict)  # granted, not yet in a report: id -> prompt
+    granted: dict[str, tuple[float, int]] = field(default_factory=dict)  # id -> (grant time, KV charged)
+    pending: dict[str, int] = field(default_factory=dict)  # granted, not yet in a report: id -> KV
     active: set[str] = field(default_factory=set)  # reported running
     progress: dict[str, int] = field(default_factory=dict)  # reported tokens generated, per running id
     in_use: int = 0
@@ -98,6 +138,17 @@ class ReplicaState:
     horizon: int = 0  # H of the growth reservation (`Placement.kv_growth_tokens`)
     expected: dict[str, float] = field(default_factory=dict)  # granted id -> remaining estimate then
     reserved: float = 0.0  # KV held back for the next `horizon` tokens of the grants (module docstring)
+    decode_left: float = 0.0  # Σ max(0, expected - generated) over the grants: output tokens still to come
+    index: PrefixIndex = field(default_factory=lambda: PrefixIndex(0))  # blocks believed cached here
+    prefill: dict[str, int] = field(default_factory=dict)  # granted id -> uncached tokens, no token yet
+    prefill_tokens: int = 0  # their sum: the uncached work in flight
+    pins: dict[int, int] = field(default_factory=dict)  # block -> grants here holding it
+    pinned: dict[str, tuple[int, ...]] = field(default_factory=dict)  # granted id -> blocks it holds
+    rate_tokens: float = 0.0  # decayed prefill tokens finished / decayed seconds busy with prefill
+    rate_seconds: float = 0.0
+    prefill_since: float = 0.0  # when the prefill in flight last rose from none
+    placed: float = 0.0  # work granted here (uncached prompt + output estimate), decayed to `placed_at`
+    placed_at: float = 0.0
 
     def refresh(self, capacity: Capacity, now: float) -> None:
         self.capacity, self.reported_at, self.kv_credit = capacity, now, 0
@@ -112,6 +163,8 @@ class ReplicaState:
             self.withheld = max(0, capacity.max_slots - len(capacity.active) - capacity.free_slots)
         self.progress = dict(zip(ids, capacity.progress or (), strict=False))
         self.kv_pending = sum(self.pending.values())
+        progress = self.progress
+        self.decode_left = sum(max(0.0, e - progress.get(rid, 0)) for rid, e in self.expected.items())
         if self.horizon:
             self.reserved = sum(self.growth(rid) for rid in self.expected)
 
@@ -122,15 +175,70 @@ class ReplicaState:
             return 0.0
         return min(self.horizon, max(0.0, expected - self.progress.get(request_id, 0)))
 
+    def left(self, request_id: str) -> float:
+        """Output tokens this grant is still expected to produce (0 if not granted here)."""
+        expected = self.expected.get(request_id)
+        return 0.0 if expected is None else max(0.0, expected - self.progress.get(request_id, 0))
+
     def free_slots(self) -> int:
         return max(0, self.capacity.max_slots - self.in_use - self.withheld)
 
     def free_kv(self) -> int:
         return self.capacity.free_kv_tokens + self.kv_credit - self.kv_pending
 
+    def prefilled(self, request_id: str) -> int:
+        """The grant's prefill is done (or moot): it leaves the work in flight; its tokens."""
+        tokens = self.prefill.pop(request_id, 0)
+        self.prefill_tokens -= tokens
+        return tokens
+
+    def forget(self, request_id: str) -> None:
+        """The grant left this replica: no prefill in flight, no blocks held."""
+        self.prefilled(request_id)
+        pins = self.pins
+        for h in self.pinned.pop(request_id, ()):
+            left = pins[h] - 1
+            if left:
+                pins[h] = left
+            else:
+                del pins[h]
+
+    def shared(self, blocks: tuple[int, ...]) -> int:
+        """Leading `blocks` held by grants outstanding here."""
+        pins, n = self.pins, 0
+        for h in blocks:
+            if h not in pins:
+                break
+            n += 1
+        return n
+
+    def load(self) -> float:
+        """Work in flight here, in tokens: prompt tokens still to prefill and output tokens still to come
+        (by the grants' estimates)."""
+        return self.prefill_tokens + self.decode_left
+
+    def recent_work(self, now: float) -> float:
+        """Work granted here lately, in tokens (uncached prompt and output estimate of each grant,
+        halved every `WORK_HALF_LIFE_S`): this replica's recent share of the pool's work."""
+        if now <= self.placed_at:
+            return self.placed
+        return self.placed * math.pow(0.5, (now - self.placed_at) / WORK_HALF_LIFE_S)
+
+    def add_work(self, tokens: float, now: float) -> None:
+        if now >= self.placed_at:
+            self.placed, self.placed_at = self.recent_work(now) + tokens, now
+        else:  # an earlier time than the last grant's (clocks of two shells): decay it to that one
+            self.placed += tokens * math.pow(0.5, (self.placed_at - now) / WORK_HALF_LIFE_S)
+
+    def rate(self, prior: float) -> float:
+        """Prefill tokens/s measured here, or `prior` until `MIN_RATE_S` busy seconds are measured."""
+        if self.rate_seconds < MIN_RATE_S or self.rate_tokens <= 0:
+            return prior
+        return self.rate_tokens / self.rate_seconds
+
 
 class Placement:
-    """Replica capacity from reports and grants, and the fit-and-place rule (module docstring)."""
+    """Replica capacity from reports and grants, the fit filter and a placement rule (module docstring)."""
 
     def __init__(
         self,
@@ -138,30 +246,92 @@ class Placement:
         grant_grace_s: float = 30.0,
         kv_watermark: float = 0.01,
         kv_growth_tokens: int = 0,
+        *,
+        rule: str | PlacementRule = "most-free-kv",
+        block_tokens: int = 256,
+        index_ttl_s: float = 120.0,
+        prefill_tokens_per_s: float = 0.0,
+        shared_kv: bool = True,
+        seed: int = 0,
     ) -> None:
+        """`rule`: a `PLACEMENT_RULES` name (its default parameters) or a rule object (`make_rule`);
+        `block_tokens`: tokens per prefix hash of the tickets; `prefill_tokens_per_s`: a replica's
+        prefill rate until measured (0: `DEFAULT_PREFILL_TOKENS_PER_S`); `shared_kv`: whether the engines
+        store a prefix shared by running requests once (module docstring); `seed`: for rules that draw."""
         if not 0 <= kv_watermark < 1:
             raise ValueError(f"kv_watermark must be in [0, 1), got {kv_watermark}; try 0.01")
         if kv_growth_tokens < 0:
             raise ValueError(f"kv_growth_tokens must be >= 0, got {kv_growth_tokens}; 0 reserves no growth")
+        if block_tokens < 1 or not index_ttl_s > 0 or prefill_tokens_per_s < 0:
+            raise ValueError(
+                f"need block_tokens >= 1, index_ttl_s > 0 and prefill_tokens_per_s >= 0, got {block_tokens}, "
+                f"{index_ttl_s} and {prefill_tokens_per_s}"
+            )
         self.kv_growth_tokens = kv_growth_tokens
         self.replica_timeout_s = replica_timeout_s
         self.grant_grace_s = grant_grace_s
         self.kv_watermark = kv_watermark
+        self.rule = make_rule(rule, seed=seed) if isinstance(rule, str) else rule
+        self.block_tokens = block_tokens
+        self.index_ttl_s = index_ttl_s
+        self.prefill_prior = prefill_tokens_per_s or DEFAULT_PREFILL_TOKENS_PER_S
+        self.shared_kv = shared_kv
         self._replicas: dict[str, ReplicaState] = {}
         # the last ticket that fit nowhere, with what of it the rule reads (prompt, remaining estimate)
         self._no_fit: tuple[Ticket, int, float] | None = None
         self._changed: set[str] = set()  # replicas changed since (module docstring, "Cost")
+        self._sessions: OrderedDict[str, tuple[str, int, float]] = OrderedDict()  # -> (replica, prompt, t)
+        self._now = 0.0  # latest time given by a report, grant or release
+
+    @classmethod
+    def from_config(
+        cls,
+        scheduler: SchedulerConfig,
+        *,
+        replica_timeout_s: float = 5.0,
+        grant_grace_s: float = 30.0,
+        block_tokens: int | None = None,
+        prefill_tokens_per_s: float | None = None,
+        shared_kv: bool = True,
+        seed: int = 0,
+    ) -> Placement:
+        """The placement a service (or simulation) configured with `scheduler` uses: its rule, block
+        size, index TTL and prior prefill rate (`scheduler.placement`), watermark and growth horizon.
+        `block_tokens` and `prefill_tokens_per_s` override the configured ones where the shell knows
+        better (the simulator: the workload's hash block, the performance model's rate)."""
+        cfg = scheduler.placement
+        rate = cfg.prefill_tokens_per_s if prefill_tokens_per_s is None else prefill_tokens_per_s
+        return cls(
+            replica_timeout_s,
+            grant_grace_s,
+            scheduler.kv_watermark,
+            scheduler.kv_growth_tokens,
+            rule=make_rule(cfg.rule, cfg, seed),
+            block_tokens=block_tokens or cfg.block_tokens,
+            index_ttl_s=cfg.index_ttl_s,
+            prefill_tokens_per_s=rate,
+            shared_kv=shared_kv,
+        )
+
+    @property
+    def needs_progress(self) -> bool:
+        """Whether reports should carry `Capacity.progress` (growth reservation, prefill in flight)."""
+        return bool(self.kv_growth_tokens) or self.rule.reads_load
 
     # -- reports ---------------------------------------------------------------------------------
 
     def report(self, replica_id: str, capacity: Capacity, now: float) -> list[str]:
         """A replica's report: register it or refresh it; returns grants presumed lost."""
+        self._now = max(self._now, now)
         state = self._replicas.get(replica_id)
         if state is None:
             state = self._replicas[replica_id] = ReplicaState(
-                replica_id, capacity, now, last_freed=now, horizon=self.kv_growth_tokens
+                replica_id, capacity, now, last_freed=now, horizon=self.kv_growth_tokens,
+                index=PrefixIndex(capacity.kv_capacity_tokens // self.block_tokens, self.index_ttl_s),
             )
         self._changed.add(replica_id)
+        if state.index.capacity_blocks != capacity.kv_capacity_tokens // self.block_tokens:
+            state.index.resize(capacity.kv_capacity_tokens // self.block_tokens)
         lost: list[str] = []
         if capacity.active is not None:
             running = set(capacity.active)
@@ -169,8 +339,19 @@ class Placement:
                     if rid not in running and now - granted_at > self.grant_grace_s]
             for rid in lost:
                 del state.granted[rid]
-                state.expected.pop(rid, None)
+                state.expected.pop(rid, None)  # `refresh` sums what is left anew
+                state.forget(rid)
+        busy_s = now - max(state.reported_at, state.prefill_since) if state.prefill_tokens > 0 else 0.0
         state.refresh(capacity, now)
+        if state.prefill:
+            progress = state.progress
+            done = sum(state.prefilled(rid) for rid in [r for r in state.prefill if progress.get(r, 0) > 0])
+        else:
+            done = 0
+        if busy_s > 0:
+            decay = 0.5 ** (busy_s / RATE_HALF_LIFE_S)
+            state.rate_tokens = state.rate_tokens * decay + done
+            state.rate_seconds = state.rate_seconds * decay + busy_s
         return lost
 
     def expire(self, now: float) -> list[tuple[str, list[str]]]:
@@ -183,6 +364,38 @@ class Placement:
         state = self._replicas.pop(replica_id, None)
         return list(state.granted) if state is not None else []
 
+    # -- the prefix cache ------------------------------------------------------------------------
+
+    def _cached(self, state: ReplicaState, ticket: Ticket, now: float) -> int:
+        """Tokens of `ticket`'s prompt believed cached on `state` (module docstring)."""
+        prompt, blocks = ticket.prompt_tokens, ticket.prefix_blocks
+        if blocks:
+            held = state.index.match(blocks, now) * self.block_tokens
+        elif ticket.session_id is not None and (last := self._sessions.get(ticket.session_id)) is not None:
+            replica, held, at = last
+            if replica != state.replica_id or now - at > self.index_ttl_s:
+                return 0
+        else:
+            return 0
+        return max(0, min(held, prompt - 1))
+
+    def _kv_need(self, state: ReplicaState, ticket: Ticket) -> int:
+        """KV tokens the ticket's prompt takes on `state`: less what its grants already hold there."""
+        prompt = ticket.prompt_tokens
+        if not self.shared_kv or not ticket.prefix_blocks or not state.pins:
+            return prompt
+        return max(1, prompt - state.shared(ticket.prefix_blocks) * self.block_tokens)
+
+    def cached_tokens(self, ticket: Ticket, now: float | None = None) -> int:
+        """The most tokens of `ticket`'s prompt any replica is believed to hold (its cheapest prefill)."""
+        at = self._now if now is None else now
+        return max((self._cached(s, ticket, at) for s in self._replicas.values()), default=0)
+
+    def replica_cached_tokens(self, replica_id: str, ticket: Ticket, now: float | None = None) -> int:
+        """Tokens of `ticket`'s prompt `replica_id` is believed to hold (0 for an unknown replica)."""
+        state = self._replicas.get(replica_id)
+        return 0 if state is None else self._cached(state, ticket, self._now if now is None else now)
+
     # -- the rule --------------------------------------------------------------------------------
 
     def fits(
@@ -190,13 +403,14 @@ class Placement:
     ) -> bool:
         """Whether `ticket` may start on this replica now (slot, then KV for its prompt and growth),
         with `slots` and `kv` tokens more than the replica has (what a release would free)."""
-        return self._room(state, ticket.prompt_tokens, ticket.remaining_estimate, slots, kv, idle) is not None
+        need = self._kv_need(state, ticket)
+        return self._room(state, need, ticket.remaining_estimate, slots, kv, idle) is not None
 
     def _room(self, state: ReplicaState, prompt: int, remaining: float, slots: int = 0, kv: int = 0,
               idle: bool = False) -> tuple[int, int] | None:
-        """`fits` for a ticket's `prompt` tokens and `remaining` estimate: the replica's (free KV, free
-        slots) if it fits, else None. `choose` runs it for every replica per grant and ranks by what it
-        returns, so each figure is computed once."""
+        """`fits` for a ticket whose prompt takes `prompt` KV tokens there and with `remaining` estimate:
+        the replica's (free KV, free slots) if it fits, else None. `choose` runs it for every replica
+        per grant and ranks by what it returns, so each figure is computed once."""
         free_slots = state.free_slots()
         if free_slots + slots <= 0:
             return None
@@ -234,39 +448,69 @@ class Placement:
                 return state.progress[request_id]
         return 0
 
-    def choose(self, ticket: Ticket) -> str | None:
+    def choose(self, ticket: Ticket, now: float | None = None) -> str | None:
         """The replica `ticket` goes to now, or None when it fits none (it then waits, in order)."""
+        at = self._now if now is None else now
         replicas, memo = self._replicas, (ticket, ticket.prompt_tokens, ticket.remaining_estimate)
         remembered = self._no_fit == memo
-        candidates: Iterable[ReplicaState] = replicas.values()
+        states: Iterable[ReplicaState] = replicas.values()
         if remembered:
-            candidates = [replicas[r] for r in self._changed if r in replicas]
-        best: ReplicaState | None = None
-        best_key: tuple[int, int, str] | None = None
-        room, prompt, remaining = self._room, memo[1], memo[2]
-        for state in candidates:
-            free = room(state, prompt, remaining)
+            states = [replicas[r] for r in self._changed if r in replicas]
+        fitting: list[Candidate] = []
+        room, remaining, prompt, prior = self._room, memo[2], memo[1], self.prefill_prior
+        cached = self._cached if ticket.prefix_blocks or ticket.session_id is not None else None
+        for state in states:
+            free = room(state, self._kv_need(state, ticket), remaining)
             if free is not None:
-                key = (free[0], free[1], state.replica_id)
-                if best_key is None or key > best_key:
-                    best, best_key = state, key
-        if best is None or remembered:  # another ticket's choice leaves the memory as it was
-            self._no_fit = memo if best is None else None
+                hit = cached(state, ticket, at) if cached is not None else 0
+                fitting.append(Candidate(state, free[0], free[1], hit, prompt - hit, state.rate(prior)))
+        if not fitting or remembered:  # another ticket's choice leaves the memory as it was
+            self._no_fit = None if fitting else memo
             self._changed.clear()
-        return None if best is None else best.replica_id
+        if not fitting:
+            return None
+        if len(fitting) == 1:
+            return fitting[0].replica_id
+        pool = Pool(at, len(replicas), sum(s.recent_work(at) for s in replicas.values()))
+        return self.rule.pick(ticket, fitting, pool).replica_id
 
     def grant(self, replica_id: str, ticket: Ticket, now: float) -> None:
-        """Count `ticket` on `replica_id` from now until it is released."""
+        """Count `ticket` on `replica_id` from now until it is released: its slot, KV, prefill in
+        flight, and its prefix in that replica's index (and its session's last replica)."""
+        self._now = max(self._now, now)
         state = self._replicas[replica_id]
         self._changed.add(replica_id)
-        rid, prompt = ticket.request_id, ticket.prompt_tokens
-        state.granted[rid] = (now, prompt)
-        state.pending[rid] = prompt
+        rid, prompt, blocks = ticket.request_id, ticket.prompt_tokens, ticket.prefix_blocks
+        kv = self._kv_need(state, ticket)
+        uncached = prompt - self._cached(state, ticket, now)
+        state.granted[rid] = (now, kv)
+        state.pending[rid] = kv
         state.in_use += 1
-        state.kv_pending += prompt
+        state.kv_pending += kv
+        state.forget(rid)  # a request granted here again (resumed) replaces its old figures
+        if uncached > 0:
+            if not state.prefill_tokens:
+                state.prefill_since = now
+            state.prefill[rid] = uncached
+            state.prefill_tokens += uncached
+        if blocks:
+            state.index.insert(blocks[::-1], now)  # head last: the last part an eviction takes
+            if self.shared_kv:
+                state.pinned[rid] = blocks
+                for h in blocks:
+                    state.pins[h] = state.pins.get(h, 0) + 1
+        if ticket.session_id is not None:
+            sessions = self._sessions
+            sessions[ticket.session_id] = (replica_id, prompt, now)
+            sessions.move_to_end(ticket.session_id)
+            if len(sessions) > MAX_SESSIONS:
+                sessions.popitem(last=False)
+        state.progress.pop(rid, None)  # a resumed request starts a new run here
+        state.decode_left -= state.left(rid)
+        state.expected[rid] = ticket.remaining_estimate
+        state.decode_left += ticket.remaining_estimate
+        state.add_work(uncached + ticket.remaining_estimate, now)
         if state.horizon:
-            state.progress.pop(rid, None)  # a resumed request starts a new run here
-            state.expected[rid] = ticket.remaining_estimate
             state.reserved += state.growth(rid)
 
     def release(self, replica_id: str, request_id: str, tokens: int = 0, now: float | None = None) -> bool:
@@ -277,11 +521,15 @@ class Placement:
         if state is None:
             return False
         self._changed.add(replica_id)
-        if now is not None and (request_id in state.granted or request_id in state.active):
-            state.last_freed = max(state.last_freed, now)
+        if now is not None:
+            self._now = max(self._now, now)
+            if request_id in state.granted or request_id in state.active:
+                state.last_freed = max(state.last_freed, now)
         if request_id in state.expected:
             state.reserved = max(0.0, state.reserved - state.growth(request_id))
+            state.decode_left = max(0.0, state.decode_left - state.left(request_id))
             del state.expected[request_id]
+        state.forget(request_id)
         granted = state.granted.pop(request_id, None)
         prompt = state.pending.pop(request_id, None)
         if prompt is not None:
@@ -302,10 +550,14 @@ class Placement:
         return self._replicas.values()
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per replica: slots, in use, free, KV and the engine's own state (for metrics)."""
+        """Per replica: slots, in use, free, KV, prefill in flight, prefix index size and the engine's
+        own state (for metrics)."""
         return {
             r.replica_id: {"slots": r.capacity.max_slots, "in_use": r.in_use, "free": r.free_slots(),
                            "free_kv_tokens": r.free_kv(), "kv_capacity_tokens": r.capacity.kv_capacity_tokens,
+                           "prefill_in_flight_tokens": r.prefill_tokens,
+                           "prefill_tokens_per_s": r.rate(self.prefill_prior),
+                           "prefix_index_blocks": len(r.index),
                            "engine_running": r.capacity.engine_running,
                            "engine_waiting": r.capacity.engine_waiting,
                            "kv_usage": r.capacity.kv_usage, "engine_queue_s": r.capacity.engine_queue_s}

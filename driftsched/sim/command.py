@@ -5,6 +5,13 @@ for every policy, and each run gets a fresh scheduler, estimator and engines, so
 and the whole command is deterministic for a given seed. Every run writes summary.json, requests.csv,
 the plots and results.md (`driftsched.results`: the table with its command line, commit and machine);
 ``--results-md docs/results/simulate.md`` also writes that page where the docs include it.
+
+Placement: ``--placement RULE`` runs under one placement rule (default: the config's,
+`PlacementConfig.rule`); ``--placements A,B,...`` runs the whole command once per rule, each under
+``OUT/<rule>/`` on the same workload and seeds, then prints (and writes to ``OUT/placements.json``) each
+rule's prefix-hit rate, TTFT p50/p90, output tokens/s and busiest replica's share side by side, with the
+hit rate of one LRU cache holding the pool's whole KV (`driftsched.sim.prefix_reference`). Traces are
+clipped to the model's context (the config's ``max_request_tokens``, at most one replica's KV).
 """
 
 from __future__ import annotations
@@ -19,10 +26,19 @@ from typing import Any
 from deployments.replica_config import ReplicaConfig
 from driftsched import results
 from driftsched.bench.prompts import intake_fields
-from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, CoreConfig
+from driftsched.core.config import DEFAULT_QUEUE_TIMEOUT_S, PLACEMENT_RULES, CoreConfig, SchedulerConfig
 from driftsched.sim import perf_model, traces
+from driftsched.sim.prefix_reference import single_lru_hit_rate
 from driftsched.sim.report import format_table, write_results, write_summary
-from driftsched.sim.results_table import LEGEND, results_table, summary_table, window_and_objectives
+from driftsched.sim.results_table import (
+    LEGEND,
+    PLACEMENT_LEGEND,
+    placement_comparison,
+    placement_table,
+    results_table,
+    summary_table,
+    window_and_objectives,
+)
 from driftsched.sim.seeds import aggregate, format_spread, format_versus
 from driftsched.sim.setup import (
     ShippedSetup,
@@ -37,6 +53,7 @@ from driftsched.sim.simulator import (
     REFERENCES,
     Simulation,
     core_config_for,
+    with_placement,
 )
 from driftsched.sim.workload import Workload, paper_workload, scale_to_load
 
@@ -46,6 +63,8 @@ DEFAULT_POLICIES = "fifo,priority,bounded,slo,vllm-priority,llmd-flow,dynamo-wsp
 DEFAULT_SEEDS = 5
 # Offered work 10% above what greedy (vLLM-style) admission sustains on the mix: sustained contention.
 DEFAULT_PAPER_LOAD = 1.1
+# The sessions workload's own default: its capacity is measured without the prefix cache it exercises.
+DEFAULT_LOADS = {"sessions": 1.0}
 # Without --config: the replicas' own defaults (`ReplicaConfig`), as a config that names none gets.
 _DEFAULT_REPLICA = ReplicaConfig()
 DEFAULT_REPLICAS = _DEFAULT_REPLICA.num_replicas
@@ -60,10 +79,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: in
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--workload",
-        choices=["paper", "saas", "drift-shock"],
+        choices=["paper", "saas", "drift-shock", "sessions", "hot-prefix"],
         help="synthetic multi-tenant workload: paper (with mid-run drift), saas (other tenants, "
-        "stationary) or drift-shock (the paper tenants, stationary, then one shock mid-run; "
-        "see driftsched/sim/shock.py)",
+        "stationary), drift-shock (the paper tenants, stationary, then one shock mid-run; "
+        "see driftsched/sim/shock.py) or sessions (multi-turn conversations and agents whose context "
+        "grows turn by turn; see driftsched/sim/sessions.py) or hot-prefix (saas with one tenant "
+        "sending half the requests behind one long common prefix, an adversary for cache affinity)",
     )
     source.add_argument("--trace", type=Path, help="trace file to replay")
     parser.add_argument(
@@ -76,8 +97,8 @@ def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: in
         "--load",
         type=float,
         default=None,
-        help="offered work / measured saturated capacity of the replicas; default 1.1 for --workload, "
-        "trace timestamps kept for --trace unless given",
+        help="offered work / measured saturated capacity of the replicas; default 1.1 for --workload "
+        "(sessions: 1.0), trace timestamps kept for --trace unless given",
     )
     parser.add_argument(
         "--requests",
@@ -161,6 +182,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run seeds seed .. seed+N-1 (each in OUT/seed-S/) and report the median and spread, and each "
         f"policy against fifo with a 95%% interval over the seeds (default {DEFAULT_SEEDS})",
     )
+    placement = parser.add_mutually_exclusive_group()
+    placement.add_argument(
+        "--placement",
+        choices=PLACEMENT_RULES,
+        default=None,
+        help="placement rule (default: --config's scheduler.placement.rule, else driftsched)",
+    )
+    placement.add_argument(
+        "--placements",
+        default=None,
+        metavar="RULE,RULE,...",
+        help=f"run once per placement rule, each under OUT/<rule>/ on the same workload and seeds, and "
+        f"compare them ({', '.join(PLACEMENT_RULES)}; e.g. all of them)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--out",
@@ -187,15 +222,35 @@ def _trace_format(path: Path, given: str | None) -> str:
     return "driftsched"
 
 
+def default_load(args: argparse.Namespace) -> float:
+    """--load, else the workload's default (`DEFAULT_LOADS`, else `DEFAULT_PAPER_LOAD`)."""
+    if args.load is not None:
+        return float(args.load)
+    return DEFAULT_LOADS.get(getattr(args, "workload", None) or "", DEFAULT_PAPER_LOAD)
+
+
+def context_tokens(args: argparse.Namespace, perf: perf_model.PerfModel) -> int:
+    """The model's context as the run admits it: the config's ``max_request_tokens`` (given to
+    `build_workload` as ``args.max_request_tokens``; else the default), at most one replica's KV."""
+    given = getattr(args, "max_request_tokens", None)
+    return min(given or SchedulerConfig().max_request_tokens, perf.kv_capacity_tokens)
+
+
 def build_workload(args: argparse.Namespace, perf: perf_model.PerfModel) -> Workload:
     if args.workload is not None:
         from driftsched.sim.shock import Shock, drift_shock_workload
-        from driftsched.sim.workload import saas_workload
+        from driftsched.sim.workload import hot_prefix_workload, saas_workload
 
-        load = DEFAULT_PAPER_LOAD if args.load is None else args.load
+        load = default_load(args)
         n, seed, replicas = args.requests, args.seed, args.replicas
+        if args.workload == "sessions":
+            from driftsched.sim.sessions import sessions_workload
+
+            return sessions_workload(n, seed=seed, replicas=replicas, load=load, perf=perf)
         if args.workload == "saas":
             return saas_workload(n, seed=seed, replicas=replicas, load=load, perf=perf)
+        if args.workload == "hot-prefix":
+            return hot_prefix_workload(n, seed=seed, replicas=replicas, load=load, perf=perf)
         if args.workload == "drift-shock":
             default = Shock()
             shock = Shock(
@@ -218,6 +273,7 @@ def build_workload(args: argparse.Namespace, perf: perf_model.PerfModel) -> Work
         perf=perf,
         replicas=args.replicas,
         load=args.load,
+        max_request_tokens=context_tokens(args, perf),
     )
     if fmt == "azure":
         return traces.load_azure_conv(args.trace, opts)
@@ -256,23 +312,65 @@ def resolve_setup(args: argparse.Namespace) -> SimSetup:
     return SimSetup(perf, replicas, model, timeout, shipped.core, given)
 
 
+def placement_rules(args: argparse.Namespace) -> list[str | None]:
+    """The rules to run: ``--placements``' (validated), else ``[--placement]`` (None: the config's)."""
+    given = getattr(args, "placements", None)
+    if not given:
+        return [getattr(args, "placement", None)]
+    rules = [r.strip() for r in given.split(",") if r.strip()]
+    bad = [r for r in rules if r not in PLACEMENT_RULES]
+    if bad or not rules or len(set(rules)) < len(rules):
+        raise ValueError(
+            f"--placements {given!r}: give distinct rules among {', '.join(PLACEMENT_RULES)}"
+            + (f" (unknown: {', '.join(bad)})" if bad else "")
+        )
+    return list(rules)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
     setup = resolve_setup(args)
-    if args.seeds == 1:
-        summary = run_one(args, setup, args.out)
-        print(format_table(summary))
-        _write_page(args, setup, summary, f"seed {args.seed}")
-        print(f"results in {args.out}/ (summary.json, results.md, requests.csv, *.png)")
+    rules = placement_rules(args)
+    if not getattr(args, "placements", None):
+        run_seeds(args, setup, args.out, rules[0], args.results_md)
         return 0
+    medians = {}
+    for rule in rules:
+        print(f"== placement {rule}")
+        medians[str(rule)] = run_seeds(args, setup, args.out / str(rule), rule, None)
+    named = [p.strip() for p in args.policies.split(",") if p.strip()]
+    comparison = placement_comparison(medians, named)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_summary(comparison, args.out, "placements.json")
+    table = placement_table(comparison)
+    command = getattr(args, "command_line", None) or results.command_line("driftsched", sys.argv[1:])
+    source = results.provenance(command, f"modelled NVIDIA L4, {setup.model}, {setup.replicas} replicas")
+    notes = [PLACEMENT_LEGEND]
+    for path in results.write_page(results.page(source, table, notes), [args.out / "placements.md"]):
+        print(f"wrote {path}")
+    print(table)
+    return 0
+
+
+def run_seeds(
+    args: argparse.Namespace, setup: SimSetup, out: Path, placement: str | None, results_md: Path | None
+) -> dict[str, Any]:
+    """Every policy on every seed under `placement`, written under `out`; the summary (one seed) or
+    the medians over the seeds."""
+    if args.seeds == 1:
+        summary = run_one(args, setup, out, placement)
+        print(format_table(summary))
+        _write_page(args, setup, summary, f"seed {args.seed}", out, results_md)
+        print(f"results in {out}/ (summary.json, results.md, requests.csv, *.png)")
+        return summary
     summaries = []
     for seed in range(args.seed, args.seed + args.seeds):
         one = argparse.Namespace(**{**vars(args), "seed": seed})
-        summaries.append(run_one(one, setup, args.out / f"seed-{seed}"))
+        summaries.append(run_one(one, setup, out / f"seed-{seed}", placement))
     combined = aggregate(summaries)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_summary(combined, args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_summary(combined, out)
     seeds = f"seeds {args.seed}..{args.seed + args.seeds - 1}"
     print(f"median over {seeds}:")
     print(format_table({k: v for k, v in combined["median"].items() if k != "vs_fifo"}))
@@ -281,13 +379,17 @@ def run(args: argparse.Namespace) -> int:
     if combined.get("vs_fifo"):
         print("")
         print(format_versus(combined["vs_fifo"]))
-    _write_page(args, setup, combined["median"], f"median of each figure over {seeds}")
-    print(f"results in {args.out}/ (summary.json: median and spread; results.md; seed-*/ per seed)")
-    return 0
+    _write_page(args, setup, combined["median"], f"median of each figure over {seeds}", out, results_md)
+    print(f"results in {out}/ (summary.json: median and spread; results.md; seed-*/ per seed)")
+    median: dict[str, Any] = combined["median"]
+    return median
 
 
-def _write_page(args: argparse.Namespace, setup: SimSetup, summary: dict[str, Any], seeds: str) -> None:
-    """results.md in --out, and at --results-md when given."""
+def _write_page(
+    args: argparse.Namespace, setup: SimSetup, summary: dict[str, Any], seeds: str, out: Path,
+    results_md: Path | None,
+) -> None:
+    """results.md in `out`, and at `results_md` when given."""
     named = [p.strip() for p in args.policies.split(",") if p.strip()]
     command = getattr(args, "command_line", None) or results.command_line("driftsched", sys.argv[1:])
     source = results.provenance(command, f"modelled NVIDIA L4, {setup.model}, {setup.replicas} replicas")
@@ -298,14 +400,14 @@ def _write_page(args: argparse.Namespace, setup: SimSetup, summary: dict[str, An
     )
     facts = (
         f"{summary['workload']} workload, {int(summary['requests'])} requests per policy, "
-        f"load {_load(summary.get('load'))}, {seeds}; queue deadline {setup.queue_timeout_s:g} s; {tenants}. "
-        "Latencies in modelled seconds."
+        f"load {_load(summary.get('load'))}, {seeds}; queue deadline {setup.queue_timeout_s:g} s; {tenants}; "
+        f"placement {summary.get('placement', 'driftsched')}. Latencies in modelled seconds."
     )
     notes = [facts, window_and_objectives(summary), LEGEND]
     if ORACLE in named:
         notes.append(f"`{ORACLE}` is a simulator-only reference: SJF ordered by the true output length.")
     text = results.page(source, results_table(summary, named), notes, summary_table(summary, named))
-    for path in results.write_page(text, [args.out / "results.md", args.results_md]):
+    for path in results.write_page(text, [out / "results.md", results_md]):
         print(f"wrote {path}")
 
 
@@ -313,21 +415,29 @@ def _load(load: float | None) -> str:
     return "as the trace's timestamps" if load is None else f"{load:g}"
 
 
-def run_one(args: argparse.Namespace, setup: SimSetup, out: Path) -> dict[str, Any]:
-    """Every policy on one seed's workload; writes `out` and returns its summary."""
+def run_one(
+    args: argparse.Namespace, setup: SimSetup, out: Path, placement: str | None = None
+) -> dict[str, Any]:
+    """Every policy on one seed's workload, placed by `placement` (None: the config's rule); writes
+    `out` and returns its summary."""
     from tqdm import tqdm
 
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     names += [r for r in REFERENCES if r not in names]
     perf = setup.perf
-    load = args.load if args.load is not None or args.trace else DEFAULT_PAPER_LOAD
-    workload = build_workload(argparse.Namespace(**{**vars(args), "replicas": setup.replicas}), perf)
+    load = args.load if args.load is not None or args.trace else default_load(args)
+    context = (setup.base.scheduler if setup.base else SchedulerConfig()).max_request_tokens
+    workload = build_workload(
+        argparse.Namespace(**{**vars(args), "replicas": setup.replicas, "max_request_tokens": context}), perf
+    )
     mapping = tenant_map(workload, setup.base, setup.tenant_map) if setup.base else None
     if mapping is not None and setup.base is not None:
         workload, config = on_config_tenants(workload, setup.base, mapping, perf.kv_capacity_tokens)
     else:
         config = core_config_for(workload, perf, setup.base)
-    intake = [intake_fields(it) for it in workload.items]  # what the service would see, once
+    if placement is not None:
+        config = with_placement(config, placement)
+    intake = [intake_fields(it, workload.block_tokens) for it in workload.items]  # what the service sees
     runs = []
     started = time.perf_counter()
     with tqdm(total=len(workload.items) * len(names), unit="req", disable=None, leave=False) as bar:
@@ -350,6 +460,9 @@ def run_one(args: argparse.Namespace, setup: SimSetup, out: Path) -> dict[str, A
         "tenants": [t.name for t in config.tenants],
         "queue_timeout_s": setup.queue_timeout_s,
         "kv_capacity_tokens": perf.kv_capacity_tokens,
+        "placement": config.scheduler.placement.rule,
+        **({"prefix_cache_reference": prefix_reference(workload, perf, setup.replicas)}
+           if workload.block_tokens else {}),
         "wall_s": wall,
         "simulated_requests_per_wall_s": len(workload.items) * len(names) / wall,
     }
@@ -363,3 +476,9 @@ def run_one(args: argparse.Namespace, setup: SimSetup, out: Path) -> dict[str, A
         f"({meta['simulated_requests_per_wall_s']:,.0f} simulated req/s)"
     )
     return summary
+
+
+def prefix_reference(workload: Workload, perf: perf_model.PerfModel, replicas: int) -> dict[str, float]:
+    """The hit rate of one LRU cache with the pool's whole KV (`driftsched.sim.prefix_reference`)."""
+    capacity = perf.kv_capacity_tokens * replicas
+    return {"hit_rate": single_lru_hit_rate(workload, capacity), "capacity_tokens": float(capacity)}

@@ -43,6 +43,10 @@ class RunRecords:
     NaN (or no array): its tenant's. Reports judge against it (`driftsched.sim.attainment`)."""
     tpot_slo_s: np.ndarray | None = None
     """Each request's own TPOT objective (s), as `ttft_slo_s`."""
+    cached_tokens: np.ndarray | None = None
+    """Prompt tokens each request found in its replica's prefix cache (NaN: unknown or never started)."""
+    replica: np.ndarray | None = None
+    """Index of the replica each request ran on (-1: none or unknown)."""
 
     def __len__(self) -> int:
         return len(self.status)
@@ -59,6 +63,8 @@ class RunRecords:
             estimator=self.estimator,
             ttft_slo_s=None if self.ttft_slo_s is None else self.ttft_slo_s[idx],
             tpot_slo_s=None if self.tpot_slo_s is None else self.tpot_slo_s[idx],
+            cached_tokens=None if self.cached_tokens is None else self.cached_tokens[idx],
+            replica=None if self.replica is None else self.replica[idx],
             **arrays,
         )
 
@@ -77,10 +83,10 @@ def concat(parts: list[RunRecords], policy: str | None = None) -> RunRecords:
         raise ValueError("concat needs at least one RunRecords")
     arrays = {name: np.concatenate([getattr(p, name) for p in parts]) for name in _ROW_ARRAYS}
 
-    def own(values: list[np.ndarray | None]) -> np.ndarray | None:
+    def own(values: list[np.ndarray | None], missing: float = np.nan) -> np.ndarray | None:
         if all(v is None for v in values):
             return None
-        filled = [np.full(len(p), np.nan) if v is None else v for p, v in zip(parts, values, strict=True)]
+        filled = [np.full(len(p), missing) if v is None else v for p, v in zip(parts, values, strict=True)]
         joined: np.ndarray = np.concatenate(filled)
         return joined
 
@@ -93,6 +99,8 @@ def concat(parts: list[RunRecords], policy: str | None = None) -> RunRecords:
         estimator=first.estimator,
         ttft_slo_s=own([p.ttft_slo_s for p in parts]),
         tpot_slo_s=own([p.tpot_slo_s for p in parts]),
+        cached_tokens=own([p.cached_tokens for p in parts]),
+        replica=own([p.replica for p in parts], -1),
         **arrays,
     )
 
@@ -126,8 +134,29 @@ def from_simulation(run: RunResult) -> RunRecords:
             "simulated_s": run.sim_time_s,
             "utilisation": sum(run.busy_s) / (len(run.busy_s) * run.sim_time_s) if run.sim_time_s else 0.0,
             "output_tokens_per_s": run.generated_tokens / run.sim_time_s if run.sim_time_s else 0.0,
+            "prefix_cache": prefix_cache(run.prefix_query_tokens, run.prefix_hit_tokens),
+            "replica_share": replica_share(run.replica_work_tokens),
         },
+        cached_tokens=run.cached_tokens,
+        replica=run.replica,
     )
+
+
+def prefix_cache(query_tokens: int, hit_tokens: int) -> dict[str, float]:
+    """The engines' prefix-cache figures of a run: hit rate (hit / query tokens, vLLM's ratio) and the
+    prompt tokens served from the cache; the rate is NaN where nothing was queried (caching off)."""
+    return {
+        "hit_rate": hit_tokens / query_tokens if query_tokens else float("nan"),
+        "cached_prompt_tokens": float(hit_tokens),
+        "query_tokens": float(query_tokens),
+    }
+
+
+def replica_share(work: tuple[int, ...] | list[int]) -> dict[str, float]:
+    """How evenly the replicas shared the work (tokens each computed): the largest over the mean (1 is
+    even; a hot prefix piled on one replica of N reads up to N)."""
+    mean = sum(work) / len(work) if work else 0.0
+    return {"max_over_mean": max(work) / mean if mean > 0 else float("nan")}
 
 
 def as_records(run: RunResult | RunRecords) -> RunRecords:

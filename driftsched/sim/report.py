@@ -396,7 +396,8 @@ def _cell(value: float, digits: int) -> str:
 
 
 def write_requests_csv(runs: Sequence[Run], path: Path) -> None:
-    """One row per (policy, request)."""
+    """One row per (policy, request); ``cached_tokens`` (prompt tokens found in the prefix cache) and
+    ``replica`` (where it ran) are empty where the run does not know them (a live client)."""
     columns = (
         ("arrival_s", "arrival", 4),
         ("dispatch_s", "dispatch", 4),
@@ -410,12 +411,16 @@ def write_requests_csv(runs: Sequence[Run], path: Path) -> None:
     )
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["policy", "request", "tenant", "category", *(c for c, _, _ in columns), "status"])
+        w.writerow(["policy", "request", "tenant", "category", *(c for c, _, _ in columns), "cached_tokens",
+                    "replica", "status"])
         for rec in map(as_records, runs):
             arrays = [(getattr(rec, attr), digits) for _, attr, digits in columns]
+            cached, replica = rec.cached_tokens, rec.replica
             for i in range(len(rec)):
                 cells = [_cell(float(values[i]), digits) for values, digits in arrays]
-                w.writerow([rec.policy, i, rec.tenant[i], rec.category[i], *cells, rec.status[i]])
+                hit = "" if cached is None or math.isnan(cached[i]) else str(int(cached[i]))
+                where = "" if replica is None or replica[i] < 0 else str(int(replica[i]))
+                w.writerow([rec.policy, i, rec.tenant[i], rec.category[i], *cells, hit, where, rec.status[i]])
 
 
 def write_plots(results: Sequence[Run], summary: dict[str, Any], out: Path) -> list[Path]:
@@ -500,9 +505,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_summary(summary: dict[str, Any], out: Path) -> None:
-    """summary.json under `out` (NaN written as null)."""
-    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+def write_summary(summary: dict[str, Any], out: Path, name: str = "summary.json") -> None:
+    """summary.json (or `name`) under `out` (NaN written as null)."""
+    (out / name).write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
 
 
 def write_results(

@@ -81,6 +81,56 @@ def summary_table(
     return markdown_table(header, rows)
 
 
+PLACEMENT_LEGEND = (
+    "Each placement rule ran the same requests (same workload, same seeds) under the same policy. "
+    "*Hit rate*: prompt tokens the engines found in their prefix caches over the prompt tokens they "
+    "were asked for (vLLM's prefix-cache hit rate), over the whole run; *one LRU cache* is the hit rate "
+    "of a single LRU cache holding the pool's whole KV fed the same requests in arrival order, what "
+    "perfect placement could approach. TTFT percentiles over the steady window, a request that never "
+    "got a first token infinitely late. *Output tok/s*: tokens generated over the simulated run. *Busiest "
+    "replica*: the tokens the busiest replica computed (prompt tokens prefilled and output tokens) over "
+    "the mean."
+)
+
+
+def placement_comparison(summaries: dict[str, dict[str, Any]], policies: Sequence[str]) -> dict[str, Any]:
+    """The figures placement is judged by, per rule (`summaries`: rule -> a run's summary, or the
+    medians over seeds) and per policy of `policies` present in them."""
+    first = next(iter(summaries.values()), {})
+    reference = (first.get("prefix_cache_reference") or {}).get("hit_rate")
+    rules: dict[str, dict[str, dict[str, float | None]]] = {}
+    for rule, summary in summaries.items():
+        runs = summary["policies"]
+        rules[rule] = {}
+        for name in [p for p in policies if p in runs] or list(runs)[:1]:
+            p = runs[name]
+            cache = p.get("prefix_cache") or {}
+            rules[rule][name] = {
+                "hit_rate": cache.get("hit_rate"),
+                "cached_prompt_tokens": cache.get("cached_prompt_tokens"),
+                "ttft_p50_s": p["ttft_s"]["p50"],
+                "ttft_p90_s": p["ttft_s"]["p90"],
+                "output_tokens_per_s": p.get("output_tokens_per_s"),
+                "max_over_mean": (p.get("replica_share") or {}).get("max_over_mean"),
+            }
+    return {"reference_hit_rate": reference, "placements": rules}
+
+
+def placement_table(comparison: dict[str, Any]) -> str:
+    """`placement_comparison` as one Markdown table: a row per (rule, policy)."""
+    header = ("placement", "policy", "hit rate", "TTFT p50 (s)", "TTFT p90 (s)", "output tok/s",
+              "busiest replica")
+    rows = [["one LRU cache", "", _share(comparison.get("reference_hit_rate")), "", "", "", ""]]
+    for rule, by_policy in comparison["placements"].items():
+        for name, f in by_policy.items():
+            rows.append([
+                f"**{rule}**", name, _share(f["hit_rate"]), _number(f["ttft_p50_s"], 2),
+                _number(f["ttft_p90_s"], 2), _number(f["output_tokens_per_s"], 0),
+                "–" if f["max_over_mean"] is None else f"{f['max_over_mean']:.2f}×",
+            ])
+    return markdown_table(header, rows, align="ll" + "r" * (len(header) - 2))
+
+
 def window_and_objectives(summary: dict[str, Any]) -> str:
     """The note a results page states its measure in: the steady window and each tenant's objectives."""
     w = summary.get("window") or {}

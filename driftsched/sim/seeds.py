@@ -208,3 +208,28 @@ def format_spread(combined: dict[str, Any]) -> str:
             st = spr.get(name, {}).get("per_tenant", {}).get(tenant, {})
             lines.append(f"  {tenant:<22} {figures(t, st)}")
     return "\n".join(lines)
+
+
+def verdict(ci: dict[str, Any], ok: Callable[[float], bool]) -> str:
+    """"met" when the whole 95 % interval satisfies `ok`, "missed" when none of it does, else
+    "unresolved"; one seed (no interval) judges the value alone, and says so."""
+    interval = ci.get("ci95")
+    if not interval:
+        value = ci["value"]
+        return ("met" if ok(value) else "missed") + (" (1 seed)" if ci.get("n", 0) <= 1 else "")
+    lo, hi = interval
+    if ok(lo) and ok(hi):
+        return "met"
+    if not ok(lo) and not ok(hi):
+        return "missed"
+    return "unresolved"
+
+
+def ci_text(ci: dict[str, Any], fmt: str = ".2f", unit: str = "") -> str:
+    """A mean with its interval, e.g. "1.02 [0.98, 1.06]x"."""
+    value = ci["value"]
+    text = "inf" if math.isinf(value) else format(value, fmt)
+    if ci.get("ci95"):
+        lo, hi = ci["ci95"]
+        text += f" [{lo:{fmt}}, {hi:{fmt}}]"
+    return text + unit

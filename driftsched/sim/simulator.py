@@ -24,6 +24,14 @@ The simulator is the service on virtual time:
 
 An engine that cannot admit more fuses decode iterations up to its next event or the next arrival.
 
+**Prefix caching.** Items carry their prompt's block hashes (`WorkloadItem.prefix_blocks`, in the
+workload's ``block_tokens``); requests carry them to the scheduler as the ingress would, and the engines
+cache blocks as vLLM's automatic prefix caching does (``block_tokens`` 0: no caching, as before). The
+placement is the configured one (`PlacementConfig.rule`, `Placement.from_config`) on the workload's
+block size, with the performance model's prefill rate as its prior, and told that these engines charge
+each running request its whole prompt (``shared_kv=False``). Each run records every request's cached
+prompt tokens (its first admission's) and its replica, and the engines' prefix-cache counters.
+
 Three estimates (simulator-only variants of every policy, `estimate_variant`): ``<policy>`` runs on the
 drift-corrected estimate, as the service does; ``<policy>-uncorrected`` with drift correction disabled
 (raw estimates); ``<policy>-oracle`` with the true output length in place of the estimate (the limit of
@@ -102,6 +110,34 @@ class RunResult:
     busy_s: list[float]
     """Seconds each replica spent stepping (utilisation = busy / simulated time)."""
     generated_tokens: int
+    cached_tokens: np.ndarray | None = None
+    """Prompt tokens each request found in its engine's prefix cache at its first admission (NaN: never
+    started)."""
+    replica: np.ndarray | None = None
+    """The replica each request ran on last (-1: never granted)."""
+    prefix_query_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    """The engines' prefix-cache counters summed (vLLM's ``prefix_cache_queries`` / ``hits``, tokens)."""
+    replica_work_tokens: tuple[int, ...] = ()
+    """Tokens each replica computed: the prompt tokens each run of a request prefilled there (its
+    cached prefix not counted; a run resumed after a preemption prefills again) and output tokens."""
+
+
+PREFILL_RATE_PROMPT_TOKENS = 8192
+"""The prompt length at which the performance model's prefill rate is the placement's prior."""
+
+
+def perf_prefill_rate(perf: PerfModel) -> float:
+    """Prefill tokens/s of one idle replica on a `PREFILL_RATE_PROMPT_TOKENS`-token prompt: the rate the
+    placement assumes until it has measured its replicas'."""
+    return PREFILL_RATE_PROMPT_TOKENS / perf.prefill_time_s(PREFILL_RATE_PROMPT_TOKENS)
+
+
+def with_placement(config: CoreConfig, rule: str) -> CoreConfig:
+    """`config` placing by `rule` (a `PLACEMENT_RULES` name)."""
+    data = config.model_dump()
+    data["scheduler"]["placement"]["rule"] = rule
+    return CoreConfig.model_validate(data)
 
 
 def core_config_for(workload: Workload, perf: PerfModel, base: CoreConfig | None = None) -> CoreConfig:
@@ -142,7 +178,9 @@ class Simulation:
         if not queue_timeout_s > 0:
             raise ValueError(f"queue_timeout_s must be > 0 seconds, got {queue_timeout_s}")
         self.items = workload.items
-        self.intake = intake if intake is not None else [intake_fields(it) for it in self.items]
+        self.intake = intake if intake is not None else [
+            intake_fields(it, workload.block_tokens) for it in self.items
+        ]
         self.policy_name = policy
         base, estimate = estimate_variant(policy)
         self.oracle = estimate == "oracle"
@@ -157,10 +195,13 @@ class Simulation:
         policy_obj = make_policy(base, **resolve_options(base, options, context))
         self.clock = ManualClock()
         self.scheduler = Scheduler(config, policy_obj, self.clock)
-        self.placement = Placement(
+        self.block_tokens = workload.block_tokens
+        self.placement = Placement.from_config(
+            config.scheduler,
             replica_timeout_s=math.inf,
-            kv_watermark=config.scheduler.kv_watermark,
-            kv_growth_tokens=config.scheduler.kv_growth_tokens,
+            block_tokens=self.block_tokens or None,
+            prefill_tokens_per_s=perf_prefill_rate(perf),
+            shared_kv=False,  # the simulated engine charges every running request its whole prompt
         )
         self.dispatcher = Dispatcher(
             self.scheduler,
@@ -170,7 +211,8 @@ class Simulation:
         )
         self._seqs: dict[str, tuple[int, EngineSequence]] = {}  # running request id -> (replica, seq)
         self._retired: set[int] = set()  # autoscaling: replicas taken out of placement
-        self.engines = [ContinuousBatchEngine(perf) for _ in range(replicas)]
+        self.engines = [ContinuousBatchEngine(perf, block_tokens=self.block_tokens) for _ in range(replicas)]
+        self._work = [0] * replicas  # tokens each replica computed (`RunResult.replica_work_tokens`)
         for r in range(replicas):
             self._report(r)
         self.busy = [False] * replicas
@@ -188,6 +230,8 @@ class Simulation:
         self.expired = np.zeros(n, dtype=bool)
         self.reject_reason = [""] * n
         self.category = [""] * n
+        self.cached = np.full(n, np.nan)
+        self.replica = np.full(n, -1, dtype=np.int64)
         self._events: list[tuple[float, int]] = []  # (step end time, replica)
         self._next_arrival = self.items[0].arrival_s if self.items else math.inf
         # Autoscaling (benchmarks/bench_autoscale.py): timed actions, retired replicas, the backlog meter.
@@ -242,6 +286,11 @@ class Simulation:
             clock.now,
             self.busy_s,
             self._generated,
+            self.cached,
+            self.replica,
+            sum(e.prefix_query_tokens for e in self.engines),
+            sum(e.prefix_hit_tokens for e in self.engines),
+            tuple(self._work),
         )
 
     def _arrive(self, i: int) -> None:
@@ -255,6 +304,8 @@ class Simulation:
             category=fields.category,
             prompt_text=fields.prompt_text,
             deadline=item.arrival_s + self.queue_timeout_s,
+            prefix_blocks=item.prefix_blocks,
+            session_id=item.session_id,
         )
         intake = self.scheduler.intake
         rejection = intake.validate(request)
@@ -286,7 +337,7 @@ class Simulation:
                 self.drained_at[r] = self.clock.now
             return
         engine = self.engines[r]
-        seqs = [*engine.running, *engine.waiting] if self.placement.kv_growth_tokens else []
+        seqs = [*engine.running, *engine.waiting] if self.placement.needs_progress else []
         capacity = Capacity(
             max_slots=engine.max_slots,
             free_slots=engine.free_seq_slots,
@@ -320,9 +371,10 @@ class Simulation:
             i, r = int(ticket.request_id), int(replica)
             # A resumed request prefills its prompt plus what it generated before, then continues.
             output = self.items[i].output_tokens - ticket.generated
-            seq = EngineSequence(i, max(1, ticket.prompt_tokens), max(1, output))
+            seq = EngineSequence(i, max(1, ticket.prompt_tokens), max(1, output), self.items[i].prefix_blocks)
             if np.isnan(self.dispatch[i]):
                 self.dispatch[i] = now
+            self.replica[i] = r
             self._seqs[ticket.request_id] = (r, seq)
             self.engines[r].add(seq)
         for r, busy in enumerate(self.busy):
@@ -338,14 +390,18 @@ class Simulation:
         # before one of its own sequences finishes.
         duration, events = engine.step(max(0.0, min(self._next_arrival - self.clock.now, 3600.0)))
         end = self.clock.now + duration
+        work = events.num_tokens
         for seq in events.first_token:
+            work += seq.prompt_tokens - seq.cached_tokens
             i = cast(int, seq.request_id)
             if np.isnan(self.first_token[i]):  # a resumed request keeps its first first token
                 self.first_token[i] = end
+                self.cached[i] = seq.cached_tokens
         self._pending[r] = events.finished
         self.busy[r] = True
         self.busy_s[r] += duration
         self._generated += events.num_tokens
+        self._work[r] += work
         heapq.heappush(self._events, (end, r))
 
     def _step_end(self, r: int) -> None:
@@ -373,7 +429,8 @@ class Simulation:
     def add_replica(self) -> int:
         """Start one more engine now (its start-up time is the caller's to model); its index."""
         r = len(self.engines)
-        self.engines.append(ContinuousBatchEngine(self.engines[0].perf))
+        self.engines.append(ContinuousBatchEngine(self.engines[0].perf, block_tokens=self.block_tokens))
+        self._work.append(0)
         self.busy.append(False)
         self.busy_s.append(0.0)
         self._pending.append([])

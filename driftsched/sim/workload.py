@@ -398,6 +398,34 @@ def saas_workload(
     return Workload("saas", items, tuple(p.spec for p in SAAS_PROFILES), block_tokens=block_tokens)
 
 
+HOT_TENANT, HOT_SHARE, HOT_PREFIX_TOKENS = "tool-agent", 0.5, 3000
+"""The ``hot-prefix`` workload's adversary: which saas tenant, its share of requests, its common prefix."""
+
+
+def hot_prefix_workload(
+    num_requests: int,
+    seed: int = 0,
+    replicas: int = 4,
+    load: float = 0.9,
+    perf: PerfModel | None = None,
+    with_text: bool = True,
+    block_tokens: int = BLOCK_TOKENS,
+) -> Workload:
+    """``saas`` with one hot prefix: its tool agent sends `HOT_SHARE` of the requests, every one opening
+    with the same `HOT_PREFIX_TOKENS` tokens (nearly all of its ~3,000-3,500-token prompts), and the other
+    tenants share the rest in their saas proportions. A placement that follows the prefix alone piles
+    half the traffic on one replica; this is the case its release rule exists for."""
+    rest = sum(p.share for p in SAAS_PROFILES if p.spec.name != HOT_TENANT)
+    profiles = [
+        replace(p, share=HOT_SHARE, system_tokens=HOT_PREFIX_TOKENS) if p.spec.name == HOT_TENANT
+        else replace(p, share=(1 - HOT_SHARE) * p.share / rest)
+        for p in SAAS_PROFILES
+    ]
+    items = generate(profiles, num_requests, seed, replicas, load, perf, with_text)
+    items = _system_prompts(items, profiles, block_tokens, BlockIds("hot-prefix", seed))
+    return Workload("hot-prefix", items, tuple(p.spec for p in profiles), block_tokens=block_tokens)
+
+
 def _system_prompts(
     items: list[WorkloadItem], profiles: Sequence[_Profile], block_tokens: int, ids: BlockIds
 ) -> list[WorkloadItem]:
