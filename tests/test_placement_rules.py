@@ -223,12 +223,16 @@ def test_driftsched_counts_time_at_each_replicas_own_measured_rate():
 
 
 def test_driftsched_starts_a_new_context_on_the_replica_running_fewest_requests():
-    p = pool("driftsched", replicas="abc", config=UNBOUNDED)
+    p = pool("driftsched", replicas="abc", config=UNBOUNDED)  # spread_window_s 0.5
     for seq, r in enumerate("aacc"):
         load(p, r, 90 + seq, 100)
-    load(p, "b", 95, 3_000)  # b runs one request, with the most prefill queued
+    load(p, "b", 95, 300)  # b runs one request, with the most prefill queued: 0.1 s later than a or c
     fresh = ticket(2, 2_000, blocks=100, first_block=500)  # nobody holds any of it
     assert p.choose(fresh) == "b"
+    load(p, "c", 96, 0)  # c runs three now
+    load(p, "b", 97, 500)  # b: 2 requests but 0.6 s later than a, out of the window: a (2 requests)
+    assert p.choose(fresh) == "a"
+    p.release("b", "r97")
     for r in "abc":  # every replica holds its first 2 blocks: still nothing to follow
         warm(p, r, ticket(3, 100, blocks=2, first_block=500))
     assert p.choose(fresh) == "b"

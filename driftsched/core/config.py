@@ -333,6 +333,12 @@ class PlacementConfig(_Strict):
     more than the replica holding least; a shorter shared part (a system prompt before a long document)
     is not worth concentrating a tenant's requests on the replicas that hold it (Ray's router uses 0.1
     of the prompt). A larger share spreads work more evenly, a smaller one follows more prefixes."""
+    spread_window_s: float = Field(default=0.5, ge=0)
+    """`driftsched` starts a new context (a request no replica holds a prefix of worth following) on the
+    replica running the fewest requests among those where its first token is expected within this many
+    seconds of the soonest, evening the sessions, and the KV they will hold, across the replicas. 0.5 s
+    is a third of the tightest default TTFT objective (tier 0's 1.5 s); 0 places new contexts where
+    their first token comes soonest, whatever runs there."""
     balance_slack: float = Field(default=0.3, ge=0)
     """`driftsched` places a request on a replica only while the work granted to it lately (prompt
     tokens to prefill and output tokens expected, decayed with a one-minute half-life) is within 1 +

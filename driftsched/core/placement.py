@@ -27,8 +27,9 @@ report, O(1) per fit). An idle replica takes any ticket, or a head bigger than t
 run. Beyond this the estimate decides only the *order* (the policy's business).
 
 **Placement.** Of the replicas the ticket fits, a rule picks one (`PlacementConfig.rule`,
-`driftsched.core.placement_rules`): ours (`driftsched`: where its first token is expected soonest,
-its cached prefix counted) or a peer's. A bare `Placement()` places by the most free KV (then free
+`driftsched.core.placement_rules`): ours (`driftsched`: to the replica holding its prefix while its
+first token can be expected there within its objective, within a bound on each replica's share of the
+work) or a peer's. A bare `Placement()` places by the most free KV (then free
 slots, then id), the rule from before the prefix cache; `Placement.from_config` takes the configured
 one. The rule only says *where*: the ticket is the policy's head, so no rule can overtake its order.
 

@@ -246,10 +246,14 @@ class DriftSched:
     context from replica to replica, and the copies evict other sessions' prefixes (measured: a lower
     hit rate and, from it, a slower median TTFT than keeping it).
 
-    **New contexts** (no holder worth following) go to the replica running the fewest requests (then
-    the soonest T_r): each request holds KV for its whole stay, so evening the count evens the engines'
-    KV, and with it their room for cached blocks, for the contexts that later requests will follow; the
-    free KV of the last report, which swings as prompts are prefilled, balanced worse in our runs.
+    **New contexts** (no holder worth following) go to the replica running the fewest requests among
+    those where the first token is expected within `spread_window_s` of the soonest (then the soonest):
+    each request holds KV for its whole stay, so evening the count evens the engines' KV, and with it
+    their room for cached blocks, for the contexts that later requests will follow; the window keeps
+    that from costing the request more than a fraction of even an interactive objective. (The soonest
+    alone sends new sessions wherever a prefill queue just emptied, however many requests run there,
+    and their later turns find their prefix evicted; the free KV of the last report, which swings as
+    prompts are prefilled, balanced worse than the count in our runs.)
     """
 
     name: ClassVar[str] = "driftsched"
@@ -260,6 +264,7 @@ class DriftSched:
         self.affinity_slack = config.affinity_slack
         self.affinity_min_share = config.affinity_min_share
         self.balance_slack = config.balance_slack
+        self.spread_window_s = config.spread_window_s
 
     def pick(self, ticket: Ticket, candidates: Sequence[Candidate], pool: Pool) -> Candidate:
         work = ticket.prompt_tokens + ticket.remaining_estimate
@@ -268,9 +273,11 @@ class DriftSched:
         times = {c.replica_id: c.ttft_s() for c in within}
         holder = max(within, key=lambda c: (c.cached, -c.queue, -times[c.replica_id], c.replica_id))
         gain = holder.cached - min(c.cached for c in within)
-        if gain <= 0 or gain < self.affinity_min_share * ticket.prompt_tokens:  # a new context
-            return min(within, key=lambda c: (c.queue, times[c.replica_id], -c.free_kv, c.replica_id))
         soonest = min(within, key=lambda c: (times[c.replica_id], c.queue, c.replica_id))
+        if gain <= 0 or gain < self.affinity_min_share * ticket.prompt_tokens:  # a new context
+            near = times[soonest.replica_id] + self.spread_window_s
+            return min((c for c in within if times[c.replica_id] <= near),
+                       key=lambda c: (c.queue, times[c.replica_id], -c.free_kv, c.replica_id))
         objective = ticket.ttft_slo_s if math.isfinite(ticket.ttft_slo_s) else 0.0
         patience = max(self.affinity_slack * objective, times[soonest.replica_id])
         return holder if times[holder.replica_id] <= patience else soonest
