@@ -132,8 +132,12 @@ def make_sessions(n: int, rate: float, seed: int) -> list[Session]:
 
 
 def app_args(model_dir: Path, rule: str, work: Path, heartbeat_s: float = 0.2,
-             affinity_slack: float = 0.0, kv_mib: int = 256) -> dict[str, Any]:
-    """The application's args: two vLLM replicas with prefix caching, placement by `rule`."""
+             affinity_slack: float | None = None, kv_mib: int = 256) -> dict[str, Any]:
+    """The application's args: two vLLM replicas with prefix caching, placement by `rule` (with the
+    config's defaults, `affinity_slack` too unless given)."""
+    placement: dict[str, Any] = {"rule": rule, "block_tokens": HASH_BLOCK}
+    if affinity_slack is not None:
+        placement["affinity_slack"] = affinity_slack
     return {
         "benchmark_mode": True,
         "auth": {"demo_keys": {key: name for name, (key, _) in TENANTS.items()}, "keys_env": None,
@@ -141,8 +145,7 @@ def app_args(model_dir: Path, rule: str, work: Path, heartbeat_s: float = 0.2,
         "core": {
             "tenants": [{"name": name, "tier": tier} for name, (_, tier) in TENANTS.items()],
             "scheduler": {"policy": "fifo", "max_queued_total": 5000, "max_request_tokens": MAX_MODEL_LEN,
-                          "placement": {"rule": rule, "block_tokens": HASH_BLOCK,
-                                        "affinity_slack": affinity_slack}},
+                          "placement": placement},
         },
         "replicas": {"engine": "vllm", "num_replicas": 2, "model": str(model_dir),
                      "served_model_name": "tiny-llama", "max_num_seqs": SLOTS,
@@ -345,8 +348,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="512x4", help="the tiny model as HIDDENxLAYERS")
     parser.add_argument("--heartbeat-s", type=float, default=0.2, help="replicas' report interval")
     parser.add_argument("--kv-mib", type=int, default=256, help="each engine's KV cache, MiB")
-    parser.add_argument("--affinity-slack", type=float, default=0.0,
-                        help="core.scheduler.placement.affinity_slack (only driftsched reads it)")
+    parser.add_argument("--affinity-slack", type=float, default=None,
+                        help="core.scheduler.placement.affinity_slack (only driftsched reads it; "
+                             "default: the config's)")
     parser.add_argument("--out", type=Path, default=None, help="write DIR/summary.json and DIR/results.md")
     parser.add_argument("--results-md", type=Path, default=None, metavar="PATH",
                         help="also write the results page here")
