@@ -15,7 +15,8 @@ or unresolved when the interval straddles the target):
   approach;
 * TTFT p50 and p90 <= 0.5x most-free-kv's, and <= the best peer rule's (the peer with the lowest median);
 * at load 1.0, output tokens/s >= 1.3x most-free-kv's;
-* no replica's share of the prompt work above 1.25x the mean (`replica_share.max_over_mean`);
+* no replica's share of the work (prompt tokens it prefilled plus output tokens) above 1.25x the mean
+  (`replica_share.max_over_mean`);
 * every tenant's SLO attainment (TTFT and TPOT both met) at least its attainment under most-free-kv.
 
 Beside the trace, the same targets on `sessions` (multi-turn conversations and an agent whose context
