@@ -65,6 +65,8 @@ class GenerationRequest:
     seed: int | None = None
     prompt_token_ids: list[int] | None = None
     """The prompt as the model's tokenizer encodes it (vLLM engine); None for the simulated engine."""
+    grant: int = 0
+    """The serial of the scheduler's grant this run holds: an order to stop a run names it (0: any)."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -18,7 +18,6 @@ import ray
 from deployments.drift_actor import DriftSnapshot
 from deployments.engine import GenerationRequest, PrefixCacheCounters, TokenDelta
 from deployments.scheduler_actor import (
-    AcquireResult,
     Answers,
     Release,
     SchedulerView,
@@ -28,7 +27,6 @@ from deployments.scheduler_actor import (
 from deployments.usage import TenantUsage
 from driftsched.core.backlog import Backlog
 from driftsched.core.placement import Capacity
-from driftsched.core.request import Ticket
 
 P = ParamSpec("P")
 R_co = TypeVar("R_co", covariant=True)
@@ -67,16 +65,13 @@ class SchedulerCalls(Protocol):
 
 
 class GatewayScheduler(SchedulerCalls, Protocol):
-    """What the gateway calls: the batched path, and ``resume`` for a preempted or failed-over request
-    (ticket, replica, tokens generated so far, queue timeout, whether the replica failed)."""
-
-    @property
-    def resume(self) -> RemoteMethod[[Ticket, str, int, float, bool], AcquireResult]: ...
+    """What the gateway calls: the batched path (a resumption of a stopped run is a submission too)."""
 
 
 class SchedulerHandle(GatewayScheduler, Protocol):
     """The scheduler actor's whole handle: the gateway's calls, the ingress's reads (health, usage,
-    metrics), the replicas' heartbeat, the autoscaling policy's backlog read and the soak check."""
+    metrics), the replicas' reports and order poll, the autoscaling policy's backlog read and the soak
+    check."""
 
     @property
     def ping(self) -> RemoteMethod[[], str]: ...
@@ -88,7 +83,10 @@ class SchedulerHandle(GatewayScheduler, Protocol):
     def view(self) -> RemoteMethod[[], SchedulerView]: ...
 
     @property
-    def report(self) -> RemoteMethod[[str, Capacity, PrefixCacheCounters | None], list[str]]: ...
+    def report(self) -> RemoteMethod[[str, Capacity, PrefixCacheCounters | None], dict[str, int]]: ...
+
+    @property
+    def orders(self) -> RemoteMethod[[str, float], dict[str, int]]: ...
 
     @property
     def backlog(self) -> RemoteMethod[[float, ShownDecision | None, list[str] | None], Backlog]: ...

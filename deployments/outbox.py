@@ -94,6 +94,10 @@ class Outboxes(Generic[T]):
         box.seen = now
         return box
 
+    def existing(self, client: str) -> Outbox[T] | None:
+        """`client`'s outbox if it has one (none is made)."""
+        return self._boxes.get(client)
+
     def route(self, request_id: str, box: Outbox[T], since: float) -> None:
         """Send `request_id`'s answer to `box` (moving it from another outbox if it was routed there)."""
         old = self._routes.get(request_id)

@@ -39,13 +39,12 @@ class ReplicaConfig(BaseModel):
     max_num_seqs: int = Field(default=64, ge=1, le=1024)
     """Engine slots: sequences running at once on one replica (vLLM's max_num_seqs). The default is
     config.l4.yaml's: one L4 serving Llama-3.1-8B FP8, the replica the simulator models by default."""
-    engine_queue_slots: int = Field(default=0, ge=0, le=1024)
-    """Requests a replica takes beyond `max_num_seqs`, queued inside its engine: when a sequence
-    finishes, the engine starts the next one at its next step instead of leaving the slot idle for a
-    scheduler round trip (release, grant, dispatch). Each costs ordering latitude: a request queued
-    there can be passed by nothing the scheduler grants later, and a better-ranked request placed
-    there waits for a running one to finish instead of preempting it (preemption starts only once the
-    engine queue is full too). 0 (default) hands over one slot at a time."""
+    engine_queue_slots: int = Field(default=1, ge=0, le=1024)
+    """Requests granted ahead to a replica beyond `max_num_seqs`, queued inside its engine: when a
+    sequence finishes, the engine starts the next one at its next step instead of leaving the slot idle
+    for a scheduler round trip (release, grant, dispatch). The order stays the policy's: a grant ahead
+    that has not started is revoked for a better-ranked request that fits nowhere else, and goes back to
+    its place in the queue (`driftsched.core.dispatch`). 0 hands over one slot at a time."""
     max_num_batched_tokens: int = Field(default=4096, ge=16)
     """Token budget of one engine step (chunked prefill). The default is config.l4.yaml's."""
     time_scale: float = Field(default=1.0, gt=0, le=100)

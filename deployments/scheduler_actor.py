@@ -18,11 +18,17 @@ the calls per request fall as the load rises. ``submit`` is idempotent per reque
 gets its grant again, a waiting one nothing new), so a client may always submit again; a client that
 stops polling for `client_grace_s` has its outbox dropped and what it held freed.
 
-Replicas call ``report`` each heartbeat (that is also how they register, and re-register after this
-actor restarts); its answer names the requests the dispatcher preempted there, which the replica stops
-(their streams end "preempted"). The ingress then calls ``resume(ticket, replica, generated)``: the
-request goes back to the queue with its generated tokens appended to its prompt, and the call waits
-for its new grant. ``cancel`` withdraws a request wherever it is (client disconnect). The actor holds
+Replicas call ``report`` each heartbeat and whenever a request starts or ends there (that is also how
+they register, and re-register after this actor restarts), and keep one long ``orders`` poll open: a
+preemption or a revoked grant is posted to the replica's order box the moment the dispatcher decides
+it, and the poll returns it at once (the heartbeat's answer carries any the poll did not take). Each
+order names the request and the serial of the grant it stops, so an order that reaches the replica
+before the granted request does stops that request when it comes, and never a later run of the same
+request. The stopped stream ends "preempted"; the ingress then submits a *resumption* (a `Submission`
+with `resume` set), batched with its other submissions: a preempted request goes back to the queue
+with its generated tokens appended to its prompt, and a revoked one is already back at its place (the
+dispatcher put it there when it revoked it); either way its next grant comes to the client's outbox.
+``cancel`` withdraws a request wherever it is (client disconnect). The actor holds
 no scheduling logic: which ticket goes next and to which replica is the core's `Dispatcher` (the
 policy's order placed by the `Placement` fit filter and configured rule on what the heartbeats report
 and the prefix hashes the tickets carry), the same object the simulator drives. SLO admission is the
@@ -89,6 +95,9 @@ class AcquireResult:
     detail: str = ""
     retry_after_s: float | None = None
     queue_wait_s: float = 0.0
+    grant: int = 0
+    """A grant's serial, unique within this actor instance: the run it starts sends it to the replica,
+    and orders to stop a run name it."""
 
 
 _EXPIRED = AcquireResult(AcquireStatus.EXPIRED, detail="queue deadline passed")
@@ -96,11 +105,28 @@ _CANCELLED = AcquireResult(AcquireStatus.CANCELLED)
 
 
 @dataclass(slots=True, frozen=True)
+class Resumption:
+    """What a resubmitted request says of its run that stopped: preempted, revoked or failed over."""
+
+    replica_id: str
+    grant: int
+    """The serial of the grant that run had (`AcquireResult.grant`): a grant with another serial is
+    a newer one, and is the answer."""
+    generated: int
+    """Output tokens generated in all, over every run so far."""
+    replica_failed: bool = False
+    """The replica failed under it: it is dropped at once, so no grant goes there (it re-registers
+    with its next report if it was alive after all)."""
+
+
+@dataclass(slots=True, frozen=True)
 class Submission:
-    """One request of a ``submit``: its ticket and how long it may wait for a slot."""
+    """One request of a ``submit``: its ticket and how long it may wait for a slot; `resume` when it
+    continues a run that stopped."""
 
     ticket: Ticket
     queue_timeout_s: float
+    resume: Resumption | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -152,6 +178,10 @@ class SchedulerView:
     """Replica -> its engine's own prefix-cache counters, as last reported."""
 
 
+def _granted(replica_id: str, grant: int) -> AcquireResult:
+    return AcquireResult(AcquireStatus.GRANTED, replica_id, grant=grant)
+
+
 class SchedulerActor:
     """Thin adapter: core scheduler + capacity ledger + client outboxes + drift feed (module docstring)."""
 
@@ -176,11 +206,13 @@ class SchedulerActor:
         # A policy that declares its own preemption (`vllm-priority`: at once) runs with it here too.
         preemption = preemption_for(self._core.policy, config.scheduler.preemption)
         self._dispatcher = Dispatcher(self._core, self._ledger, preemption)
-        self._preempt: dict[str, set[str]] = {}  # replica id -> requests it must stop
+        self._orders: dict[str, Outbox[int]] = {}  # replica id -> requests to stop there -> grant
         self._book = RequestBook()
         self._engine_prefix: dict[str, PrefixCacheCounters] = {}  # replica -> its last reported counters
-        self._waiters: dict[str, asyncio.Future[AcquireResult]] = {}
-        self._granted: dict[str, str] = {}
+        self._granted: dict[str, tuple[str, int]] = {}  # request id -> (replica, grant serial)
+        self._grants = 0  # serials handed out
+        self._clients: dict[str, str] = {}  # request id -> the client its answers go to
+        self._revoked: dict[str, float] = {}  # revoked, back in the queue, resumption not seen yet
         self._epoch = uuid.uuid4().hex  # a restarted instance has a new one: clients submit again
         self._outboxes: Outboxes[AcquireResult] = Outboxes(self._epoch)
         self._client_grace_s = self._ledger.grant_grace_s if client_grace_s is None else client_grace_s
@@ -204,15 +236,16 @@ class SchedulerActor:
         for item in items:
             ticket, queue_timeout_s = item.ticket, item.queue_timeout_s
             rid = ticket.request_id
+            if item.resume is not None:
+                self._resubmit(box, item, item.resume, now)
+                continue
             granted = self._granted.get(rid)
             if granted is not None:
-                box.post(rid, AcquireResult(AcquireStatus.GRANTED, granted))
+                box.post(rid, _granted(*granted))
                 continue
             route = self._outboxes.route_of(rid)
             if route is not None:  # already waiting (a re-submit): its answer comes here
                 self._outboxes.route(rid, box, route[1])
-                continue
-            if rid in self._waiters:  # waiting in a ``resume`` call: answered there
                 continue
             ticket.arrival_time, ticket.deadline = now, now + queue_timeout_s  # this actor's clock
             admission = self._core.admit(ticket)
@@ -222,8 +255,47 @@ class SchedulerActor:
                 continue
             self._meter.admitted(now, ticket.remaining_estimate)
             self._outboxes.route(rid, box, now)
+            self._clients[rid] = client_id
         self._pump()
         return Answers(box.epoch, box.take())
+
+    def _resubmit(
+        self, box: Outbox[AcquireResult], item: Submission, stopped: Resumption, now: float
+    ) -> None:
+        """A resumption (module docstring): its answer is the request's next grant, in `box`."""
+        ticket = item.ticket
+        rid = ticket.request_id
+        self._clients[rid] = box.client
+        revoked = self._revoked.pop(rid, None) is not None
+        if revoked:  # back at its place already; it may have produced tokens after all
+            self._core.catch_up(rid, stopped.generated)
+        granted = self._granted.get(rid)
+        if granted is not None and granted[1] != stopped.grant:  # granted again (or a re-submit)
+            box.post(rid, _granted(*granted))
+            return
+        route = self._outboxes.route_of(rid)
+        if route is not None or self._core.is_queued(rid):  # waiting: its answer comes here
+            self._outboxes.route(rid, box, now if route is None else route[1])
+            return
+        if revoked:  # it left the queue since (expired, cancelled): that answer was not collected
+            box.post(rid, _EXPIRED)
+            return
+        replica_id = stopped.replica_id
+        if stopped.replica_failed:
+            if self._ledger.drop(replica_id):
+                logger.warning("replica %s failed under %s; dropped, its requests resume elsewhere",
+                               replica_id, rid)
+            self._forget_replica(replica_id)
+        self._granted.pop(rid, None)
+        self._ledger.release(replica_id, rid, 0, now)
+        if self._core.in_flight_ticket(rid) is None:  # granted by an earlier instance: a new arrival
+            ticket.arrival_time = now
+        try:
+            self._core.resume(ticket, stopped.generated, now + item.queue_timeout_s)
+        except (UnknownRequestError, ValueError) as exc:
+            box.post(rid, AcquireResult(AcquireStatus.REJECTED, None, RejectReason.INVALID, str(exc)))
+            return
+        self._outboxes.route(rid, box, now)
 
     async def poll(self, client_id: str, wait_s: float) -> Answers:
         """`client_id`'s outbox epoch and answers: at once if it holds any, else the first ones
@@ -240,69 +312,19 @@ class SchedulerActor:
             self._release(item)
         self._pump()
 
-    # -- unbatched calls -------------------------------------------------------------------------
+    # -- the replicas' calls -----------------------------------------------------------------------
 
-    async def resume(
-        self, ticket: Ticket, replica_id: str, generated: int, queue_timeout_s: float,
-        replica_failed: bool = False,
-    ) -> AcquireResult:
-        """Queue a preempted (or failed-over) request again after `generated` tokens in all.
-
-        `replica_failed`: the request's replica failed under it; the replica is dropped at once, so no
-        grant goes to it (it re-registers with its next heartbeat if it was alive after all), and the
-        other requests on it fail over the same way when their streams break.
-        """
+    async def orders(self, replica_id: str, wait_s: float) -> dict[str, int]:
+        """`replica_id`'s long poll: the requests it must stop (request id -> the serial of the grant
+        to stop), as soon as there are any, else {} after `wait_s`."""
         self._ensure_maintenance()
-        now = self._clock()
-        rid = ticket.request_id
-        if replica_failed:
-            if self._ledger.drop(replica_id):
-                logger.warning("replica %s failed under %s; dropped, its requests resume elsewhere",
-                               replica_id, rid)
-                self._preempt.pop(replica_id, None)
-            self._forget_replica(replica_id)
-        self._granted.pop(rid, None)
-        self._ledger.release(replica_id, rid, 0, now)
-        self._preempt.get(replica_id, set()).discard(rid)
-        if self._core.in_flight_ticket(rid) is None:  # granted by an earlier instance: a new arrival
-            ticket.arrival_time = now
-        try:
-            self._core.resume(ticket, generated, now + queue_timeout_s)
-        except (UnknownRequestError, ValueError) as exc:
-            return AcquireResult(AcquireStatus.REJECTED, None, RejectReason.INVALID, str(exc))
-        return await self._wait_for_grant(rid, queue_timeout_s, now)
-
-    async def _wait_for_grant(self, rid: str, queue_timeout_s: float, now: float) -> AcquireResult:
-        future: asyncio.Future[AcquireResult] = asyncio.get_running_loop().create_future()
-        self._waiters[rid] = future
-        self._pump()
-        if future.done():  # answered by this very pump (capacity was free): no timer, no shield
-            del self._waiters[rid]
-            return self._outcome(future.result(), now)
-        try:
-            answer = await asyncio.wait_for(asyncio.shield(future), queue_timeout_s + 0.01)
-        except TimeoutError:
-            for ticket in self._core.expire_due():  # this one, and any other now due
-                self._answer(ticket.request_id, _EXPIRED)
-            if not future.done():  # not due by the core's clock yet: withdraw it anyway
-                self._core.cancel(rid)
-                future.set_result(_EXPIRED)
-            answer = future.result()
-        except asyncio.CancelledError:
-            self._withdraw(rid)
-            raise
-        finally:
-            self._waiters.pop(rid, None)
-        return self._outcome(answer, now)
-
-    def _outcome(self, answer: AcquireResult, since: float) -> AcquireResult:
-        """A waiter's answer as its caller gets it: a grant carries the wait since `since`."""
-        if answer.status is AcquireStatus.GRANTED:
-            return replace(answer, queue_wait_s=self._clock() - since)
-        return answer
+        return await self._order_box(replica_id).poll(wait_s, self._clock)
 
     def _release(self, item: Release) -> None:
         request_id, output_tokens = item.request_id, item.output_tokens
+        self._clients.pop(request_id, None)
+        if self._revoked.pop(request_id, None) is not None:  # it ended before its resumption: withdraw
+            self._withdraw(request_id)
         self._granted.pop(request_id, None)
         ticket = self._core.in_flight_ticket(request_id)
         freed = ticket.prompt_tokens + (output_tokens or 0) if ticket is not None else 0
@@ -325,9 +347,9 @@ class SchedulerActor:
         self._pump()
 
     async def report(self, replica_id: str, capacity: Capacity,
-                     prefix_cache: PrefixCacheCounters | None = None) -> list[str]:
-        """A replica's heartbeat, with its engine's prefix-cache counters (for /metrics); returns the
-        requests it must preempt (stop; they resume elsewhere)."""
+                     prefix_cache: PrefixCacheCounters | None = None) -> dict[str, int]:
+        """A replica's report, with its engine's prefix-cache counters (for /metrics); returns the
+        orders its ``orders`` poll has not taken (request id -> grant serial to stop)."""
         self._ensure_maintenance()
         if prefix_cache is not None:
             self._engine_prefix[replica_id] = prefix_cache
@@ -340,7 +362,7 @@ class SchedulerActor:
             self._granted.pop(rid, None)
             self._core.abort(rid)
         self._pump()
-        return sorted(self._preempt.pop(replica_id, ()))
+        return self._order_box(replica_id).take()
 
     async def view(self) -> SchedulerView:
         book = self._book
@@ -383,10 +405,11 @@ class SchedulerActor:
         heap, the dispatcher's running heap) are read directly: they are where a leak would hide."""
         core, replicas = self._core, list(self._ledger.replicas())
         return {
-            "waiters": len(self._waiters),
             **self._outboxes.sizes(),
             "granted": len(self._granted),
-            "preempt": sum(len(ids) for ids in self._preempt.values()),
+            "clients": len(self._clients),
+            "revoked": len(self._revoked),
+            "orders": sum(len(box.answers) for box in self._orders.values()),
             "ledger_granted": sum(len(r.granted) for r in replicas),
             "ledger_pending": sum(len(r.pending) for r in replicas),
             "ledger_active": sum(len(r.active) for r in replicas),
@@ -408,49 +431,69 @@ class SchedulerActor:
     # -- internals -------------------------------------------------------------------------------
 
     def _forget_replica(self, replica_id: str) -> None:
-        """A replica the ledger dropped: its prefix-cache figures go too (re-registering starts anew)."""
+        """A replica the ledger dropped: its prefix-cache figures and orders go too (re-registering
+        starts anew; what it ran resumes elsewhere)."""
         self._book.forget_replica(replica_id)
         self._engine_prefix.pop(replica_id, None)
+        self._orders.pop(replica_id, None)
+
+    def _order_box(self, replica_id: str) -> Outbox[int]:
+        box = self._orders.get(replica_id)
+        if box is None:
+            box = self._orders[replica_id] = Outbox(replica_id, self._epoch, self._clock())
+        return box
+
+    def _stop(self, replica_id: str, request_id: str) -> None:
+        """Order `replica_id` to stop `request_id`'s current run, now (its ``orders`` poll returns)."""
+        granted = self._granted.pop(request_id, None)
+        self._order_box(replica_id).post(request_id, granted[1] if granted is not None else 0)
 
     def _withdraw(self, request_id: str) -> None:
         """Cancel a queued request, or free the slot of a granted one."""
+        self._revoked.pop(request_id, None)
+        self._clients.pop(request_id, None)
         if self._core.cancel(request_id) is not None:
             self._answer(request_id, _CANCELLED)
             return
-        replica = self._granted.pop(request_id, None)
-        if replica is not None:
-            self._ledger.release(replica, request_id)
+        granted = self._granted.pop(request_id, None)
+        if granted is not None:
+            self._ledger.release(granted[0], request_id)
             self._core.abort(request_id)
 
     def _pump(self) -> None:
         """Grant what the core dispatcher grants; answer callers whose deadline passed."""
-        step = self._dispatcher.step()
+        step, now = self._dispatcher.step(), self._clock()
         for ticket in step.expired:
             self._answer(ticket.request_id, _EXPIRED)
-        for ticket, replica in step.preempted:  # told to the replica in its next heartbeat's answer
-            self._preempt.setdefault(replica, set()).add(ticket.request_id)
+        for ticket, replica in step.preempted:  # its stream ends "preempted"; a resumption follows
+            self._stop(replica, ticket.request_id)
+        for ticket, replica in step.revoked:  # back in the queue; its next answer goes to its client
+            rid = ticket.request_id
+            self._stop(replica, rid)
+            self._revoked[rid] = now
+            client = self._clients.get(rid)
+            box = self._outboxes.existing(client) if client is not None else None
+            if box is not None:
+                self._outboxes.route(rid, box, now)
         for ticket, replica in step.grants:
             rid = ticket.request_id
-            if not self._answer(rid, AcquireResult(AcquireStatus.GRANTED, replica)):
+            self._grants += 1
+            if not self._answer(rid, _granted(replica, self._grants)):
                 self._ledger.release(replica, rid)  # its caller went away meanwhile
                 self._core.abort(rid)
                 continue
-            self._granted[rid] = replica
+            self._granted[rid] = (replica, self._grants)
 
     def _answer(self, request_id: str, value: AcquireResult) -> bool:
-        """Answer `request_id`'s waiter: its client's outbox (a grant there carries the queue wait),
-        or a parked call's future. False if nobody waits for it any more."""
+        """Post `request_id`'s answer to its client's outbox (a grant there carries the queue wait).
+        False if nobody waits for it any more."""
         route = self._outboxes.pop_route(request_id)
-        if route is not None:
-            box, since = route
-            if value.status is AcquireStatus.GRANTED:
-                value = replace(value, queue_wait_s=self._clock() - since)
-            box.post(request_id, value)
-            return True
-        future = self._waiters.get(request_id)
-        if future is None or future.done():
+        if route is None:
             return False
-        future.set_result(value)
+        box, since = route
+        if value.status is AcquireStatus.GRANTED:
+            value = replace(value, queue_wait_s=self._clock() - since)
+        box.post(request_id, value)
         return True
 
     def _drop_client(self, box: Outbox[AcquireResult]) -> None:
@@ -461,8 +504,11 @@ class SchedulerActor:
                            "grants", box.client, len(box.waiting), len(granted))
         for rid in box.waiting:
             self._core.cancel(rid)
+            self._revoked.pop(rid, None)
         for rid in granted:
             self._withdraw(rid)
+        for rid in [rid for rid, client in self._clients.items() if client == box.client]:
+            del self._clients[rid]
 
     def _ensure_maintenance(self) -> None:
         """Keep the background loops up (maintenance, the drift feed); each logs its own failures."""
@@ -484,6 +530,10 @@ class SchedulerActor:
                         self._core.abort(rid)
                 for box in self._outboxes.drop_stale(self._clock(), self._client_grace_s):
                     self._drop_client(box)
+                now = self._clock()
+                for rid in [r for r, at in self._revoked.items() if now - at > self._client_grace_s]:
+                    logger.warning("revoked request %s was never resumed; withdrawing it", rid)
+                    self._withdraw(rid)
                 self._pump()
             except Exception:
                 logger.exception("scheduler maintenance failed; continuing")

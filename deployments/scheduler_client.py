@@ -1,7 +1,8 @@
 """The ingress's side of the scheduler actor's batched calls: many acquires or releases per Ray call.
 
-One `SchedulerClient` per ingress replica. Each request still awaits its own ``acquire`` and sends its
-own ``release``, but the client coalesces them: at most one ``submit`` and one ``release_many`` call
+One `SchedulerClient` per ingress replica. Each request still awaits its own ``acquire`` (or
+``resume``, for a run that was preempted, revoked or lost with its replica) and sends its own
+``release``, but the client coalesces them: at most one ``submit`` and one ``release_many`` call
 are in flight, and each carries everything buffered while the previous one was under way (no added
 delay when idle: a lone acquire leaves on the event loop's next turn, a lone release at once). While
 acquires are outstanding, one long ``poll`` is in flight; it returns as soon as the actor posts an
@@ -30,7 +31,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from deployments.actors import ActorUnavailable
 from deployments.handles import SchedulerCalls, cancel_call
-from deployments.scheduler_actor import AcquireResult, AcquireStatus, Answers, Release, Submission
+from deployments.scheduler_actor import AcquireResult, AcquireStatus, Answers, Release, Resumption, Submission
 from deployments.telemetry import RequestTimings
 from driftsched.core.request import Ticket
 
@@ -46,6 +47,7 @@ class _Acquire:
     ticket: Ticket
     queue_deadline: float  # monotonic; the queue timeout sent is what is left of it
     future: asyncio.Future[AcquireResult]
+    resume: Resumption | None = None
     sent: bool = False
 
 
@@ -73,9 +75,19 @@ class SchedulerClient:
     async def acquire(self, ticket: Ticket, queue_timeout_s: float) -> AcquireResult:
         """Admit `ticket` and wait for its answer; `ActorUnavailable` if none comes within the queue
         timeout plus the restart grace."""
+        return await self._wait(ticket, queue_timeout_s, None)
+
+    async def resume(self, ticket: Ticket, stopped: Resumption, queue_timeout_s: float) -> AcquireResult:
+        """Queue a request whose run `stopped` again (preempted, revoked, or its replica failed) and
+        wait for its next grant, batched like an acquire; `ActorUnavailable` as for ``acquire``."""
+        return await self._wait(ticket, queue_timeout_s, stopped)
+
+    async def _wait(
+        self, ticket: Ticket, queue_timeout_s: float, stopped: Resumption | None
+    ) -> AcquireResult:
         rid = ticket.request_id
         entry = _Acquire(ticket, time.monotonic() + queue_timeout_s,
-                         asyncio.get_running_loop().create_future())
+                         asyncio.get_running_loop().create_future(), stopped)
         self._acquires[rid] = entry
         self._unsent[rid] = None
         self._flush_submits()
@@ -123,7 +135,7 @@ class SchedulerClient:
                 entry.future.set_result(_EXPIRED_HERE)
                 continue
             entry.sent = True
-            batch.append(Submission(entry.ticket, left))
+            batch.append(Submission(entry.ticket, left, entry.resume))
         self._unsent.clear()
         return batch
 

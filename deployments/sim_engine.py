@@ -104,6 +104,8 @@ class SimulatedEngine:
             engine_running=len(engine.running),
             engine_waiting=len(engine.waiting),
             kv_usage=1.0 - engine.free_kv_tokens / engine.kv_capacity if engine.kv_capacity else 0.0,
+            running_slots=engine.running_slots,
+            waiting_ids=engine.waiting_ids() if engine.running_slots else (),
         )
 
     def prefix_cache(self) -> PrefixCacheCounters:

@@ -27,7 +27,7 @@ class TenantUsage:
 
     tenant: str
     requests: dict[str, object]
-    """Lifetime counters: admitted, dispatched, completed, cancelled, expired, preempted, and
+    """Lifetime counters: admitted, dispatched, completed, cancelled, expired, preempted, revoked, and
     rejected by reason (quota, queue full, overload)."""
     outcomes: dict[Outcome, int]
     """Requests by how they ended (ok, client_disconnect, replica_error, timeout, ...)."""

@@ -154,7 +154,19 @@ class VllmEngine:
             kv_capacity_tokens=self._kv_tokens, progress=tuple(self._active[rid] for rid in active),
             engine_running=running, engine_waiting=waiting, kv_usage=state.kv_usage,
             engine_queue_s=self._queue_s,
+            running_slots=self._max_num_seqs if self._queue_slots else 0,
+            waiting_ids=self._not_started(waiting) if self._queue_slots else (),
         )
+
+    def _not_started(self, waiting: int) -> tuple[str, ...]:
+        """The requests vLLM holds in its waiting queue, as far as this side can tell: of those with no
+        token yet, the `waiting` that arrived last (vLLM starts them first come, first served). Stale
+        statistics only make it name fewer, so a revocation never hits a request it believes waiting
+        that vLLM already runs, except in the moment between vLLM starting it and the next statistics."""
+        if waiting <= 0:
+            return ()
+        fresh = [rid for rid, tokens in self._active.items() if tokens == 0]
+        return tuple(fresh[-waiting:])
 
     def prefix_cache(self) -> PrefixCacheCounters:
         return PrefixCacheCounters(self._state.prefix_queries, self._state.prefix_hits)

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field, replace
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RequestCancelledError
 
-from deployments.actors import ActorUnavailable, call
+from deployments.actors import ActorUnavailable
+from deployments.coalesce import merge_waiting
 from deployments.engine import FinishReason, GenerationRequest, TokenDelta, Usage
 from deployments.handles import GatewayScheduler, ReplicaHandle, ReplicaStream
-from deployments.scheduler_actor import AcquireStatus
+from deployments.scheduler_actor import AcquireResult, AcquireStatus, Resumption
 from deployments.scheduler_client import SchedulerClient
 from deployments.telemetry import Outcome, RequestTimings
 from driftsched.core.intake import Intake
@@ -94,6 +95,8 @@ class Prepared:
     """What the scheduler queues: category, raw and corrected estimates, and the rest."""
     tenant: str
     started: float
+    grant: int = 0
+    """The serial of its current grant (`AcquireResult.grant`), sent with each run."""
 
 
 class RunEnd(enum.StrEnum):
@@ -119,13 +122,34 @@ class Lease:
 
     The replica stream is consumed by a task started when the slot was granted, so the slot is
     released even if the HTTP response never starts; `cancel` (client gone) stops it early.
+    `next_merged` is `next` with the deltas already waiting behind the first merged into it
+    (`deployments.coalesce`): a reader that fell behind catches up in one chunk, one that keeps up
+    gets each delta alone and at once.
     """
 
     deltas: asyncio.Queue[TokenDelta | GatewayError | None]
     task: asyncio.Task[None]
+    _held: list[TokenDelta | GatewayError | None] = field(default_factory=list)
+    """An item taken off `deltas` by a merge it may not join; it comes next, before `deltas`."""
 
     async def next(self) -> TokenDelta | GatewayError | None:
+        if self._held:
+            return self._held.pop()
         return await self.deltas.get()
+
+    async def next_merged(self) -> TokenDelta | GatewayError | None:
+        """The next item, with every mergeable delta already queued behind it merged in; never waits
+        for more than the first."""
+        return self.merge_waiting(await self.next())
+
+    def merge_waiting(self, item: TokenDelta | GatewayError | None) -> TokenDelta | GatewayError | None:
+        """`item` (just taken from this lease) with the mergeable deltas queued behind it merged in.
+
+        A final delta closes the merge (`deployments.coalesce`); an item that may not join one (None,
+        a GatewayError, an error delta) is kept back and comes next, alone."""
+        if not isinstance(item, TokenDelta):
+            return item
+        return merge_waiting(item, self.deltas, self._held)
 
     def cancel(self) -> None:
         self.task.cancel()
@@ -198,6 +222,7 @@ class Gateway:
         except ActorUnavailable:
             raise scheduler_unavailable() from None
         if result.status is AcquireStatus.GRANTED and result.replica_id is not None:
+            prepared.grant = result.grant
             return result.replica_id, result.queue_wait_s
         if result.status is AcquireStatus.EXPIRED:
             self.release(prepared, "", None, timings_for(prepared, outcome=Outcome.TIMEOUT))
@@ -232,6 +257,7 @@ class Gateway:
         response: ReplicaStream | None = None
         try:
             while True:
+                run = replace(run, grant=prepared.grant)
                 response = self.llm.options(stream=True).generate.remote(run, target_replica=replica_id)
                 end = await self._forward_run(prepared, replica_id, response, produced, timings, out,
                                               may_fail_over=failovers < _MAX_FAILOVERS)
@@ -327,19 +353,18 @@ class Gateway:
             out.put_nowait(delta)
 
     async def _resume(self, prepared: Prepared, replica_id: str, generated: int, failed: bool) -> str:
-        """Queue a preempted (or failed-over) request again and wait for its next grant.
+        """Queue a preempted, revoked (or failed-over) request again and wait for its next grant,
+        batched with the ingress's other submissions.
 
         GatewayError if none comes within the queue deadline."""
         timeout = self.config.queue_timeout_s
-        deadline = time.monotonic() + timeout + _RESTART_GRACE_S
+        stopped = Resumption(replica_id, prepared.grant, generated, failed)
         try:
-            result = await call(
-                lambda: self.scheduler.resume.remote(prepared.ticket, replica_id, generated, timeout, failed),
-                deadline, what="scheduler",
-            )
+            result: AcquireResult = await self.client.resume(prepared.ticket, stopped, timeout)
         except ActorUnavailable:
             raise scheduler_unavailable() from None
         if result.status is AcquireStatus.GRANTED and result.replica_id is not None:
+            prepared.grant = result.grant
             return result.replica_id
         if result.status is AcquireStatus.EXPIRED:
             raise GatewayError(ErrorCode.QUEUE_TIMEOUT,

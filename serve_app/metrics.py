@@ -99,7 +99,7 @@ class _Snapshot:
             for tenant, n in sorted(values.items()):
                 gauge.add_metric([tenant], n)
             yield gauge
-        for field in ("admitted", "dispatched", "completed", "cancelled", "expired", "preempted"):
+        for field in ("admitted", "dispatched", "completed", "cancelled", "expired", "preempted", "revoked"):
             counter = CounterMetricFamily(f"driftsched_requests_{field}", f"Requests {field}.",
                                           labels=["tenant"])
             for tenant, c in sorted(stats.counters.items()):

@@ -14,7 +14,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from deployments.engine import EngineErrorCode, EngineFailure, GenerationRequest, TokenDelta, Usage
-from deployments.scheduler_actor import AcquireResult, AcquireStatus, Release
+from deployments.scheduler_actor import AcquireResult, AcquireStatus, Answers, Release, Submission
 from driftsched.core.config import parse_core_config
 from driftsched.core.intake import Intake
 from serve_app.config import GatewayConfig
@@ -82,7 +82,8 @@ class _Method:
 
 
 class FakeScheduler:
-    """`resume` grants the next replica in `grants`; `release_many` records its releases."""
+    """Answers each resumption (a submission with `resume` set) with the next replica in `grants`,
+    or "expired" once they run out; `release_many` records its releases."""
 
     def __init__(self, grants: list[str] | None = None, resume_error: Exception | None = None) -> None:
         self.grants = list(grants or [])
@@ -90,7 +91,9 @@ class FakeScheduler:
         self.resumes: list[tuple[str, int, bool]] = []
         self.releases: list[tuple[str, int | None, str | None]] = []
         self.release_many = _Method(self._release_many)
-        self.resume = _Method(self._resume)
+        self.submit = _Method(self._submit)
+        self.poll = _Method(self._poll)
+        self.cancel = _Method(lambda rid: asyncio.sleep(0))
 
     def _release_many(self, items: list[Release]) -> Any:
         """Records at the call, as a Ray call is sent at once; returns the awaitable reply."""
@@ -98,14 +101,25 @@ class FakeScheduler:
                           for item in items]
         return asyncio.sleep(0)
 
-    async def _resume(self, ticket: Any, replica: str, generated: int, timeout: float,
-                      failed: bool) -> AcquireResult:
-        self.resumes.append((replica, generated, failed))
-        if self.resume_error is not None:
-            raise self.resume_error
-        if not self.grants:
-            return AcquireResult(AcquireStatus.EXPIRED)
-        return AcquireResult(AcquireStatus.GRANTED, self.grants.pop(0))
+    async def _submit(self, client: str, items: list[Submission]) -> Answers:
+        results = {}
+        for item in items:
+            assert item.resume is not None, "the pump only resubmits stopped runs"
+            stopped = item.resume
+            self.resumes.append((stopped.replica_id, stopped.generated, stopped.replica_failed))
+            if self.resume_error is not None:
+                raise self.resume_error
+            rid = item.ticket.request_id
+            if not self.grants:
+                results[rid] = AcquireResult(AcquireStatus.EXPIRED)
+            else:
+                next_replica = self.grants.pop(0)
+                results[rid] = AcquireResult(AcquireStatus.GRANTED, next_replica, grant=stopped.grant + 1)
+        return Answers("epoch", results)
+
+    async def _poll(self, client: str, wait_s: float) -> Answers:
+        await asyncio.sleep(wait_s)
+        return Answers("epoch", {})
 
 
 def run_pump(scheduler: FakeScheduler, llm: FakeLLM, **gateway: float) -> list[Any]:

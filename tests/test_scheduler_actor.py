@@ -12,7 +12,7 @@ import pytest
 from factories import make_ticket
 
 from deployments.drift_actor import DriftActor
-from deployments.scheduler_actor import AcquireStatus, Release, SchedulerActor, Submission
+from deployments.scheduler_actor import AcquireStatus, Release, Resumption, SchedulerActor, Submission
 from deployments.telemetry import Outcome, RequestTimings
 from driftsched.core.drift import DriftTracker
 from driftsched.core.placement import Capacity
@@ -57,7 +57,9 @@ def test_every_way_a_wait_ends_is_a_typed_outcome():
         await actor.cancel("r2")
         cancelled = (await actor.poll("c", 1.0)).results["r2"]
         rejected = (await actor.submit("c", [Submission(make_ticket(3, tenant="nobody"), 5.0)])).results["r3"]
-        resumed = await actor.resume(make_ticket(4, tenant="nobody"), "r0", 3, 5.0)  # cannot resume
+        stopped = Resumption("r0", 1, 3)
+        resumed = (await actor.submit("c", [Submission(make_ticket(4, tenant="nobody"), 5.0, stopped)])
+                   ).results["r4"]  # cannot resume
         return expired, cancelled, rejected, resumed
 
     expired, cancelled, rejected, resumed = asyncio.run(scenario())

@@ -1,4 +1,9 @@
-"""Preempt-and-resume through the live app: a long runner gives way, its client sees one stream."""
+"""Preempt-and-resume through the live app: a long runner gives way, its client sees one stream.
+
+Every slot is held by a long bronze request, running or granted ahead (2 replicas x (2 running + 1
+ahead)): a gold request revokes a grant ahead (which goes back to the queue and resumes later, at no
+cost), then waits inside that engine behind the running ones until it preempts one of them. Every
+request still sees one stream with exact usage."""
 
 from __future__ import annotations
 
@@ -43,13 +48,18 @@ def test_a_long_runner_is_preempted_for_a_higher_tier_and_resumes_in_one_stream(
         "replicas.time_scale": 0.5,
     })
     base_url = serve_cluster.deploy(args)
+    scheduler = scheduler_handle(args)
 
     async def scenario():
         t0 = time.monotonic()
         long = {"prompt": "write a detailed essay about rivers", "max_tokens": 2000,
                 "extra_body": {"driftsched_target_tokens": LONG}}
-        blockers = [asyncio.create_task(_stream(base_url, "sk-test-bronze", t0, **long)) for _ in range(4)]
-        await asyncio.sleep(0.6)  # every slot (2 replicas x 2) is held by a long bronze request
+        blockers = [asyncio.create_task(_stream(base_url, "sk-test-bronze", t0, **long)) for _ in range(6)]
+        # Every slot (2 replicas x (2 running + 1 ahead)) is held by a long bronze request.
+        deadline = time.monotonic() + 60
+        while (await scheduler.view.remote()).stats.counters["bronze"].dispatched < 6:
+            assert time.monotonic() < deadline, "the bronze requests were never all granted"
+            await asyncio.sleep(0.05)
         short = {"prompt": "capital of France?", "max_tokens": 30,
                  "extra_body": {"driftsched_target_tokens": 20}}
         gold = await _stream(base_url, "sk-test-gold", t0, **short)
@@ -65,6 +75,9 @@ def test_a_long_runner_is_preempted_for_a_higher_tier_and_resumes_in_one_stream(
         assert reasons == ["length" if LONG >= 2000 else "stop"]
     # The gold request did not wait for a long one to finish: one was preempted for it.
     assert gold_done < min(done for *_, done, _ in blockers)
-    stats = ray.get(scheduler_handle(args).view.remote()).stats
+    stats = ray.get(scheduler.view.remote()).stats
     assert stats.counters["bronze"].preempted >= 1
-    assert stats.counters["bronze"].completed == 4
+    assert stats.counters["bronze"].completed == 6
+    bronze = stats.counters["bronze"]
+    assert bronze.revoked >= 1  # a grant ahead made way for gold first
+    assert bronze.dispatched == 6 + bronze.preempted + bronze.revoked  # each stop cost one more grant

@@ -23,7 +23,7 @@ from test_gateway_pump import FakeLLM, FakeScheduler, tok
 
 from deployments.engine import GenerationRequest, PrefixCacheCounters, TokenDelta, Usage
 from deployments.replica_config import ReplicaConfig, build_engine
-from deployments.scheduler_actor import Release, SchedulerActor
+from deployments.scheduler_actor import Release, Resumption, SchedulerActor, Submission
 from deployments.sim_engine import SimulatedEngine
 from deployments.telemetry import Outcome, RequestBook, RequestTimings
 from deployments.usage import tenant_usage
@@ -191,7 +191,8 @@ def test_a_replica_the_scheduler_drops_takes_its_prefix_figures_with_it() -> Non
         await actor.report("r0", Capacity(1, 1, 10_000, (), 10_000), PrefixCacheCounters(10, 5))
         await actor.release_many([Release("q1", "r0", 3, _timings("a", 20, 10))])
         before = await actor.view()
-        await actor.resume(make_ticket(9), "r0", 1, 0.05, replica_failed=True)
+        stopped = Resumption("r0", 1, 1, replica_failed=True)
+        await actor.submit("c", [Submission(make_ticket(9), 0.05, stopped)])
         return before, await actor.view()
 
     before, after = asyncio.run(scenario())

@@ -61,6 +61,13 @@ under pressure (vLLM with requests waiting inside it) reports fewer free slots t
 `max_slots - len(active)`; the difference is *withheld* until its next report, so the backlog waits
 here, in policy order, rather than in the engine's own queue.
 
+**Grants ahead.** A replica may take `Capacity.running_slots` running requests and a few more held
+in its engine's queue (`max_slots` counts both), so that a freed slot is refilled at the engine's next
+step. A grant made while every running slot is taken is *ahead* until a report says whether it
+started (`Capacity.waiting_ids`: granted, held by the engine, not started); one that has not started
+is `revocable`, at no cost (`driftsched.core.dispatch`). A waiting request holds no KV in the engine,
+so its release credits none back.
+
 **Cost.** `choose` scans the replicas, O(replicas) plus the prefix match, O(blocks matched + 1) on
 each. With a deep queue the head often fits nowhere
 (it waits for KV), and the dispatcher asks again for that same head after every grant and release;
@@ -118,6 +125,11 @@ class Capacity:
     kv_usage: float = 0.0
     engine_queue_s: float = 0.0
     """Recent mean time a request waited inside the engine before it was first scheduled."""
+    running_slots: int = 0
+    """Of `max_slots`, those that run at once (``max_num_seqs``); the rest hold granted requests
+    queued inside the engine, ready for the next freed slot (grant-ahead). 0: all of them run."""
+    waiting_ids: tuple[str, ...] = ()
+    """Granted requests the engine holds but has not started: revoking one costs nothing."""
 
 
 @dataclass(slots=True)
@@ -150,6 +162,8 @@ class ReplicaState:
     prefill_since: float = 0.0  # when the prefill in flight last rose from none
     placed: float = 0.0  # work granted here (uncached prompt + output estimate), decayed to `placed_at`
     placed_at: float = 0.0
+    waiting: set[str] = field(default_factory=set)  # reported held by the engine, not started
+    ahead: set[str] = field(default_factory=set)  # granted beyond the running slots, not yet reported
 
     def refresh(self, capacity: Capacity, now: float) -> None:
         self.capacity, self.reported_at, self.kv_credit = capacity, now, 0
@@ -163,6 +177,10 @@ class ReplicaState:
             self.in_use = len(self.active) + len(self.pending)
             self.withheld = max(0, capacity.max_slots - len(capacity.active) - capacity.free_slots)
         self.progress = dict(zip(ids, capacity.progress or (), strict=False))
+        self.waiting = set(capacity.waiting_ids)
+        if self.ahead:
+            reported = self.active if capacity.active is not None else set(ids)
+            self.ahead -= reported  # once reported, `waiting` says whether it started
         self.kv_pending = sum(self.pending.values())
         progress = self.progress
         self.decode_left = sum(max(0.0, e - progress.get(rid, 0)) for rid, e in self.expected.items())
@@ -196,6 +214,8 @@ class ReplicaState:
     def forget(self, request_id: str) -> None:
         """The grant left this replica: no prefill in flight, no blocks held."""
         self.prefilled(request_id)
+        self.waiting.discard(request_id)
+        self.ahead.discard(request_id)
         pins = self.pins
         for h in self.pinned.pop(request_id, ()):
             left = pins[h] - 1
@@ -437,6 +457,14 @@ class Placement:
         state = self._replicas.get(replica_id)
         return state.last_freed if state is not None else float("inf")
 
+    def revocable(self, replica_id: str, request_id: str) -> bool:
+        """Whether `request_id`'s grant on `replica_id` is not started yet: queued inside the engine by
+        its last report, or granted beyond the running slots and not reported since (grant-ahead)."""
+        state = self._replicas.get(replica_id)
+        if state is None or request_id not in state.granted:
+            return False
+        return request_id in state.waiting or request_id in state.ahead
+
     def holds(self, replica_id: str, request_id: str) -> bool:
         """Whether `request_id` holds a grant on `replica_id`."""
         state = self._replicas.get(replica_id)
@@ -484,11 +512,14 @@ class Placement:
         rid, prompt, blocks = ticket.request_id, ticket.prompt_tokens, ticket.prefix_blocks
         kv = self._kv_need(state, ticket)
         uncached = prompt - self._cached(state, ticket, now)
+        state.forget(rid)  # a request granted here again (resumed) replaces its old figures
+        running_slots = state.capacity.running_slots
+        if running_slots and state.in_use >= running_slots:
+            state.ahead.add(rid)  # every running slot is taken: it waits in the engine's queue
         state.granted[rid] = (now, kv)
         state.pending[rid] = kv
         state.in_use += 1
         state.kv_pending += kv
-        state.forget(rid)  # a request granted here again (resumed) replaces its old figures
         if uncached > 0:
             if not state.prefill_tokens:
                 state.prefill_since = now
@@ -526,6 +557,7 @@ class Placement:
             self._now = max(self._now, now)
             if request_id in state.granted or request_id in state.active:
                 state.last_freed = max(state.last_freed, now)
+        waiting = request_id in state.waiting  # held by the engine without KV: nothing to credit
         if request_id in state.expected:
             state.reserved = max(0.0, state.reserved - state.growth(request_id))
             state.decode_left = max(0.0, state.decode_left - state.left(request_id))
@@ -539,7 +571,8 @@ class Placement:
         elif request_id in state.active:  # do not wait for the next report to see it gone
             state.active.discard(request_id)
             state.in_use -= 1
-            state.kv_credit += tokens or (granted[1] if granted else 0)
+            if not waiting:
+                state.kv_credit += tokens or (granted[1] if granted else 0)
         elif granted is not None:  # exact reports: the grant was counted in `in_use` only
             state.in_use -= 1
             state.kv_credit += tokens

@@ -289,6 +289,45 @@ class Scheduler:
         self._advance(now)
         return ticket
 
+    def unstart(self, request_id: str) -> Ticket:
+        """Undo the dispatch of an in-flight request that never started (its grant was revoked for a
+        better-ranked one): it is queued again exactly as it was, at its place in the policy's order,
+        with its queue deadline, its quota charge and no preemption counted. Raises
+        `UnknownRequestError` if it is not in flight."""
+        ticket = self._in_flight.pop(request_id, None)
+        if ticket is None:
+            raise UnknownRequestError(f"no request {request_id!r} in flight")
+        now = self.clock()
+        self._fly(ticket, -1)
+        ticket.dispatch_time = None
+        self._queued[request_id] = ticket
+        self._queued_per_tenant[ticket.tenant] += 1
+        self._counters[ticket.tenant].revoked += 1
+        if ticket.deadline is not None:  # its entry may have left the heap while it was in flight
+            heapq.heappush(self._deadlines, (ticket.deadline, ticket.seq, ticket))
+        self.policy.add(ticket, ticket.queued_at)
+        if ticket.preemptions:  # a resumed request goes back to the front, as it came
+            self._front.append(ticket)
+            self._front = deque(sorted(self._front, key=lambda t: t.queued_at))
+        self.risk.queued.add(ticket, resumed=bool(ticket.preemptions))
+        self._advance(now)
+        return ticket
+
+    def catch_up(self, request_id: str, total_generated: int) -> bool:
+        """A queued request (revoked) turns out to have generated `total_generated` tokens in all before
+        it stopped (it had started after all): its prompt and budget follow, as `resume` would set them.
+        False if it is not queued or nothing changed."""
+        ticket = self._queued.get(request_id)
+        if ticket is None:
+            return False
+        new = total_generated - ticket.generated
+        if not 0 < new < ticket.max_tokens:
+            return False
+        ticket.prompt_tokens += new
+        ticket.max_tokens -= new
+        ticket.generated = total_generated
+        return True
+
     def cancel(self, request_id: str) -> Ticket | None:
         """Withdraw a queued request; None if it is not queued (already dispatched or unknown)."""
         ticket = self._queued.get(request_id)
@@ -350,6 +389,11 @@ class Scheduler:
         """The pool has `replicas` replicas now (a `Dispatcher` reports it at every step)."""
         self.risk.rate.set_replicas(self.clock(), replicas)
 
+    def at_risk(self, ticket: Ticket, now: float) -> bool:
+        """Whether a queued ticket is projected past `risk_share` of its TTFT objective (what it has
+        waited plus its predicted wait; the holdback rule's test, for one ticket)."""
+        return self.risk.projected_share(ticket, now) > self.risk.config.risk_share
+
     def tier_risks(self) -> tuple[TierRisk, ...]:
         """Every tier with queued work: its TTFT objective, the work ahead of a new request, its
         predicted wait and whether it is at risk (what the holdback and the autoscaler read)."""
@@ -403,10 +447,7 @@ class Scheduler:
             queued=dict(self._queued_per_tenant),
             in_flight=in_flight,
             counters={
-                k: TenantCounters(
-                    c.admitted, c.dispatched, c.completed, c.cancelled, c.expired, c.preempted,
-                    dict(c.rejected),
-                )
+                k: replace(c, rejected=dict(c.rejected))
                 for k, c in self._counters.items()
             },
             drift=tracker.stats(now),

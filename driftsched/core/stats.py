@@ -21,6 +21,9 @@ class TenantCounters:
     expired: int = 0
     preempted: int = 0
     """Times a running request of this tenant was preempted and put back in the queue to resume."""
+    revoked: int = 0
+    """Times a grant ahead of this tenant was taken back before it started, for a better-ranked request
+    (the request went back to its place in the queue; each grant still counts as dispatched)."""
     rejected: dict[str, int] = field(default_factory=dict)
 
 

@@ -139,6 +139,15 @@ class ContinuousBatchEngine:
         self.waiting.append(seq)
         self.held_tokens += seq.num_tokens
 
+    @property
+    def running_slots(self) -> int:
+        """Slots that run at once; the rest of `max_slots` hold granted sequences queued (0: none)."""
+        return self.perf.max_num_seqs if self.perf.engine_queue_slots else 0
+
+    def waiting_ids(self) -> tuple[str, ...]:
+        """Ids of the waiting sequences that never started (taking one back costs nothing)."""
+        return tuple(str(seq.request_id) for seq in self.waiting if not seq.started)
+
     def abort(self, seq: EngineSequence) -> bool:
         """Drop a sequence (client went away); returns whether it was in the engine."""
         if seq in self.waiting:
@@ -232,6 +241,7 @@ class ContinuousBatchEngine:
                 if self.kv_used + need > cap:
                     break
             self.waiting.popleft()
+            seq._admitted = True
             seq._order = self._next_order
             self._next_order += 1
             running[seq] = None
@@ -376,8 +386,7 @@ class ContinuousBatchEngine:
         self.kv_used += cached
         self.prefix_query_tokens += seq.prompt_tokens + seq._generated
         self.prefix_hit_tokens += cached
-        if not seq._admitted:
-            seq._admitted = True
+        if not seq._admitted:  # the first admission (`step` marks it admitted just after)
             seq.cached_tokens = cached
 
     def _cache_prompt(self, seq: EngineSequence) -> None:

@@ -61,6 +61,12 @@ class EngineSequence:
         self._entry: tuple[int, int, EngineSequence] | None = None  # its live finish-heap entry
 
     @property
+    def started(self) -> bool:
+        """Whether an engine has admitted it to its running batch (a waiting one that never was can be
+        taken back at no cost)."""
+        return self._admitted
+
+    @property
     def generated(self) -> int:
         clock = self._clock
         return self._generated if clock is None else self._generated + clock.ticks - self._since

@@ -346,6 +346,8 @@ class Simulation:
             kv_capacity_tokens=engine.kv_capacity,
             progress=tuple(seq.generated for seq in seqs),
             progress_ids=tuple(str(seq.request_id) for seq in seqs),
+            running_slots=engine.running_slots,
+            waiting_ids=engine.waiting_ids() if engine.running_slots else (),
         )
         self.placement.report(str(r), capacity, self.clock.now)
 
@@ -354,6 +356,9 @@ class Simulation:
         step, now = self.dispatcher.step(), self.clock.now
         for ticket in step.expired:
             self.expired[int(ticket.request_id)] = True
+        for ticket, _ in step.revoked:  # back in the queue already; its replica drops it
+            r, seq = self._seqs.pop(ticket.request_id)
+            self.engines[r].abort(seq)
         unstarted: set[str] = set()
         for ticket, _ in step.preempted:
             running = self._seqs.get(ticket.request_id)

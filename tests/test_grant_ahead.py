@@ -1,0 +1,193 @@
+"""Grant-ahead and revocation, at-risk preemption and orders pushed to replicas.
+
+A replica with one running slot and one slot ahead (`Capacity.running_slots`): a grant ahead that has
+not started is revoked for a better-ranked head that fits nowhere, goes back to its place in the
+queue, is granted once more later and never runs twice; a started one is not revoked. An at-risk head
+preempts without waiting `wait_s`. The scheduler actor posts each stop order to the replica's
+``orders`` poll at once, and the resumption of a revoked request gets its next grant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from factories import make_scheduler, make_ticket
+
+from deployments.replica import RunStops
+from deployments.scheduler_actor import AcquireStatus, Release, Resumption, SchedulerActor, Submission
+from driftsched.core.config import PreemptionConfig
+from driftsched.core.dispatch import Dispatcher
+from driftsched.core.placement import Capacity, Placement
+
+KV = 100_000
+
+
+def _ahead(active: tuple[str, ...], waiting: tuple[str, ...]) -> Capacity:
+    """A heartbeat of a replica running one request with one slot ahead (2 slots, 1 running)."""
+    return Capacity(2, 2 - len(active), KV, active, KV, progress=tuple(0 for _ in active), running_slots=1,
+                    waiting_ids=waiting)
+
+
+def _pool(policy: str = "sjf", preemption: PreemptionConfig | None = None) -> tuple[Any, Any, Dispatcher]:
+    scheduler, clock = make_scheduler(policy)
+    placement = Placement(kv_watermark=0.0)
+    placement.report("a", _ahead((), ()), 0.0)
+    return scheduler, clock, Dispatcher(scheduler, placement, preemption)
+
+
+def _granted(dispatcher: Dispatcher) -> list[str]:
+    return [t.request_id for t, _ in dispatcher.step().grants]
+
+
+def test_a_grant_ahead_gives_way_to_a_better_ranked_head_and_returns_to_its_place():
+    scheduler, clock, dispatcher = _pool()
+    scheduler.admit(make_ticket(1, estimate=1000.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r1"]
+    scheduler.admit(make_ticket(2, estimate=500.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r2"]  # r2 waits inside the engine, ahead
+    dispatcher.placement.report("a", _ahead(("r1", "r2"), ("r2",)), 0.5)
+    clock.now = 1.0
+    scheduler.admit(make_ticket(3, estimate=10.0, prompt_tokens=10, arrival=1.0))
+    scheduler.admit(make_ticket(4, estimate=600.0, prompt_tokens=10, arrival=1.0))
+    step = dispatcher.step()
+    assert [(t.request_id, r) for t, r in step.revoked] == [("r2", "a")]
+    assert [t.request_id for t, _ in step.grants] == ["r3"] and step.preempted == []
+    r2 = scheduler.peek()
+    assert r2 is not None and r2.request_id == "r2"  # back before r4, where SJF puts it
+    assert (r2.preemptions, r2.generated, r2.prompt_tokens) == (0, 0, 10)  # revoked at no cost
+    assert scheduler.snapshot().counters["a"].preempted == 0
+    # r1 finishes: r2 is granted again, once, and r4 after it.
+    dispatcher.placement.release("a", "r1", 1010, 2.0)
+    dispatcher.placement.report("a", _ahead(("r3",), ()), 2.0)
+    assert _granted(dispatcher) == ["r2"]  # one slot free: r2 before r4, granted once more
+    counters = scheduler.snapshot().counters["a"]
+    assert (counters.dispatched, counters.revoked) == (4, 1)  # r1, r2, r3, r2 again; r2's first undone
+
+
+def test_a_started_grant_and_a_better_ranked_one_are_never_revoked():
+    scheduler, clock, dispatcher = _pool()
+    scheduler.admit(make_ticket(1, estimate=1000.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r1"]
+    scheduler.admit(make_ticket(2, estimate=500.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r2"]
+    dispatcher.placement.report("a", _ahead(("r1", "r2"), ()), 0.5)  # both started (none waiting)
+    clock.now = 1.0
+    scheduler.admit(make_ticket(3, estimate=10.0, prompt_tokens=10, arrival=1.0))
+    step = dispatcher.step()
+    assert step.revoked == [] and step.grants == []
+    dispatcher.placement.report("a", _ahead(("r1", "r2"), ("r2",)), 1.5)  # r2 waiting, but r9 ranks below it
+    scheduler.cancel("r3")
+    scheduler.admit(make_ticket(9, estimate=900.0, prompt_tokens=10, arrival=1.5))
+    step = dispatcher.step()
+    assert step.revoked == [] and step.grants == []
+
+
+def test_fifo_never_revokes_an_earlier_arrival():
+    scheduler, clock, dispatcher = _pool("fifo")
+    scheduler.admit(make_ticket(1, prompt_tokens=10))
+    scheduler.admit(make_ticket(2, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r1", "r2"]
+    dispatcher.placement.report("a", _ahead(("r1", "r2"), ("r2",)), 0.5)
+    clock.now = 1.0
+    scheduler.admit(make_ticket(3, estimate=1.0, prompt_tokens=10, arrival=1.0))
+    step = dispatcher.step()
+    assert step.revoked == [] and step.grants == []
+
+
+def test_a_grant_beyond_the_running_slots_is_revocable_before_any_report():
+    scheduler, _, dispatcher = _pool()
+    scheduler.admit(make_ticket(1, estimate=1000.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r1"]
+    scheduler.admit(make_ticket(2, estimate=500.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r2"]
+    placement = dispatcher.placement
+    assert not placement.revocable("a", "r1") and placement.revocable("a", "r2")  # r1 took the running slot
+    placement.report("a", _ahead(("r1", "r2"), ()), 0.5)  # reported: r2 started after all
+    assert not placement.revocable("a", "r2")
+
+
+def _one_slot(preemption: PreemptionConfig) -> tuple[Any, Any, Dispatcher]:
+    scheduler, clock = make_scheduler("sjf")
+    placement = Placement(kv_watermark=0.0)
+    placement.report("a", Capacity(1, 1, KV, None, KV), 0.0)
+    dispatcher = Dispatcher(scheduler, placement, preemption, progress=lambda rid: 200)
+    scheduler.admit(make_ticket(1, estimate=1000.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r1"]
+    return scheduler, clock, dispatcher
+
+
+def test_a_head_whose_objective_is_at_risk_preempts_without_waiting():
+    cfg = PreemptionConfig(enabled=True, wait_s=30.0, min_run_s=0.0)
+    scheduler, clock, dispatcher = _one_slot(cfg)
+    clock.now = 1.0
+    head = make_ticket(2, estimate=10.0, prompt_tokens=10, arrival=1.0)
+    head.ttft_slo_s = 1.0
+    scheduler.admit(head)
+    clock.now = 1.3  # waited 0.3 of its 1 s objective: not at risk, and far from wait_s
+    assert dispatcher.step().preempted == []
+    clock.now = 1.6  # past risk_share (0.5) of it: preempted at once, no wait_s, no stuck replica
+    step = dispatcher.step()
+    assert [t.request_id for t, _ in step.preempted] == ["r1"]
+    assert [t.request_id for t, _ in step.grants] == ["r2"]
+
+
+def test_a_head_with_slack_still_waits_wait_s():
+    cfg = PreemptionConfig(enabled=True, wait_s=30.0, min_run_s=0.0)
+    scheduler, clock, dispatcher = _one_slot(cfg)
+    clock.now = 1.0
+    scheduler.admit(make_ticket(2, estimate=10.0, prompt_tokens=10, arrival=1.0))  # no TTFT objective
+    clock.now = 20.0
+    assert dispatcher.step().preempted == []
+
+
+# ---------------------------------------------------------------- the replica's side
+
+
+def test_an_order_for_a_run_not_here_yet_stops_it_as_it_arrives_and_only_that_run():
+    stops = RunStops(keep_s=10.0)
+    assert stops.order("q", 7, now=0.0) is False  # not here: kept
+    assert stops.start("q", 8, now=1.0) is True  # another grant's run of the same request runs
+    stops.end("q", 8)
+    assert stops.start("q", 7, now=2.0) is False  # the revoked run ends as it comes
+    assert stops.start("q", 7, now=3.0) is True  # the order is used up
+    assert stops.order("q", 7, now=3.0) is True  # here: stop it in the engine now
+    assert stops.order("q", 0, now=3.0) is True  # 0: whichever run is here
+    stops.end("q", 7)
+    stops.order("z", 1, now=0.0)
+    assert stops.start("z", 1, now=11.0) is True and len(stops) == 1  # kept keep_s only
+
+
+# ---------------------------------------------------------------- the actor
+
+
+def test_the_actor_pushes_a_revocation_at_once_and_regrants_through_the_resumption():
+    config = {"tenants": [{"name": "a"}], "scheduler": {"policy": "sjf"}}
+
+    async def scenario() -> tuple[Any, ...]:
+        actor = SchedulerActor(config)
+        await actor.report("r0", _ahead((), ()))
+        first = await actor.submit("c", [Submission(make_ticket(1, estimate=1000.0, prompt_tokens=10), 30.0),
+                                         Submission(make_ticket(2, estimate=500.0, prompt_tokens=10), 30.0)])
+        poll = asyncio.ensure_future(actor.orders("r0", 10.0))
+        await asyncio.sleep(0.05)
+        assert not poll.done()
+        await actor.report("r0", _ahead(("r1", "r2"), ("r2",)))
+        better = await actor.submit("c", [Submission(make_ticket(3, estimate=10.0, prompt_tokens=10), 30.0)])
+        orders = await asyncio.wait_for(poll, 1.0)  # answered by the submit, not a heartbeat
+        grant = first.results["r2"].grant
+        resumed = await actor.submit("c", [Submission(make_ticket(2, estimate=500.0, prompt_tokens=10), 30.0,
+                                                      Resumption("r0", grant, 0))])
+        await actor.release_many([Release("r1", "r0", 1000)])
+        regrant = (await actor.poll("c", 1.0)).results
+        sizes = await actor.table_sizes()
+        return first, better, orders, resumed, regrant, (await actor.view()).stats, sizes
+
+    first, better, orders, resumed, regrant, stats, sizes = asyncio.run(scenario())
+    assert [first.results[r].status for r in ("r1", "r2")] == [AcquireStatus.GRANTED] * 2
+    assert better.results["r3"].status is AcquireStatus.GRANTED
+    assert orders == {"r2": first.results["r2"].grant}
+    assert resumed.results == {}  # back in the queue: its answer comes with a poll
+    assert regrant["r2"].status is AcquireStatus.GRANTED and regrant["r2"].grant > better.results["r3"].grant
+    assert stats.counters["a"].preempted == 0 and stats.counters["a"].admitted == 3
+    assert sizes["revoked"] == 0 and sizes["orders"] == 0
