@@ -191,3 +191,33 @@ def test_the_actor_pushes_a_revocation_at_once_and_regrants_through_the_resumpti
     assert regrant["r2"].status is AcquireStatus.GRANTED and regrant["r2"].grant > better.results["r3"].grant
     assert stats.counters["a"].preempted == 0 and stats.counters["a"].admitted == 3
     assert sizes["revoked"] == 0 and sizes["orders"] == 0
+
+
+def test_an_at_risk_head_preempts_and_the_replica_hears_it_before_any_heartbeat():
+    from driftsched.core.clock import ManualClock
+
+    config = {"tenants": [{"name": "gold", "tier": 0, "ttft_slo_s": 1.0}, {"name": "bronze", "tier": 2}],
+              "scheduler": {"policy": "priority", "preemption": {"enabled": True, "wait_s": 60.0,
+                                                                 "min_run_s": 0.0}}}
+    clock = ManualClock()
+
+    async def scenario() -> tuple[Any, ...]:
+        actor = SchedulerActor(config, clock=clock)
+        await actor.report("r0", Capacity(1, 1, KV, (), KV))
+        long = make_ticket(1, tenant="bronze", tier=2, estimate=1000.0, prompt_tokens=10, arrival=0.0)
+        await actor.submit("c", [Submission(long, 60.0)])
+        await actor.report("r0", Capacity(1, 0, KV, ("r1",), KV, progress=(5,)))
+        poll = asyncio.ensure_future(actor.orders("r0", 30.0))
+        gold = make_ticket(2, tenant="gold", tier=0, estimate=10.0, prompt_tokens=10, arrival=0.0)
+        gold.ttft_slo_s = 1.0
+        clock.now = 0.2
+        await actor.submit("c", [Submission(gold, 60.0)])
+        await asyncio.sleep(0.05)
+        early = poll.done()
+        clock.now = 0.9  # waited 0.7 s of its 1 s objective: at risk, though wait_s (60 s) is far off
+        await actor.release_many([])  # any call that dispatches; no report comes in between
+        return early, await asyncio.wait_for(poll, 1.0)
+
+    early, orders = asyncio.run(scenario())
+    assert not early  # with slack, it waits
+    assert orders == {"r1": 1}  # the running bronze request's grant, ordered stopped at once
