@@ -243,6 +243,11 @@ class VllmEngine:
             generated += len(ids)
             if request.request_id in self._active:
                 self._active[request.request_id] = generated
+            if not out.finished and request.request_id in self._preempted:
+                # Ordered stopped before vLLM had it (its abort then found nothing): stop it now.
+                await engine.abort(request.request_id)
+                yield TokenDelta(completion.text, len(ids), FinishReason.PREEMPTED, token_ids=ids)
+                return
             if not out.finished:
                 if completion.text or ids:
                     yield TokenDelta(completion.text, len(ids), token_ids=ids)
