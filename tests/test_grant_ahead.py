@@ -221,3 +221,21 @@ def test_an_at_risk_head_preempts_and_the_replica_hears_it_before_any_heartbeat(
     early, orders = asyncio.run(scenario())
     assert not early  # with slack, it waits
     assert orders == {"r1": 1}  # the running bronze request's grant, ordered stopped at once
+
+
+def test_a_resumed_grant_ahead_is_never_revoked_and_a_step_stays_finite():
+    # A resumed request goes before every request that has not started: revoking it would hand its
+    # place straight back to it, round after round within one step.
+    scheduler, clock, dispatcher = _pool()
+    scheduler.admit(make_ticket(1, estimate=1000.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r1"]
+    scheduler.admit(make_ticket(2, estimate=500.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r2"]
+    resumed = scheduler.in_flight_ticket("r2")
+    assert resumed is not None
+    resumed.preemptions = 1
+    dispatcher.placement.report("a", _ahead(("r1", "r2"), ("r2",)), 0.5)
+    clock.now = 1.0
+    scheduler.admit(make_ticket(3, estimate=10.0, prompt_tokens=10, arrival=1.0))
+    step = dispatcher.step()
+    assert step.revoked == [] and step.grants == []

@@ -45,6 +45,10 @@ from driftsched.core.scheduler import Scheduler
 
 Rank = tuple[float, ...]
 
+MAX_REVOCATIONS = 64
+"""Most grants revoked in one dispatch step (each one is for a better-ranked head, so a step that
+needs more is rare; the bound keeps any step finite)."""
+
 
 @dataclass(slots=True)
 class DispatchStep:
@@ -90,12 +94,16 @@ class Dispatcher:
         now = scheduler.clock()
         scheduler.set_replicas(sum(1 for _ in placement.replicas()))  # the rate is per replica
         out = DispatchStep(expired=scheduler.expire_due())
+        revocations = 0
         while scheduler.num_queued:
             head = scheduler.peek()
             if head is None:
                 break
             replica = placement.choose(head, now)
-            if replica is None and self._revoke(head, now, out):
+            if replica is None and revocations < MAX_REVOCATIONS and self._revoke(head, now, out):
+                revocations += 1
+                if scheduler.peek() is not head:  # the revoked ticket goes first after all (holdback)
+                    continue
                 replica = placement.choose(head, now)
             if replica is None and not out.preempted:
                 victim = self._victim(head, now)
@@ -132,9 +140,11 @@ class Dispatcher:
         placement = self.placement
 
         def revocable(ticket: Ticket, replica: str, _done: int) -> bool:
+            # A resumed request goes before every request that has not started (`Scheduler.resume`),
+            # whatever its rank: taking its place back would hand it straight back to it.
             rid = ticket.request_id
-            return placement.revocable(replica, rid) and placement.fits_after_release(
-                replica, head, rid, ticket.prompt_tokens)
+            return not ticket.preemptions and placement.revocable(replica, rid) and (
+                placement.fits_after_release(replica, head, rid, ticket.prompt_tokens))
 
         found = self._worst_below(head_rank, self.preemption.max_candidates, revocable)
         if found is None:

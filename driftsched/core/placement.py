@@ -449,7 +449,10 @@ class Placement:
         state = self._replicas.get(replica_id)
         if state is None or request_id not in state.granted:
             return False
-        kv = tokens + math.ceil(state.growth(request_id))  # its reservation goes with it
+        # What `release` gives back: a pending grant's charge, nothing for one the engine holds
+        # waiting (it has no KV there yet), else `tokens`; its reservation goes with it.
+        freed = state.pending.get(request_id, 0 if request_id in state.waiting else tokens)
+        kv = freed + math.ceil(state.growth(request_id))
         return self.fits(state, ticket, slots=1, kv=kv, idle=state.in_use <= 1)
 
     def stuck_since(self, replica_id: str) -> float:
