@@ -1,68 +1,86 @@
-"""DriftSched in front of real vLLM (CPU build) vs vLLM's own scheduling, on one multi-tenant load.
+"""DriftSched in front of real vLLM (CPU build) vs vLLM's own scheduling: a block protocol whose
+verdicts survive a host that drifts.
 
-The same open-loop load (Poisson arrivals, fixed seed) is replayed against five set-ups. All five sit
-behind Ray Serve's HTTP proxy on 127.0.0.1 and receive the same streamed OpenAI-style
-`/v1/completions` requests from the same client, so the comparison is about where the backlog waits:
+Set-ups. All sit behind Ray Serve's HTTP proxy on 127.0.0.1 and receive the same streamed
+OpenAI-style `/v1/completions` requests from the same client, so the comparison is about where the
+backlog waits:
 
 * `driftsched-default`, `driftsched-sjf`, `driftsched-fifo`: the real Serve app (ingress, scheduler
   actor, vLLM replicas). Replicas take work only while vLLM has free slots, so the backlog waits in the
   scheduler and the policy picks who runs next. `default` takes the scheduler section of `config.yaml`
-  (policy, its options, preemption): what a user gets out of the box.
+  (policy, its options, preemption): what a user gets out of the box. `fifo` runs vLLM's own order, so
+  what separates it from `vllm-fcfs` is DriftSched's data path.
 * `vllm-fcfs`, `vllm-priority`: a bare Serve deployment (`VllmAlone`) wrapping one `AsyncLLM` per
   replica that hands every request to vLLM on arrival, so the backlog waits in vLLM's own queue
   (`scheduling_policy` fcfs, or priority with the tenant's tier as `priority=`, lower first).
 
+By default the four the targets name run (`--setups` adds `driftsched-sjf`): a fifth set-up costs a
+fifth more of the run and an engine's memory.
+
 Fairness: both sides run the same number of replicas with the same engine settings (`engine_args`,
-including `max_num_seqs` = `--slots`, the per-replica cap on running sequences, and the same
-`stream_interval`), count prompts with the model's tokenizer (BOS added), and generate the same
-number of tokens per request: the benchmark-only `driftsched_target_tokens` becomes min_tokens =
-max_tokens with ignore_eos on both sides (DriftSched never shows it to its estimator or scheduler).
-The client checks `usage.completion_tokens` on every response. DriftSched's replicas take
-`max_num_seqs` plus `engine_queue_slots` requests (`config.cpu.yaml`'s, or `--engine-queue-slots`):
-the one or few beyond the running batch wait in vLLM's queue, as every request does under vLLM alone,
-so a finished sequence is replaced at vLLM's next step. What remains different is the cost of
-DriftSched itself (an extra ingress hop and the scheduler actor), which is part of what is measured.
+including `max_num_seqs` = `--slots` and the same `stream_interval`), count prompts with the model's
+tokenizer, and generate the same number of tokens per request: the benchmark-only
+`driftsched_target_tokens` becomes min_tokens = max_tokens with ignore_eos on both sides (DriftSched
+never shows it to its estimator or scheduler). The client checks `usage.completion_tokens` on every
+response (a mismatch or a failed request counts as missing both objectives, TTFT infinite).
+DriftSched's replicas take `max_num_seqs` plus `engine_queue_slots` (`config.cpu.yaml`'s, or
+`--engine-queue-slots`). The engine process stands for the GPU, so it gets a core of its own
+(`EnginePinning`, on both sides; off with `--no-pin-engine`), and its model is a tiny random Llama
+just heavy enough (`--model auto`, `choose_model`) that a decode step over `--slots` sequences takes
+at least `--engine-step-ms`, so the engine and not the front-end is the bottleneck, as the GPU is on
+an L4 node.
 
-The engine process stands for the GPU, so it gets a core of its own (`EnginePinning`; on both sides,
-off with `--no-pin-engine`): on a 2-core machine the front-end processes otherwise take turns on the
-engine's core, and DriftSched's extra ones (ingress, scheduler actor) then lengthen vLLM's steps,
-which on an L4 run on the GPU, not on the host cores.
+Protocol (`driftsched.bench.blocks`). Every set-up is deployed first (each under its own route
+prefix; an idle one costs next to nothing). Each phase runs in *rounds*: a round is one segment of
+arrivals, served once by every set-up in turn, the order rotated per round; each (set-up, round) is
+a *block*. A block's requests all go to its set-up and the next block starts when the last of them
+has finished, so one set-up's backlog never runs on the engine core beside another's, and every
+block starts with empty queues for every set-up alike. The phases:
 
-The engine is the bottleneck on any machine, as the GPU is on an L4 node: the engine's model is a tiny
-random Llama just heavy enough (`--model auto`, `choose_model`) that vLLM's decode step with `--slots`
-sequences takes at least `--engine-step-ms` on the engine's core. With the 2-layer test model on a fast
-CPU a step takes ~1 ms, vLLM streams 3,000 tokens/s, and the front-end's core (proxy, ingress,
-replica) limits every set-up instead, so no order can show. `--model HIDDENxLAYERS` fixes the model.
+1. Saturation: a closed loop of `--concurrency` requests in flight (default twice the slots, the
+   same for every set-up) for `--sat-block-s` per block; the output tokens streamed within the
+   block after `SAT_WARMUP_S` (each request's tokens spread evenly from its first to its last) over
+   that window are its throughput. vllm-fcfs's median over rounds is the host's *capacity* (the
+   median, so that one block slowed by something else on the host does not set the load), the base
+   of the loads below (`--rate` fixes the main phase's requests/s instead).
+2. Main: `--rounds` blocks of `--block-s` at `--load` (default 0.75) of capacity: no set-up is
+   overloaded on average, and queues still form in bursts.
+3. Low load: `--low-rounds` blocks of `--low-block-s` at `--low-load` (default 0.3) for
+   `--low-setups` (the overhead target's pair, driftsched-fifo and vllm-fcfs).
 
-Sizing: output lengths of tens to hundreds of tokens make decode the bulk of the work, and
-`stream_interval` batches streamed tokens so HTTP chunks stay few. The offered load is relative to
-this machine: before the set-ups, a calibration deploys vLLM alone (fcfs), sends it a saturating
-burst of the same mix and measures the output tokens per second it sustains; the arrival rate is then
-`--load` (default 1.0) times that capacity over the mean output length of the load. So the run is
-equally loaded on a fast machine and on a slow or busy one; a fixed rate (`--rate`, no calibration)
-that offers 4x what the CPU decodes measures only how a long drain is ordered. All set-ups are
-deployed first (each under its own route prefix, ~30 s per engine start), then each seed is
-replayed against every set-up in turn (~100-150 s per replay at load 1.0 on 2 cores), the order rotated
-by one per seed (`interleaved`), so that a machine that gets busier during the run weighs on every
-set-up alike; an idle set-up costs next to nothing (its engine waits, its replicas heartbeat).
-Reported as `driftsched simulate` and `driftsched bench live` report (`driftsched.sim.report`), each
-set-up as a policy: over the steady window (arrivals from 10 % to 90 % of the replay), per tenant and
-overall, the shares meeting the TTFT objective, the TPOT objective and both (the objectives of
-DriftSched's tenants, their tiers', for every set-up alike), goodput (requests and output tokens that
-met both, per second), TTFT (request sent to its first streamed text) and E2E (to `[DONE]`)
-percentiles, plus the achieved output throughput (tokens / (last completion - first arrival)). With
-`--seeds N` the load is replayed for N seeds: each figure is the median over them, and each set-up is
-compared with vllm-fcfs seed by seed (goodput and tail ratios, attainment differences; mean and 95 %
-interval). `--out DIR` writes `DIR/summary.json`: ``policies`` (a `policy_summary` per set-up, medians
-over seeds), ``vs_vllm_fcfs``, ``window``, ``objectives``, the per-seed figures under ``runs``, and
-under ``pooled`` the figures over every seed's steady window together (a tenant's p99 in one seed is
-its worst request or two; pooled it rests on N times as many), and `DIR/results.md`, the same figures
-as a Markdown results page with the command line, commit and machine (`--results-md PATH` writes it
-there too: `docs/results/bench-vllm.md` for the documented run).
+Four rounds by default in each phase: with four set-ups each then serves once in every position.
+Every block's line and summary.json's ``blocks`` carry the host's 1-minute load average at its end,
+to tell a block that shared the machine with something else.
 
-Run: .venv/bin/python benchmarks/bench_vllm.py [--requests 360] [--load 1.0 | --rate R] [--slots 4]
-[--seeds 1] [--engine-queue-slots N] [--no-pin-engine] [--model auto | HIDDENxLAYERS]
-[--engine-step-ms 5] [--out DIR] [--results-md PATH]
+Arrivals are bursty: the Azure LLM conversation trace's timestamps (`--trace`, the copy in
+../shared/traces; Poisson arrivals where it is absent or with `--trace none`), a seeded stretch of
+them rescaled to the phase's mean rate (`blocks.rescale_arrivals`) and cut into the rounds'
+segments. Tenants, prompts and output lengths come from this benchmark's own mix, not the trace: the
+trace's prompts (often thousands of tokens) would not fit the tiny model's 1,024-token context, and
+prefill on the 2 CPU cores would then dominate; the mix's outputs (32-700 tokens) keep decode the
+bulk of the work and a block of `--block-s` seconds tens of requests long.
+
+Blocks of 30 s (not 60): the default run (~20 min on 2 cores with `--replicas 1`, a third of it
+deploying and saturating) then gives each set-up 4 main blocks, where 60 s would give 2, and a
+bootstrap over 2 blocks bounds nothing.
+
+Figures (`driftsched.bench.block_figures`): per set-up and tenant, over its blocks pooled, the shares
+meeting the TTFT objective, the TPOT objective and both (the tenants' tier objectives, judged as
+`driftsched.sim.attainment` judges every report), TTFT p50 and p99 (request sent to its first
+streamed text), and goodput (output tokens and requests that met both, per second of arrival span);
+saturation throughput and its ratio to vllm-fcfs. Each comes with a bootstrap 95 % interval over
+rounds (`--bootstrap` draws, seeded), comparisons paired by round. Verdicts on the issue's targets
+are "met", "missed" or "unresolved" from those intervals, never from a point.
+
+`--out DIR` writes `DIR/summary.json` (``protocol``, ``capacity``, ``saturation``, ``main``,
+``low_load``, ``verdicts``, ``blocks``) and `DIR/results.md`, the results page with the command line,
+commit and machine (`--results-md PATH` writes it there too: `docs/results/bench-vllm.md`).
+
+Run: .venv/bin/python benchmarks/bench_vllm.py [--block-s 30] [--rounds 4] [--load 0.75 | --rate R]
+[--sat-block-s 12] [--sat-rounds 4] [--concurrency N] [--low-load 0.3] [--low-block-s 20]
+[--low-rounds 4] [--slots 4] [--replicas 1] [--setups ...] [--trace PATH | none]
+[--model auto | HIDDENxLAYERS] [--out DIR] [--results-md PATH]. Smoke test (~8 min): --block-s 10
+--rounds 2 --sat-block-s 8 --sat-rounds 2 --low-block-s 10 --low-rounds 2.
 """
 
 from __future__ import annotations
@@ -79,6 +97,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,17 +115,24 @@ CATEGORIES: dict[str, tuple[str, int, tuple[int, int]]] = {
     "longform": ("Write a report about token latency, section {i}.", 768, (400, 700)),
 }
 SETUPS = ("driftsched-default", "driftsched-sjf", "driftsched-fifo", "vllm-fcfs", "vllm-priority")
-CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+DEFAULT_SETUPS = ("driftsched-default", "driftsched-fifo", "vllm-fcfs", "vllm-priority")
+LOW_LOAD_SETUPS = ("driftsched-fifo", "vllm-fcfs")
+REFERENCE = "vllm-fcfs"
+"""The set-up every other is compared with: vLLM on its own, first come first served."""
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config.yaml"
 CPU_CONFIG = CONFIG.with_name("config.cpu.yaml")
+TRACE = ROOT.parent / "shared" / "traces" / "azure2023_conv.csv"
 MAX_MODEL_LEN = 1024
 STREAM_INTERVAL = 16  # tokens per streamed chunk, both sides (vLLM engine arg)
 PORT = 8765
-CALIBRATION_PER_SLOT = 16  # calibration burst: requests per running-sequence slot
+SAT_WARMUP_S = 2.0  # a saturation block's first seconds, while the closed loop fills the slots
 
 
 @dataclass(slots=True, frozen=True)
 class Item:
-    """One request of the load: when, who, what, and its true output length (engine only)."""
+    """One request of the load: when (s from its segment's start), who, what, and its true output
+    length (engine only)."""
 
     at_s: float
     tenant: str
@@ -115,14 +141,14 @@ class Item:
     target: int
 
 
-def make_load(n: int, rate: float, seed: int) -> list[Item]:
-    """`n` requests, Poisson at `rate`/s; the same seed gives the same requests at any rate."""
-    rng = random.Random(seed)
+def make_load(times: Sequence[float], seed: int, first: int = 0) -> list[Item]:
+    """One request per arrival time, tenant, category and output length drawn from the mix (seeded:
+    the same seed and `first` give the same requests at any times); prompts numbered from `first`."""
+    rng = random.Random(f"{seed}:{first}")
     names = list(TENANTS)
     shares = [TENANTS[t][2] for t in names]
-    items, t = [], 0.0
-    for i in range(n):
-        t += rng.expovariate(rate)
+    items = []
+    for i, t in enumerate(times, start=first):
         tenant = rng.choices(names, shares)[0]
         mix = TENANTS[tenant][3]
         category = rng.choices(list(mix), list(mix.values()))[0]
@@ -130,6 +156,53 @@ def make_load(n: int, rate: float, seed: int) -> list[Item]:
         items.append(Item(t, tenant, template.format(i=i), max_tokens, rng.randint(lo, hi)))
     return items
 
+
+def mean_output_tokens() -> float:
+    """The mix's mean output length (tokens per request), from its shares and ranges."""
+    total = 0.0
+    for share, mix in ((spec[2], spec[3]) for spec in TENANTS.values()):
+        for category, weight in mix.items():
+            lo, hi = CATEGORIES[category][2]
+            total += share * weight * (lo + hi) / 2
+    return total
+
+
+def trace_times(path: Path | None) -> list[float] | None:
+    """The trace's arrival times (s from its first), or None where it is absent."""
+    if path is None or not path.is_file():
+        return None
+    from driftsched.sim.traces import load_azure_conv
+
+    return [it.arrival_s for it in load_azure_conv(path).items]
+
+
+def arrivals(rate: float, duration_s: float, seed: int, trace: list[float] | None) -> list[float]:
+    """`duration_s` seconds of arrivals at a mean of `rate`/s: a seeded stretch of the trace rescaled
+    to that rate, or Poisson without a trace."""
+    rng = random.Random(seed)
+    if trace is None:
+        times, t = [], rng.expovariate(rate)
+        while t < duration_s:
+            times.append(t)
+            t += rng.expovariate(rate)
+        return times
+    from driftsched.bench.blocks import rescale_arrivals
+
+    n = max(1, round(rate * duration_s))
+    return rescale_arrivals(trace, rate, duration_s, start=rng.randrange(max(1, len(trace) - n - 1)))
+
+
+def segments(rate: float, block_s: float, rounds: int, seed: int, trace: list[float] | None
+             ) -> list[list[Item]]:
+    """Each round's requests: arrivals cut into `rounds` segments of `block_s`, requests from the mix."""
+    from driftsched.bench.blocks import cut
+
+    parts = cut(arrivals(rate, block_s * rounds, seed, trace), block_s, rounds)
+    out, first = [], 0
+    for times in parts:
+        out.append(make_load(times, seed, first))
+        first += len(times)
+    return out
 
 def engine_args(slots: int) -> dict[str, Any]:
     """vLLM settings shared by every set-up (scheduling_policy is added for vLLM alone)."""
@@ -260,13 +333,6 @@ class EnginePinning:
                     os.sched_setaffinity(int(tid), {core})
 
 
-def interleaved(setups: list[str], i: int) -> list[str]:
-    """The order the set-ups replay the `i`-th seed in: rotated by one per seed, so that each runs
-    first, second, ... equally often and a machine that slows or speeds up during the run weighs on
-    every set-up alike (the old way, one set-up's seeds after another's, gave drift to one side)."""
-    k = i % len(setups)
-    return setups[k:] + setups[:k]
-
 
 def _engine_processes() -> list[int]:
     """Live vLLM engine-core processes started under this driver (Ray's processes descend from it)."""
@@ -395,35 +461,43 @@ def vllm_alone_app(model_dir: Path, slots: int, replicas: int, policy: str, work
                             ).bind(str(model_dir), {**engine_args(slots), "scheduling_policy": policy})
 
 
+
 # -- the client ------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class Seen:
-    """What the client saw of one request: seconds from the replay's start, and tokens generated."""
+    """What the client saw of one request: seconds from its block's start (NaN: never came), tokens
+    generated, and how it ended ("completed", or what went wrong)."""
 
     tenant: str
     sent_s: float
     first_token_s: float
     done_s: float
     tokens: int
+    status: str = "completed"
 
 
-async def replay(items: list[Item], base_url: str) -> tuple[list[Seen], float]:
-    """Send the load; returns what was seen of each request and the output tokens per second."""
+def _client(base_url: str) -> Any:
     import httpx
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=600,
-                                 limits=httpx.Limits(max_connections=1000)) as client:
-        async def one(item: Item, t0: float) -> Seen:
-            await asyncio.sleep(max(0.0, t0 + item.at_s - time.monotonic()))
-            start, first, usage = time.monotonic(), float("nan"), None
-            body = {"model": "tiny-llama", "prompt": item.prompt, "max_tokens": item.max_tokens,
-                    "stream": True, "stream_options": {"include_usage": True},
-                    "driftsched_target_tokens": item.target}
-            headers = {"authorization": f"Bearer {TENANTS[item.tenant][1]}"}
-            async with client.stream("POST", "/completions", headers=headers, json=body) as resp:
-                resp.raise_for_status()
+    return httpx.AsyncClient(base_url=base_url, timeout=600, limits=httpx.Limits(max_connections=1000))
+
+
+async def _send(client: Any, item: Item, t0: float) -> Seen:
+    """One streamed request, timed from `t0`; a failure or a wrong token count is a Seen, not a raise
+    (one bad request must not end a run of many blocks)."""
+    start, first = time.monotonic(), float("nan")
+    body = {"model": "tiny-llama", "prompt": item.prompt, "max_tokens": item.max_tokens,
+            "stream": True, "stream_options": {"include_usage": True},
+            "driftsched_target_tokens": item.target}
+    headers = {"authorization": f"Bearer {TENANTS[item.tenant][1]}"}
+    usage, status = None, "completed"
+    try:
+        async with client.stream("POST", "/completions", headers=headers, json=body) as resp:
+            if resp.status_code != 200:
+                status = f"http_{resp.status_code}"
+            else:
                 async for line in resp.aiter_lines():
                     if line == "data: [DONE]":
                         break
@@ -432,38 +506,52 @@ async def replay(items: list[Item], base_url: str) -> tuple[list[Seen], float]:
                         usage = chunk.get("usage") or usage
                         if first != first and any(c.get("text") for c in chunk.get("choices") or ()):
                             first = time.monotonic()  # the first streamed text: time to first token
-            done = time.monotonic()
-            assert usage is not None and usage["completion_tokens"] == item.target, (usage, item)
-            return Seen(item.tenant, start - t0, first - t0, done - t0, item.target)
+                if usage is None or usage.get("completion_tokens") != item.target:
+                    status = f"usage {usage} for {item.target} tokens"
+    except Exception as exc:  # recorded as a failed request
+        status = f"error {type(exc).__name__}: {exc}"
+    done = time.monotonic()
+    if status != "completed":
+        print(f"  request failed ({item.tenant}): {status}", flush=True)
+        first, done = float("nan"), float("nan")
+    return Seen(item.tenant, start - t0, first - t0, done - t0, item.target, status)
 
-        await one(Item(0.0, "interactive", "hello", 8, 8), time.monotonic())  # warm-up
+
+async def replay(items: Sequence[Item], base_url: str) -> list[Seen]:
+    """Send one segment open-loop (each item at its `at_s`); returns once every request has ended."""
+    async with _client(base_url) as client:
         t0 = time.monotonic()
-        seen = list(await asyncio.gather(*(one(it, t0) for it in items)))
-        return seen, sum(it.target for it in items) / (time.monotonic() - t0)
+
+        async def one(item: Item) -> Seen:
+            await asyncio.sleep(max(0.0, t0 + item.at_s - time.monotonic()))
+            return await _send(client, item, t0)
+
+        return list(await asyncio.gather(*(one(it) for it in items)))
 
 
-def calibrate(model_dir: Path, slots: int, replicas: int, work: Path, pinning: EnginePinning) -> float:
-    """Output tokens/s vLLM alone (fcfs) sustains here: a burst of the load's mix, all sent at once."""
-    from ray import serve
+async def closed_loop(items: Iterator[Item], base_url: str, concurrency: int, block_s: float) -> list[Seen]:
+    """`concurrency` requests in flight, each replaced as it ends, until `block_s`; the last ones are
+    then let finish (the block's window ends at `block_s`, so they count only until then)."""
+    async with _client(base_url) as client:
+        t0 = time.monotonic()
+        seen: list[Seen] = []
 
-    burst = [Item(0.0, it.tenant, it.prompt, it.max_tokens, it.target)
-             for it in make_load(CALIBRATION_PER_SLOT * slots * replicas, 1.0, seed=0)]
-    serve.run(vllm_alone_app(model_dir, slots, replicas, "fcfs", work), name="calibration", route_prefix="/")
-    pinning.pin()
-    try:
-        _, tokens_per_s = asyncio.run(replay(burst, f"http://127.0.0.1:{PORT}/v1"))
-    finally:
-        serve.delete("calibration")
-    return tokens_per_s
+        async def worker() -> None:
+            while time.monotonic() - t0 < block_s:
+                seen.append(await _send(client, next(items), t0))
+                if seen[-1].status != "completed":
+                    await asyncio.sleep(0.5)  # a set-up that fails fast must not be flooded
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return seen
 
 
-# -- report ----------------------------------------------------------------------------------------
-# The same figures as `driftsched simulate` and `driftsched bench live` (`driftsched.sim.report`): each
-# replay becomes per-request records, judged against the objectives of the tenants DriftSched runs
-# (`bench_core`), over the steady window; both sides are judged alike.
+async def warm_up(base_url: str) -> None:
+    async with _client(base_url) as client:
+        await _send(client, Item(0.0, "interactive", "hello", 8, 8), time.monotonic())
 
-REFERENCE = "vllm-fcfs"
-"""The set-up every other is compared with, seed by seed: vLLM on its own, first come first served."""
+
+# -- the phases ------------------------------------------------------------------------------------
 
 
 def bench_tenants() -> list[dict[str, Any]]:
@@ -479,9 +567,8 @@ def bench_core() -> Any:
     return CoreConfig.model_validate({"tenants": bench_tenants()})
 
 
-def to_records(setup: str, seen: list[Seen], tokens_per_s: float) -> Any:
-    """One replay as `RunRecords` (seconds of wall time from its start; every request completed, as the
-    client asserts)."""
+def to_records(setup: str, seen: Sequence[Seen]) -> Any:
+    """One block's requests as `RunRecords` (seconds from the block's start)."""
     import numpy as np
 
     from driftsched.sim.records import RunRecords
@@ -493,164 +580,232 @@ def to_records(setup: str, seen: list[Seen], tokens_per_s: float) -> Any:
 
     nan = np.full(n, float("nan"))
     return RunRecords(
-        policy=setup, tenant=np.array([s.tenant for s in seen]), category=["bench"] * n,
+        policy=setup, tenant=np.array([s.tenant for s in seen], dtype=str), category=["bench"] * n,
         prompt_tokens=nan.copy(), max_tokens=nan.copy(), output_tokens=col([s.tokens for s in seen]),
         arrival=col([s.sent_s for s in seen]), dispatch=nan.copy(),
         first_token=col([s.first_token_s for s in seen]), finish=col([s.done_s for s in seen]),
         raw_estimate=nan.copy(), corrected_estimate=nan.copy(), admitted=np.ones(n, dtype=bool),
-        status=["completed"] * n, extras={"tokens_per_s": tokens_per_s},
+        status=["completed" if s.status == "completed" else "error" for s in seen], extras={},
         estimator={"uncorrected": {"mae": float("nan"), "rmse": float("nan")},
                    "corrected": {"mae": float("nan"), "rmse": float("nan")}},
     )
 
 
-def figures(records: Any, window: tuple[float, float] | None = (0.1, 0.9)) -> dict[str, Any]:
-    """One replay's (or the pooled records') summary: `driftsched.sim.report.policy_summary`."""
-    from driftsched.sim.attainment import STEADY_WINDOW
-    from driftsched.sim.report import policy_summary
+def to_block(setup: str, round_: int, length_s: float, seen: Sequence[Seen]) -> Any:
+    """One block judged against the tenants' objectives (`attainment.slo_flags`)."""
+    import numpy as np
 
-    summary = policy_summary(records, bench_core().objectives(), STEADY_WINDOW if window else None)
-    summary.pop("estimator", None)  # the client cannot see the service's estimates
-    return summary
+    from driftsched.bench.block_figures import Block
+    from driftsched.sim.attainment import slo_flags
+
+    rec = to_records(setup, seen)
+    ttft_met, tpot_met = slo_flags(rec, bench_core().objectives())
+    ttft = rec.first_token - rec.arrival
+    return Block(setup, round_, length_s, rec.tenant, np.where(np.isnan(ttft), np.inf, ttft),
+                 ttft_met, tpot_met, rec.output_tokens)
 
 
-def combine(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
-    """Per-seed figures of every set-up -> the medians over seeds (``policies``), and every set-up
-    against `REFERENCE` paired by seed (``vs_vllm_fcfs``, `driftsched.sim.seeds.versus`)."""
+def throughput(setup: str, round_: int, block_s: float, seen: Sequence[Seen]) -> Any:
+    """A saturation block's tokens streamed within [SAT_WARMUP_S, block_s]."""
+    from driftsched.bench.block_figures import Throughput
+    from driftsched.bench.blocks import window_tokens
+
+    tokens = sum(window_tokens(s.first_token_s, s.done_s, s.tokens, SAT_WARMUP_S, block_s) for s in seen)
+    return Throughput(setup, round_, block_s - SAT_WARMUP_S, tokens)
+
+
+def url(setup: str) -> str:
+    return f"http://127.0.0.1:{PORT}/{setup}/v1"
+
+
+def run_phase(name: str, setups: Sequence[str], rounds: list[list[Item]], block_s: float
+              ) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """Every round's segment served by every set-up in turn (order rotated per round)."""
+    from driftsched.bench.block_figures import figures
+    from driftsched.bench.block_report import share
+    from driftsched.bench.blocks import round_orders
+
+    blocks: dict[str, list[Any]] = {s: [] for s in setups}
+    log = []
+    for r, order in enumerate(round_orders(list(setups), len(rounds))):
+        for setup in order:
+            started = time.monotonic()
+            seen = asyncio.run(replay(rounds[r], url(setup)))
+            took = time.monotonic() - started
+            block = to_block(setup, r, block_s, seen)
+            blocks[setup].append(block)
+            fig = figures([block], [0])
+            failed = sum(s.status != "completed" for s in seen)
+            load = os.getloadavg()[0]
+            log.append({"phase": name, "round": r, "setup": setup, "requests": len(seen), "failed": failed,
+                        "wall_s": took, "loadavg": load, **fig})
+            print(f"{name} round {r} {setup:<20} {len(seen):>4} req, both met {share(fig['slo_both'])}, "
+                  f"TTFT p50 {fig['ttft_p50']:.3f} p99 {fig['ttft_p99']:.3f} s, {took:.1f} s wall, load "
+                  f"avg {load:.1f}" + (f", {failed} FAILED" if failed else ""), flush=True)
+    return blocks, log
+
+
+def run_saturation(setups: Sequence[str], rounds: int, block_s: float, concurrency: int, seed: int
+                   ) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """Closed-loop blocks, the same request sequence for every set-up in a round."""
+    from driftsched.bench.blocks import round_orders
+
+    blocks: dict[str, list[Any]] = {s: [] for s in setups}
+    log = []
+    for r, order in enumerate(round_orders(list(setups), rounds)):
+        for setup in order:
+            items = iter(make_load([0.0] * 10_000, seed + 1000 * (r + 1)))
+            started = time.monotonic()
+            seen = asyncio.run(closed_loop(items, url(setup), concurrency, block_s))
+            took = time.monotonic() - started
+            block = throughput(setup, r, block_s, seen)
+            blocks[setup].append(block)
+            load = os.getloadavg()[0]
+            log.append({"phase": "saturation", "round": r, "setup": setup, "requests": len(seen),
+                        "tokens_in_window": block.tokens, "window_s": block.window_s, "wall_s": took,
+                        "loadavg": load})
+            print(f"saturation round {r} {setup:<20} {block.tokens / block.window_s:>7.0f} tok/s "
+                  f"({len(seen)} req, {took:.1f} s wall, load avg {load:.1f})", flush=True)
+    return blocks, log
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def results_page(summary: dict[str, Any], setup: str, command: str) -> str:
+    """results.md (`driftsched.results`): provenance, the verdicts as its summary, then the main
+    phase's figures, the saturation and low-load phases' and what they are."""
+    from driftsched import results
+    from driftsched.bench import block_report as br
+
+    proto = summary["protocol"]
+    objectives = ", ".join(f"{name} TTFT {o['ttft_s']:g} s, TPOT {1000 * o['tpot_s']:g} ms"
+                           for name, o in summary["objectives"].items())
+    notes = [
+        f"Main phase: {proto['rounds']} rounds of {proto['block_s']:g} s at load {proto['load']:g} of "
+        f"capacity ({summary['capacity']['tokens_per_s']:.0f} output tok/s, vllm-fcfs saturated, median "
+        f"of its rounds; "
+        f"{proto['rate']:.2f} requests/s), arrivals {proto['arrivals']}. Each figure over a set-up's "
+        f"blocks pooled, with a bootstrap 95 % interval over rounds ({proto['bootstrap']} draws); "
+        f"shares in %, TTFT from the request sent to its first streamed text, goodput the output tokens "
+        f"of requests that met both objectives per second of arrivals. Objectives: {objectives}.",
+        f"Saturation: {proto['sat_rounds']} rounds of {proto['sat_block_s']:g} s, {proto['concurrency']} "
+        f"requests in flight for every set-up, output tokens/s from {SAT_WARMUP_S:g} s into each block "
+        f"to its end; the ratio's interval is over rounds, paired.",
+        results.markdown_table(br.saturation_header(REFERENCE),
+                               br.saturation_rows(summary["saturation"], REFERENCE)),
+        f"Low load: {proto['low_rounds']} rounds of {proto['low_block_s']:g} s at load {proto['low_load']:g} "
+        f"({proto['low_rate']:.2f} requests/s).",
+        results.markdown_table(br.PHASE_HEADER, br.phase_rows(summary["low_load"]), align=br.PHASE_ALIGN),
+        "Verdicts: met where the whole interval meets the bound, missed where it all fails it, "
+        "unresolved where it straddles it (`driftsched.bench.blocks`). Differences and ratios are of the "
+        "set-up's figure to the one it is compared with, over the same rounds; an overhead bound is on "
+        "how much slower DriftSched is (being faster meets it). Percentile intervals from a few rounds "
+        "are narrower than they should be: two runs that agree on a verdict are the check.",
+    ]
+    main = results.markdown_table(br.PHASE_HEADER, br.phase_rows(summary["main"]), align=br.PHASE_ALIGN)
+    verdicts = results.markdown_table(br.VERDICT_HEADER, br.verdict_rows(summary["verdicts"]), align="l" * 8)
+    return results.page(results.provenance(command, setup), main, notes, verdicts)
+
+
+def build_summary(sat: dict[str, list[Any]], main: dict[str, list[Any]], low: dict[str, list[Any]],
+                  protocol: dict[str, Any], draws: int, seed: int) -> dict[str, Any]:
+    """summary.json's figures: capacity, saturation, both phases per set-up and tenant, verdicts."""
+    from driftsched.bench import block_figures as bf
     from driftsched.sim.report import objectives_doc
-    from driftsched.sim.seeds import aggregate, versus
 
-    seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
-    docs = [{"seed": seed,
-             "policies": {name: by_seed[seed] for name, by_seed in runs.items() if seed in by_seed}}
-            for seed in seeds]
-    median = aggregate(docs)["median"]
-    first = next(iter(median["policies"].values()), {})
     return {
-        "policies": median["policies"],
-        "tenants": list(TENANTS),
-        "window": {"from_share": 0.1, "to_share": 0.9, **first.get("window", {})},
+        "protocol": protocol,
+        "capacity": {"tokens_per_s": protocol["capacity_tokens_per_s"],
+                     "from": "vllm-fcfs saturation, median of its rounds"},
+        "saturation": bf.saturation(sat, draws, seed, REFERENCE),
+        "main": bf.phase_figures(main, list(TENANTS), draws, seed),
+        "low_load": bf.phase_figures(low, list(TENANTS), draws, seed),
+        "verdicts": bf.verdict_rows(main, low, sat, list(TENANTS), draws, seed),
         "objectives": objectives_doc(bench_core().objectives()),
-        "vs_" + REFERENCE.replace("-", "_"): versus(docs, REFERENCE),
     }
 
 
-def pooled_figures(records: dict[str, list[Any]]) -> dict[str, Any]:
-    """Per set-up, the figures over every seed's steady window together: a tenant's p99 over one
-    seed's ~70-180 requests is its worst one or two; pooled it rests on N times as many. Rates
-    (goodput) do not pool (each seed has its own clock) and are left out."""
-    from driftsched.sim.attainment import in_window, steady_window
-    from driftsched.sim.records import concat
+def print_summary(summary: dict[str, Any]) -> None:
+    from driftsched.bench import block_report as br
 
-    out = {}
-    for name, parts in records.items():
-        windowed = [rec.select(in_window(rec, steady_window(rec))) for rec in parts]
-        fig = figures(concat(windowed), window=None)
-        fig.pop("goodput", None)
-        for tenant in fig["per_tenant"].values():
-            tenant.pop("goodput", None)
-        out[name] = fig
-    return out
+    print("\nsaturation (output tok/s [95 % interval]):\n" + br.text_table(
+        br.saturation_header(REFERENCE), br.saturation_rows(summary["saturation"], REFERENCE)))
+    print("\nmain phase (shares in %, seconds; [95 % interval]):\n"
+          + br.text_table(br.PHASE_HEADER, br.phase_rows(summary["main"])))
+    print("\nlow load:\n" + br.text_table(br.PHASE_HEADER, br.phase_rows(summary["low_load"])))
+    print("\nverdicts:\n" + br.text_table(br.VERDICT_HEADER, br.verdict_rows(summary["verdicts"])),
+          flush=True)
 
 
-def row(name: str, fig: dict[str, Any]) -> str:
-    """A printed line: each tenant's share meeting both objectives, goodput, TTFT p99, E2E p50 / p99."""
-    both = "".join(f"{_share(fig['per_tenant'].get(t, {}).get('slo', {}).get('both')):>9}" for t in TENANTS)
-    goodput = (fig.get("goodput") or {}).get("tokens_per_s", float("nan"))
-    rate = fig.get("tokens_per_s", float("nan"))
-    return (f"{name:<20}{both}{goodput:>10.0f}{fig['ttft_s']['p99']:>10.2f}"
-            f"{fig['e2e_s']['p50']:>9.2f} / {fig['e2e_s']['p99']:<7.2f}{rate:>8.0f}")
+# -- the run ---------------------------------------------------------------------------------------
 
 
-ROW_HEADER = (f"{'set-up':<20}" + "".join(f"{t[:8]:>9}" for t in TENANTS) + f"{'goodput':>10}{'TTFT p99':>10}"
-              f"{'E2E p50 / p99':>17}{'tok/s':>8}")
-
-
-def _share(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
-
-
-def pooled_table(pooled: dict[str, Any]) -> str:
-    """The pooled figures as a Markdown table: per set-up and tenant, attainment and the tails."""
-    from driftsched.results import markdown_table
-
-    header = ["set-up", "tenant", "both met", "TTFT p99 (s)", "E2E p50 (s)", "E2E p99 (s)"]
-    rows = []
-    for name, fig in pooled.items():
-        for tenant in ("all", *TENANTS):
-            cells = fig if tenant == "all" else fig["per_tenant"].get(tenant)
-            if cells is None:
-                continue
-            rows.append([f"**{name}**" if tenant == "all" else "", tenant,
-                         _share((cells.get("slo") or {}).get("both")), f"{cells['ttft_s']['p99']:.2f}",
-                         f"{cells['e2e_s']['p50']:.2f}", f"{cells['e2e_s']['p99']:.2f}"])
-    return markdown_table(header, rows, align="ll" + "r" * (len(header) - 2))
-
-
-def results_page(summary: dict[str, Any], pooled: dict[str, Any] | None, seeds: list[int], setup: str,
-                 command: str) -> str:
-    """results.md (see `driftsched.results`): provenance, the summary and the table of
-    `driftsched simulate` (set-ups as policies), the pooled table with several seeds, what they are."""
-    from driftsched import results
-    from driftsched.sim.results_table import LEGEND, results_table, summary_table, window_and_objectives
-
-    notes = [
-        f"{len(seeds)} seed(s) {seeds[0]}..{seeds[-1]}: each figure is the median over the seeds; the "
-        f"goodput ratio to {REFERENCE} is the mean over seeds of each seed's ratio, with its 95 % interval.",
-        "Seconds of wall time on this machine, from the request sent to its first streamed text (TTFT) "
-        "and to `[DONE]` (E2E).",
-        window_and_objectives(summary),
-        LEGEND,
-    ]
-    if pooled:
-        notes += ["Pooled: the figures over every seed's steady window together.", pooled_table(pooled)]
-    return results.page(results.provenance(command, setup), results_table(summary), notes,
-                        summary_table(summary, reference=REFERENCE))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=360)
-    parser.add_argument("--load", type=float, default=1.0,
-                        help="offered output tokens/s over the capacity measured by a calibration burst")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="mean arrivals per second instead (no calibration; --load is ignored)")
-    parser.add_argument("--slots", type=int, default=4, help="running sequences per replica (max_num_seqs)")
-    parser.add_argument("--replicas", type=int, default=1, help="vLLM replicas, both sides")
-    parser.add_argument("--engine-queue-slots", type=int, default=None,
-                        help="DriftSched replicas' engine_queue_slots (default: config.cpu.yaml's)")
-    parser.add_argument("--no-pin-engine", dest="pin_engine", action="store_false",
-                        help="let the vLLM engine processes share every core with the rest (default: "
-                             "each gets a core of its own, as the model gets a GPU on an L4 node)")
-    parser.add_argument("--model", default="auto",
-                        help="the engine's tiny model as HIDDENxLAYERS (e.g. 512x6), or auto: the lightest "
-                             "whose decode step reaches --engine-step-ms on this machine")
-    parser.add_argument("--engine-step-ms", type=float, default=5.0,
-                        help="with --model auto: the decode step (ms, --slots sequences) the model must take")
-    parser.add_argument("--setups", default=",".join(SETUPS),
-                        help="comma-separated subset of " + ", ".join(SETUPS))
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--seeds", type=int, default=1, help="replay seeds seed..seed+N-1; report medians")
-    parser.add_argument("--out", type=Path, default=None, help="write DIR/summary.json and DIR/results.md")
-    parser.add_argument("--results-md", type=Path, default=None, metavar="PATH",
-                        help="also write the Markdown results page to PATH (docs/results/bench-vllm.md)")
-    args = parser.parse_args()
-    setups = args.setups.split(",")
-    if unknown := set(setups) - set(SETUPS):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    add = parser.add_argument
+    add("--block-s", type=float, default=30.0, help="seconds of arrivals per block (main and low load)")
+    add("--rounds", type=int, default=4, help="main-phase rounds (blocks per set-up)")
+    add("--load", type=float, default=0.75, help="main phase: mean offered output tokens/s over capacity")
+    add("--rate", type=float, default=None, help="main phase: mean requests/s instead of --load")
+    add("--low-load", type=float, default=0.3, help="low-load phase: offered load over capacity")
+    add("--low-block-s", type=float, default=20.0, help="seconds of arrivals per low-load block")
+    add("--low-rounds", type=int, default=4, help="low-load rounds (0: no low-load phase)")
+    add("--low-setups", default=",".join(LOW_LOAD_SETUPS), help="set-ups of the low-load phase")
+    add("--sat-block-s", type=float, default=12.0, help="seconds per saturation block")
+    add("--sat-rounds", type=int, default=4, help="saturation rounds")
+    add("--concurrency", type=int, default=None, help="saturation: requests in flight (default 2x slots)")
+    add("--bootstrap", type=int, default=1000, help="bootstrap draws per interval")
+    add("--trace", default=str(TRACE), help="Azure conversation trace CSV for arrival times, or none")
+    add("--slots", type=int, default=4, help="running sequences per replica (max_num_seqs)")
+    add("--replicas", type=int, default=1, help="vLLM replicas, both sides")
+    add("--engine-queue-slots", type=int, default=None,
+        help="DriftSched replicas' engine_queue_slots (default: config.cpu.yaml's)")
+    add("--no-pin-engine", dest="pin_engine", action="store_false",
+        help="let the vLLM engine processes share every core with the rest (default: each gets a core of "
+             "its own, as the model gets a GPU on an L4 node)")
+    add("--model", default="auto", help="the engine's tiny model as HIDDENxLAYERS (e.g. 512x6), or auto: "
+                                        "the lightest whose decode step reaches --engine-step-ms here")
+    add("--engine-step-ms", type=float, default=5.0,
+        help="with --model auto: the decode step (ms, --slots sequences) the model must take")
+    add("--setups", default=",".join(DEFAULT_SETUPS), help="comma-separated subset of " + ", ".join(SETUPS))
+    add("--seed", type=int, default=1, help="seeds the arrivals' stretch, the mix and the bootstrap")
+    add("--out", type=Path, default=None, help="write DIR/summary.json and DIR/results.md")
+    add("--results-md", type=Path, default=None, metavar="PATH",
+        help="also write the Markdown results page to PATH (docs/results/bench-vllm.md)")
+    args = parser.parse_args(argv)
+    args.setups = args.setups.split(",")
+    args.low_setups = [s for s in args.low_setups.split(",") if s in args.setups]
+    if unknown := set(args.setups) - set(SETUPS):
         parser.error(f"unknown set-ups {sorted(unknown)}; choose from {', '.join(SETUPS)}")
-    if args.seeds < 1:
-        parser.error("--seeds must be >= 1")
-    if args.engine_queue_slots is None:
-        args.engine_queue_slots = shipped_queue_slots()
+    if REFERENCE not in args.setups:
+        parser.error(f"--setups must include {REFERENCE}: capacity and every comparison are against it")
+    if min(args.rounds, args.sat_rounds) < 1 or args.low_rounds < 0:
+        parser.error("--rounds and --sat-rounds must be >= 1, --low-rounds >= 0")
+    if not min(args.block_s, args.low_block_s, args.load, args.low_load, args.engine_step_ms) > 0:
+        parser.error("--block-s, --low-block-s, --load, --low-load and --engine-step-ms must be > 0")
+    if not args.sat_block_s > SAT_WARMUP_S:
+        parser.error(f"--sat-block-s must be > {SAT_WARMUP_S} (the warm-up it leaves out)")
+    if args.rate is not None and not args.rate > 0:
+        parser.error("--rate must be > 0")
     if args.model != "auto":
         try:
             parse_model(args.model)
         except ValueError as exc:
             parser.error(str(exc))
-    if not args.engine_step_ms > 0:
-        parser.error("--engine-step-ms must be > 0")
-    if (args.load if args.rate is None else args.rate) <= 0:  # --load is ignored when --rate is given
-        parser.error("--load and --rate must be > 0")
+    args.concurrency = args.concurrency or 2 * args.slots * args.replicas
+    args.trace = None if args.trace == "none" else Path(args.trace)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.engine_queue_slots is None:
+        args.engine_queue_slots = shipped_queue_slots()
+    trace = trace_times(args.trace)
+    arrivals_text = (f"the Azure conversation trace's timestamps ({args.trace.name}), rescaled"
+                     if trace is not None else "Poisson (no trace)")
+    print(f"arrivals: {arrivals_text}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="bench-vllm-", dir="/tmp"))
     os.environ.update(cpu_env(work))
@@ -658,7 +813,6 @@ def main() -> None:
     import ray
     from ray import serve
 
-    seeds = list(range(args.seed, args.seed + args.seeds))
     print(f"default set-up: {default_scheduler()}", flush=True)
     pinning = EnginePinning(args.replicas, args.pin_engine)  # before ray.init: Ray's processes inherit it
     print(f"engine pinning: {pinning.reason}", flush=True)
@@ -669,76 +823,72 @@ def main() -> None:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    model = {"hidden_size": hidden, "num_layers": layers, "step_ms": step_ms,
-             "target_step_ms": args.engine_step_ms}
     print(f"engine model: hidden {hidden} x {layers} layers" + (
         f" (decode step {step_ms:.2f} ms, target >= {args.engine_step_ms} ms)" if step_ms is not None else
         " (--model)"), flush=True)
     ray.init(_temp_dir=str(work / "ray"), _node_ip_address="127.0.0.1", include_dashboard=False,
              num_cpus=8, log_to_driver=False, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
-    runs: dict[str, dict[int, dict[str, Any]]] = {}
-    records: dict[str, list[Any]] = {}  # every seed's records, per set-up
+    log: list[dict[str, Any]] = []
+    started = time.monotonic()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-        rate = args.rate
-        if rate is None:
-            capacity = calibrate(model_dir, args.slots, args.replicas, work, pinning)
-            sample = make_load(args.requests, 1.0, args.seed)
-            rate = args.load * capacity / statistics.mean(it.target for it in sample)
-            print(f"calibration: vLLM alone (fcfs) sustains {capacity:.0f} output tok/s here; "
-                  f"load {args.load} -> {rate:.2f} requests/s", flush=True)
-        loads = {seed: make_load(args.requests, rate, seed) for seed in seeds}
-        for seed, items in loads.items():
-            tokens = sum(it.target for it in items)
-            print(f"load seed {seed}: {len(items)} requests, {tokens} output tokens over "
-                  f"{items[-1].at_s:.1f}s ({tokens / items[-1].at_s:.0f} tok/s offered), {args.replicas} "
-                  f"replica(s) x {args.slots} slots, stream_interval {STREAM_INTERVAL}", flush=True)
-        for setup in setups:  # all up at once, each under its own prefix, so seeds can interleave
+        for setup in args.setups:  # all up at once, each under its own prefix, so blocks can alternate
             side, policy = setup.split("-")
             build = driftsched_app if side == "driftsched" else vllm_alone_app
             app = build(model_dir, args.slots, args.replicas, policy, work, args.engine_queue_slots)
             serve.run(app, name=setup, route_prefix=f"/{setup}")
-        pinning.pin(engines=args.replicas * len(setups))
-        for i, seed in enumerate(seeds):
-            for setup in interleaved(setups, i):
-                seen, tokens_per_s = asyncio.run(
-                    replay(loads[seed], f"http://127.0.0.1:{PORT}/{setup}/v1"))
-                rec = to_records(setup, seen, tokens_per_s)
-                runs.setdefault(setup, {})[seed] = figures(rec)
-                records.setdefault(setup, []).append(rec)
-                print(f"seed {seed} " + row(setup, runs[setup][seed]), flush=True)
+        pinning.pin(engines=args.replicas * len(args.setups))
+        for setup in args.setups:
+            asyncio.run(warm_up(url(setup)))
+        print(f"deployed {len(args.setups)} set-ups in {time.monotonic() - started:.0f} s", flush=True)
+        sat, sat_log = run_saturation(args.setups, args.sat_rounds, args.sat_block_s, args.concurrency,
+                                      args.seed)
+        from driftsched.bench.block_figures import rate
+
+        capacity = statistics.median(rate(sat[REFERENCE], [r]) for r in range(args.sat_rounds))
+        mean_tokens = mean_output_tokens()
+        main_rate = args.rate if args.rate is not None else args.load * capacity / mean_tokens
+        low_rate = main_rate * args.low_load / args.load
+        print(f"capacity: vllm-fcfs sustains {capacity:.0f} output tok/s at {args.concurrency} in flight; "
+              f"main phase {main_rate:.2f} requests/s, low load {low_rate:.2f} requests/s "
+              f"(mean output {mean_tokens:.0f} tokens)", flush=True)
+        main_rounds = segments(main_rate, args.block_s, args.rounds, args.seed, trace)
+        main, main_log = run_phase("main", args.setups, main_rounds, args.block_s)
+        low: dict[str, list[Any]] = {}
+        low_log: list[dict[str, Any]] = []
+        if args.low_rounds and args.low_setups:
+            low_rounds = segments(low_rate, args.low_block_s, args.low_rounds, args.seed + 1, trace)
+            low, low_log = run_phase("low-load", args.low_setups, low_rounds, args.low_block_s)
+        log = sat_log + main_log + low_log
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    summary = combine(runs)
-    print(f"\nmedian over seeds {seeds} (both objectives met per tenant; goodput, tok/s; seconds):\n"
-          + ROW_HEADER)
-    print("\n".join(row(name, fig) for name, fig in summary["policies"].items()))
-    from driftsched.sim.seeds import format_versus
-
-    versus = summary["vs_" + REFERENCE.replace("-", "_")]
-    print("\n" + format_versus(versus, REFERENCE))
-    pooled = pooled_figures(records)
-    if len(seeds) > 1:
-        print(f"\npooled over seeds {seeds}:\n" + ROW_HEADER)
-        print("\n".join(row(name, fig) for name, fig in pooled.items()))
+    print(f"protocol wall time {time.monotonic() - started:.0f} s", flush=True)
+    protocol = {"block_s": args.block_s, "rounds": args.rounds, "load": args.load, "rate": main_rate,
+                "low_load": args.low_load, "low_rounds": args.low_rounds if low else 0, "low_rate": low_rate,
+                "low_block_s": args.low_block_s,
+                "sat_block_s": args.sat_block_s, "sat_rounds": args.sat_rounds,
+                "concurrency": args.concurrency,
+                "sat_warmup_s": SAT_WARMUP_S, "bootstrap": args.bootstrap, "seed": args.seed,
+                "arrivals": arrivals_text, "capacity_tokens_per_s": capacity, "setups": args.setups,
+                "replicas": args.replicas, "slots": args.slots, "engine_pinning": pinning.reason,
+                "engine_model": {"hidden_size": hidden, "num_layers": layers, "step_ms": step_ms,
+                                 "target_step_ms": args.engine_step_ms}}
+    summary = build_summary(sat, main, low, protocol, args.bootstrap, args.seed)
+    print_summary(summary)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
         from driftsched.sim.report import write_summary
 
-        doc = {**summary, "pooled": pooled, "seeds": seeds,
-               "runs": {k: {str(s): v for s, v in r.items()} for k, r in runs.items()},
-               "rate": rate, "engine_pinning": pinning.reason, "engine_model": model,
-               "args": {k: str(v) for k, v in vars(args).items()}}
-        write_summary(doc, args.out)  # NaN and inf as null
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_summary({**summary, "blocks": log, "args": {k: str(v) for k, v in vars(args).items()}},
+                      args.out)  # NaN and inf as null
         print(f"summary in {args.out / 'summary.json'}")
     from driftsched.results import command_line, write_page
 
     setup = (f"vLLM CPU build, tiny random Llama {hidden}x{layers}, {args.replicas} replica(s) x "
              f"{args.slots} slots; engine pinning {pinning.reason}")
-    text = results_page(summary, pooled if len(seeds) > 1 else None, seeds, setup,
-                        command_line("python benchmarks/bench_vllm.py", sys.argv[1:]))
+    text = results_page(summary, setup, command_line("python benchmarks/bench_vllm.py", sys.argv[1:]))
     for path in write_page(text, [args.out / "results.md" if args.out else None, args.results_md]):
         print(f"wrote {path}")
 

@@ -67,11 +67,14 @@ async def coalesced(stream: AsyncIterator[TokenDelta]) -> AsyncGenerator[TokenDe
     """`stream`'s deltas, those that arrived while the consumer was busy merged into one.
 
     A reader task pulls `stream` as fast as it yields; this generator hands on what has gathered each
-    time it is resumed. It only merges when its consumer applies backpressure: a Serve deployment's
-    generator does under ``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``, while by default Serve drains
-    it eagerly into its own queue and sends every item on its own (see benchmarks/bench_token_path.py).
-    An exception of `stream` is raised here after the deltas before it; closing this generator closes
-    `stream` before it returns.
+    time it is resumed. The first delta is taken inline, before the reader starts, so `stream` begins
+    (an engine takes its request) before this generator first yields to the event loop.
+
+    It merges only when its consumer applies backpressure. A Serve deployment's streaming method does
+    under ``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``; by default Serve drains the generator into
+    its own queue as fast as it yields and ships every item separately, so nothing ever gathers here
+    (benchmarks/bench_token_path.py measures both). An exception of `stream` is raised here after the
+    deltas before it; closing this generator closes `stream` before it returns.
     """
     waiting: asyncio.Queue[TokenDelta | BaseException | None] = asyncio.Queue()
 
@@ -83,9 +86,14 @@ async def coalesced(stream: AsyncIterator[TokenDelta]) -> AsyncGenerator[TokenDe
         except Exception as exc:  # handed to the consumer, raised there
             waiting.put_nowait(exc)
 
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        return
     reader = asyncio.get_running_loop().create_task(read())
     held: list[TokenDelta | BaseException | None] = []
     try:
+        yield first
         while True:
             item = held.pop() if held else await waiting.get()
             if item is None:

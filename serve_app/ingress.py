@@ -92,6 +92,33 @@ def _error(err: GatewayError, param: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(err.message, err.type, err.code, param), err.status, headers=headers)
 
 
+async def sse_events(shaper: ResponseShaper, lease: Lease, first: TokenDelta | GatewayError | None,
+                     include_usage: bool, coalesce: bool) -> AsyncIterator[str]:
+    """A streamed response's SSE events, from its lease's first item on.
+
+    With `coalesce`, each chunk carries every delta already waiting on the lease (`Lease.next_merged`):
+    each chunk costs an ASGI message to the proxy and a write to the client whatever its size, so a
+    stream that fell behind catches up in one; one that keeps up sends each delta at once, as it comes.
+    """
+    following = lease.next_merged if coalesce else lease.next
+    item, is_first = lease.merge_waiting(first) if coalesce else first, True
+    try:
+        while item is not None:
+            if isinstance(item, GatewayError):
+                yield sse(error_body(item.message, item.type, item.code))
+                return
+            yield shaper.chunk(item.text, item.finish_reason, first=is_first)
+            is_first = False
+            if item.usage is not None:
+                if include_usage:
+                    yield shaper.usage_chunk(item.usage)
+                yield SSE_DONE
+                return
+            item = await following()
+    finally:
+        lease.cancel()  # no-op once the stream finished; stops the replica if the client left
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
@@ -262,7 +289,8 @@ class Ingress:
         if isinstance(first, GatewayError):
             return _error(first)
         if body.stream:
-            events = self._sse(shaper, lease, first, body.include_usage())
+            events = sse_events(shaper, lease, first, body.include_usage(),
+                                self.config.gateway.coalesce_chunks)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
             text: list[str] = []
@@ -274,30 +302,11 @@ class Ingress:
                 if item.usage is not None:
                     return JSONResponse(shaper.full("".join(text), item.finish_reason, item.usage),
                                         headers=headers)
-                item = await lease.next()
+                item = await lease.next_merged()
         except asyncio.CancelledError:
             lease.cancel()
             raise
         return _error(GatewayError(ErrorCode.REPLICA_ERROR, "the replica ended early"))
-
-    async def _sse(self, shaper: ResponseShaper, lease: Lease, first: TokenDelta | GatewayError | None,
-                   include_usage: bool) -> AsyncIterator[str]:
-        item, is_first = first, True
-        try:
-            while item is not None:
-                if isinstance(item, GatewayError):
-                    yield sse(error_body(item.message, item.type, item.code))
-                    return
-                yield shaper.chunk(item.text, item.finish_reason, first=is_first)
-                is_first = False
-                if item.usage is not None:
-                    if include_usage:
-                        yield shaper.usage_chunk(item.usage)
-                    yield SSE_DONE
-                    return
-                item = await lease.next()
-        finally:
-            lease.cancel()  # no-op once the stream finished; stops the replica if the client left
 
     # -- drift statistics copy -------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""benchmarks/bench_vllm.py: the engine pinning (each vLLM engine process on a core of its own), the
-choice of the engine's model (heavy enough that the engine, not the front-end, is the bottleneck), and
-the order and pooling of the set-ups' replays."""
+"""benchmarks/bench_vllm.py: the rounds' requests, the judging of a block, the options, the engine
+pinning (each vLLM engine process on a core of its own) and the choice of the engine's model (heavy
+enough that the engine, not the front-end, is the bottleneck)."""
 
 from __future__ import annotations
 
@@ -16,37 +16,54 @@ from benchmarks import bench_vllm as bench
 CORES = sorted(os.sched_getaffinity(0))
 
 
-def test_seeds_interleave_the_setups_so_each_runs_in_every_position_equally():
-    setups = ["a", "b", "c"]
-    orders = [bench.interleaved(setups, i) for i in range(6)]
-    assert all(sorted(order) == setups for order in orders)
-    for position in range(3):
-        column = [order[position] for order in orders]
-        assert sorted(column) == ["a", "a", "b", "b", "c", "c"]
-    assert orders[0] == setups and orders[1] == ["b", "c", "a"]
+def test_a_round_is_the_same_requests_for_every_setup_and_the_mix_is_seeded():
+    trace = [0.1 * i + (2.0 if i > 50 else 0.0) for i in range(400)]  # a gap: a burst after it
+    rounds = bench.segments(2.0, 10.0, 3, seed=1, trace=trace)
+    assert len(rounds) == 3 and sum(len(r) for r in rounds) == 60  # 2/s for 30 s
+    assert all(0 <= it.at_s < 10.0 for r in rounds for it in r)
+    assert rounds == bench.segments(2.0, 10.0, 3, seed=1, trace=trace)
+    prompts = [it.prompt for r in rounds for it in r]
+    assert len(set(prompts)) == len(prompts)  # numbered across rounds
+    poisson = bench.segments(2.0, 10.0, 3, seed=1, trace=None)  # no trace: Poisson
+    assert 30 < sum(len(r) for r in poisson) < 90
+    items = bench.make_load([0.0] * 2000, seed=5)
+    shares = {t: sum(it.tenant == t for it in items) / len(items) for t in bench.TENANTS}
+    assert shares == pytest.approx({t: spec[2] for t, spec in bench.TENANTS.items()}, abs=0.04)
+    mean = sum(it.target for it in items) / len(items)
+    assert mean == pytest.approx(bench.mean_output_tokens(), rel=0.05)
 
 
-def _replay(e2e_s: list[float]) -> list:
-    """One seed of "free" requests, one a second, each its first token 0.1 s after it is sent."""
-    return [bench.Seen("free", float(i), i + 0.1, i + e, 10) for i, e in enumerate(e2e_s)]
+def test_the_trace_is_read_where_it_is_and_skipped_where_it_is_not(tmp_path):
+    assert bench.trace_times(tmp_path / "absent.csv") is None and bench.trace_times(None) is None
+    path = tmp_path / "azure.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+                    "2023-11-16 18:15:50.9951690,396,109\n")
+    assert bench.trace_times(path) == pytest.approx([0.0, 4.3145790])
 
 
-def test_pooled_figures_rest_on_every_seeds_window_and_differ_from_the_median_of_seeds():
-    # 12 requests per seed: the steady window keeps the eight sent at 2..9 s (1.1 to 9.9 s of 0..11 s)
-    seed_1 = _replay([1.0] * 2 + [1.0] * 9 + [50.0])  # the slow one is sent last: outside the window
-    seed_1[6] = bench.Seen("free", 6.0, 6.1, 56.0, 10)  # one slow request inside it
-    seed_2 = _replay([2.0] * 12)
-    seed_3 = _replay([3.0] * 12)
-    records = [bench.to_records("vllm-fcfs", s, 100.0) for s in (seed_1, seed_2, seed_3)]
-    runs = {"vllm-fcfs": {k: bench.figures(r) for k, r in enumerate(records, 1)}}
-    median = bench.combine(runs)["policies"]["vllm-fcfs"]
-    pooled = bench.pooled_figures({"vllm-fcfs": records})["vllm-fcfs"]
-    assert median["window"]["requests"] == 8 and pooled["window"]["requests"] == 24
-    assert median["per_tenant"]["free"]["e2e_s"]["p99"] == pytest.approx(3.0)
-    assert pooled["per_tenant"]["free"]["e2e_s"]["p99"] > 30  # the worst of 24 still weighs on it
-    assert pooled["per_tenant"]["free"]["e2e_s"]["p50"] == pytest.approx(2.0)
-    assert "goodput" not in pooled  # rates do not pool across the seeds' clocks
-    assert "batch" not in pooled["per_tenant"]  # no batch requests
+def test_a_block_is_judged_against_the_tenants_objectives_and_a_failure_misses_both():
+    seen = [bench.Seen("interactive", 0.0, 0.5, 1.0, 11),  # TTFT 0.5 s, TPOT 50 ms: meets both
+            bench.Seen("interactive", 1.0, 4.0, 5.0, 11),  # TTFT 3 s: over interactive's 1.5 s
+            bench.Seen("batch", 2.0, float("nan"), float("nan"), 11, "http_500")]
+    block = bench.to_block("vllm-fcfs", 0, 10.0, seen)
+    assert block.ttft_met.tolist() == [True, False, False] and block.tpot_met.tolist() == [True, True, False]
+    assert block.ttft_s.tolist() == [0.5, 3.0, float("inf")]
+    sat = bench.throughput("vllm-fcfs", 0, 12.0, [bench.Seen("free", 0.0, 1.0, 3.0, 100),
+                                                  bench.Seen("free", 0.0, 10.0, 14.0, 100)])
+    assert sat.window_s == 12.0 - bench.SAT_WARMUP_S
+    assert sat.tokens == pytest.approx(50 + 50)  # half of each streamed inside [2, 12]
+
+
+def test_options_keep_the_reference_and_default_to_the_targets_setups():
+    args = bench.parse_args([])
+    assert args.setups == list(bench.DEFAULT_SETUPS) and args.low_setups == ["driftsched-fifo", "vllm-fcfs"]
+    assert args.concurrency == 2 * args.slots and args.block_s == 30.0 and args.load == 0.75
+    assert bench.parse_args(["--setups", "driftsched-sjf,vllm-fcfs"]).low_setups == ["vllm-fcfs"]
+    assert bench.parse_args(["--trace", "none"]).trace is None
+    for argv in (["--setups", "driftsched-fifo,vllm-priority"], ["--setups", "vllm-fcfs,nope"],
+                 ["--sat-block-s", "1"], ["--rounds", "0"], ["--model", "512"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
 
 
 def _pin_in_child(engines: int, queue: multiprocessing.Queue) -> None:

@@ -196,40 +196,41 @@ def test_simulate_writes_results_md_in_out_and_at_results_md(tmp_path, capsys):
     assert "Steady window: the requests that arrived from 10 % to 90 %" in text
 
 
-def test_bench_vllm_reports_as_simulate_does_with_each_setup_against_vllm_fcfs():
+def test_bench_vllm_reports_every_figure_with_its_interval_and_the_verdicts():
     from benchmarks import bench_vllm
+    from driftsched.bench.block_figures import Throughput
 
-    def replay(seed: int, late_s: float) -> list:  # every interactive request's first token `late_s` in
-        items = bench_vllm.make_load(60, 2.0, seed)
-        return [bench_vllm.Seen(it.tenant, it.at_s, it.at_s + (late_s if it.tenant == "interactive" else 0.5),
-                                it.at_s + late_s + 0.01 * it.target, it.target) for it in items]
+    rounds = bench_vllm.segments(1.5, 20.0, 3, seed=1, trace=None)
 
-    runs: dict = {}
-    records: dict = {}
-    for setup, late_s in (("vllm-fcfs", 3.0), ("driftsched-default", 1.0)):
-        for seed in (1, 2):
-            rec = bench_vllm.to_records(setup, replay(seed, late_s), 1234.0)
-            runs.setdefault(setup, {})[seed] = bench_vllm.figures(rec)
-            records.setdefault(setup, []).append(rec)
-    summary = bench_vllm.combine(runs)
-    fcfs, ours = summary["policies"]["vllm-fcfs"], summary["policies"]["driftsched-default"]
+    def block(setup: str, r: int, late_s: float):  # every interactive request's first token `late_s` in
+        seen = [bench_vllm.Seen(it.tenant, it.at_s, it.at_s + (late_s if it.tenant == "interactive" else 0.5),
+                                it.at_s + late_s + 0.01 * it.target, it.target) for it in rounds[r]]
+        return bench_vllm.to_block(setup, r, 20.0, seen)
+
+    late = {"driftsched-default": 1.0, "driftsched-fifo": 3.0, "vllm-fcfs": 3.0, "vllm-priority": 1.2}
+    main = {setup: [block(setup, r, s) for r in range(3)] for setup, s in late.items()}
+    low = {setup: main[setup] for setup in ("driftsched-fifo", "vllm-fcfs")}
+    sat = {setup: [Throughput(setup, r, 13.0, 6000.0 + 100 * r) for r in range(3)] for setup in late}
+    protocol = {"block_s": 20.0, "rounds": 3, "load": 0.75, "rate": 1.5, "low_load": 0.3, "low_rounds": 3,
+                "low_rate": 0.6, "low_block_s": 20.0, "sat_block_s": 15.0, "sat_rounds": 3, "concurrency": 8,
+                "bootstrap": 200,
+                "arrivals": "Poisson (no trace)", "capacity_tokens_per_s": 460.0}
+    summary = bench_vllm.build_summary(sat, main, low, protocol, 200, 1)
+    fcfs, ours = summary["main"]["vllm-fcfs"], summary["main"]["driftsched-default"]
     # interactive's TTFT objective is 1.5 s (tier 0): missed by every request at 3 s, met by all at 1 s
-    assert fcfs["per_tenant"]["interactive"]["slo"]["both"] == 0.0
-    assert ours["per_tenant"]["interactive"]["slo"]["both"] == 1.0
-    assert ours["goodput"]["tokens_per_s"] > fcfs["goodput"]["tokens_per_s"]
-    assert ours["tokens_per_s"] == 1234.0
-    vs = summary["vs_vllm_fcfs"]["driftsched-default"]
-    assert vs["slo_both_points"]["interactive"]["value"] == pytest.approx(100.0)
-    assert vs["goodput_tokens_ratio"]["n"] == 2
-    pooled = bench_vllm.pooled_figures(records)
-    assert pooled["vllm-fcfs"]["window"]["requests"] == 2 * fcfs["window"]["requests"]
-    text = bench_vllm.results_page(summary, pooled, [1, 2], "vLLM CPU build",
-                                   "python benchmarks/bench_vllm.py --seeds 2")
-    assert results.read_provenance(text)["Command"] == "`python benchmarks/bench_vllm.py --seeds 2`"
-    head = "| policy | interactive: both met | batch: both met | free: both met | goodput tok/s | goodput vs"
-    assert head + " vllm-fcfs |" in text
+    assert fcfs["per_tenant"]["interactive"]["slo"]["both"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    assert ours["per_tenant"]["interactive"]["slo"]["both"]["value"] == 1.0
+    assert ours["per_tenant"]["interactive"]["ttft_s"]["p99"]["value"] == pytest.approx(1.0)
+    assert len(ours["all"]["goodput"]["tokens_per_s"]["ci95"]) == 2
+    assert summary["saturation"]["driftsched-default"]["ratio_to_vllm_fcfs"] == pytest.approx(1.0)
+    verdicts = {(v["target"], v["versus"], v["tenant"]): v["verdict"] for v in summary["verdicts"]}
+    assert verdicts[("SLO attainment", "vllm-fcfs", "interactive")] == "met"
+    assert verdicts[("interactive TTFT", "vllm-priority", "interactive")] == "met"  # 1.0 vs 1.2 s
+    text = bench_vllm.results_page(summary, "vLLM CPU build", "python benchmarks/bench_vllm.py --rounds 3")
+    assert results.read_provenance(text)["Command"] == "`python benchmarks/bench_vllm.py --rounds 3`"
+    assert "## Summary" in text and "| target | set-up | versus | tenant | figure |" in text
     assert "| **vllm-fcfs** | all |" in text and "interactive TTFT 1.5 s, TPOT 100 ms" in text
-    assert "| set-up | tenant | both met | TTFT p99 (s) |" in text  # the pooled table
+    assert "| set-up | output tok/s | ratio to vllm-fcfs |" in text
 
 
 def test_bench_live_writes_its_page_in_out_and_at_results_md(tmp_path):

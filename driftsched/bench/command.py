@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import httpx
 from driftsched import results
 from driftsched.bench import fidelity
 from driftsched.bench.loadgen import LoadOptions, Target, run_load, to_records
-from driftsched.bench.service import scrape_metrics, service_estimator
+from driftsched.bench.service import LocalServe, scrape_metrics, service_estimator
 from driftsched.core.config import CoreConfig
 from driftsched.sim import perf_model
 from driftsched.sim.command import DEFAULT_POLICIES, add_workload_arguments, build_workload
@@ -33,6 +34,7 @@ from driftsched.sim.report import (
     write_summary,
 )
 from driftsched.sim.results_table import LEGEND, results_table, summary_table, window_and_objectives
+from driftsched.sim.seeds import aggregate
 from driftsched.sim.setup import PAPER_TENANT_MAP, load_app_args, parse_mapping
 from driftsched.sim.simulator import core_config_for
 
@@ -144,6 +146,14 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write the Markdown results page (always in OUT/results.md) to PATH "
         "(the headline run: docs/results/bench-live.md)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run seeds SEED .. SEED+N-1 on the one Ray Serve instance, each a full live run of every "
+        "policy and its simulation (in OUT/seed-S/); OUT/summary.json then holds the medians and spread "
+        "and fidelity.<policy>.seeds the live-vs-simulated verdict of every seed (default 1)",
+    )
     # 0.25: at 0.1 the 2-core machine's front-end fell behind the modelled pace (makespan up to 1.29x)
     _add_pacing(parser, time_scale=0.25, timeout=150.0)
 
@@ -211,23 +221,65 @@ def run_loadgen(args: argparse.Namespace) -> int:
     return 0 if records.admitted.any() else 1
 
 
-def run_live(args: argparse.Namespace) -> int:
-    from driftsched.bench.live import LivePlan, run_policies
+@dataclass(frozen=True, slots=True)
+class _LiveSetup:
+    """What every seed of one `bench live` runs on: the app's args, its replicas and the policies."""
 
+    base_args: dict[str, Any]
+    perf: perf_model.PerfModel
+    replicas: int
+    model: str
+    simulated: bool
+    policies: list[str]
+
+    def description(self, time_scale: float) -> str:
+        if self.simulated:
+            return (f"live Ray Serve app, {self.replicas} simulated NVIDIA L4 replicas ({self.model}) "
+                    f"at time scale {time_scale:g}")
+        return f"live Ray Serve app, {self.replicas} replicas ({self.model})"
+
+
+def run_live(args: argparse.Namespace) -> int:
+    """Every policy live (and simulated), once per seed, all on one private Ray Serve."""
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
     _quiet_http_logs()
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     base_args = load_app_args(args.config)
     perf, replicas, model, simulated = _live_perf(base_args)
-    workload = build_workload(argparse.Namespace(**{**vars(args), "replicas": replicas}), perf)
-    core = core_config_for(workload, perf, CoreConfig.model_validate(base_args["core"]))
-    plan = LivePlan(base_args, workload, core, _options(args, workload.block_tokens), args.port)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    setup = _LiveSetup(base_args, perf, replicas, model, simulated, policies)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    summaries = []
+    with LocalServe(port=args.port) as serve:
+        for seed in seeds:
+            one = argparse.Namespace(**{**vars(args), "seed": seed})
+            if len(seeds) == 1:
+                summaries.append(_live_seed(one, setup, serve, args.out, args.results_md))
+            else:
+                print(f"== seed {seed}")
+                summaries.append(_live_seed(one, setup, serve, args.out / f"seed-{seed}", None))
+    if len(seeds) > 1:
+        _combine_seeds(args, setup, summaries)
+    return 0
+
+
+def _live_seed(
+    args: argparse.Namespace, setup: _LiveSetup, serve: LocalServe, out: Path, results_md: Path | None
+) -> dict[str, Any]:
+    """One seed: every policy live, the simulator on what was sent, the summary and page under `out`."""
+    from driftsched.bench.live import LivePlan, run_policies
+
+    replicas, policies = setup.replicas, setup.policies
+    workload = build_workload(argparse.Namespace(**{**vars(args), "replicas": replicas}), setup.perf)
+    core = core_config_for(workload, setup.perf, CoreConfig.model_validate(setup.base_args["core"]))
+    plan = LivePlan(setup.base_args, workload, core, _options(args, workload.block_tokens), args.port)
     started = time.perf_counter()
-    runs = run_policies(plan, policies)
+    runs = run_policies(plan, policies, serve)
     meta: dict[str, Any] = {
         "workload": workload.name,
         "requests": len(workload.items),
         "replicas": replicas,
-        "model": model,
+        "model": setup.model,
         "load": args.load,
         "seed": args.seed,
         "config": _shown(args.config),
@@ -237,38 +289,74 @@ def run_live(args: argparse.Namespace) -> int:
     # The tenants the run used (the workload's, in place of the config's), judged in modelled seconds as
     # the records are: the service ran on objectives scaled to its clock (live.policy_args).
     objectives = core.objectives()
-    summary = write_results(runs, meta, args.out, plots=not args.no_plots, objectives=objectives)
+    summary = write_results(runs, meta, out, plots=not args.no_plots, objectives=objectives)
     print(
         f"{workload.name}: {len(workload.items)} requests per policy, live on {replicas} replicas "
-        f"({model}), time scale {args.time_scale:g}, {meta['wall_s']:.0f} s; latencies in modelled s"
+        f"({setup.model}), time scale {args.time_scale:g}, seed {args.seed}, {meta['wall_s']:.0f} s; "
+        "latencies in modelled s"
     )
     print(format_table(summary))
-    replicas_run = (
-        f"{replicas} simulated NVIDIA L4 replicas ({model}) at time scale {args.time_scale:g}"
-        if simulated else f"{replicas} replicas ({model})"
-    )
-    write_live_page(args, summary, policies, f"live Ray Serve app, {replicas_run}")
-    if simulated and not args.no_fidelity:
+    if setup.simulated and not args.no_fidelity:
         sims = fidelity.simulate(  # the gateway's queue deadline, in modelled seconds
-            workload, policies, perf, replicas, core, queue_timeout_s=args.timeout / args.time_scale
+            workload, policies, setup.perf, replicas, core, queue_timeout_s=args.timeout / args.time_scale
         )
         summary["simulated"] = {r.policy: policy_summary(r, objectives) for r in sims}
         summary["fidelity"] = fidelity.compare(summary["policies"], summary["simulated"])
         simulated_runs = {r.policy: r for r in sims}
+        per_seed = fidelity.by_seed({args.seed: summary["fidelity"]})
         for run in runs:
-            summary["fidelity"][run.policy]["category_match"] = fidelity.category_match(
-                run, simulated_runs[run.policy]
-            )
-        write_summary(summary, args.out)
-        write_requests_csv(sims, args.out / "requests_simulated.csv")
+            row = summary["fidelity"][run.policy]
+            row["category_match"] = fidelity.category_match(run, simulated_runs[run.policy])
+            row["seeds"] = per_seed[run.policy]["seeds"]
+        write_summary(summary, out)
+        write_requests_csv(sims, out / "requests_simulated.csv")
         print()
         print(
             fidelity.format_comparison(
-                summary["fidelity"], f"live vs simulated (same items, {replicas} replicas, {model}), seconds"
+                summary["fidelity"],
+                f"live vs simulated (same items, {replicas} replicas, {setup.model}), seconds; "
+                f"attainment as a share",
             )
         )
-    print(f"results in {args.out}/ (summary.json, requests.csv, requests_simulated.csv, *.png)")
-    return 0
+    write_live_page(
+        argparse.Namespace(**{**vars(args), "out": out, "results_md": results_md}), summary, policies,
+        setup.description(args.time_scale), verdicts=_verdicts(summary),
+    )
+    print(f"results in {out}/ (summary.json, requests.csv, requests_simulated.csv, *.png)")
+    return summary
+
+
+def _verdicts(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-seed verdicts of a one-seed summary (`fidelity.by_seed`'s shape), None without fidelity."""
+    rows = summary.get("fidelity")
+    if not rows:
+        return None
+    return fidelity.by_seed({summary["seed"]: rows})
+
+
+def _combine_seeds(args: argparse.Namespace, setup: _LiveSetup, summaries: list[dict[str, Any]]) -> None:
+    """OUT/summary.json and the page over several seeds: medians and spread of every figure (as
+    `driftsched simulate --seeds`), and ``fidelity.<policy>`` with the verdict of every seed."""
+    seeds = [int(s["seed"]) for s in summaries]
+    combined = aggregate([{k: v for k, v in s.items() if k != "fidelity"} for s in summaries])
+    verdicts = None
+    if all("fidelity" in s for s in summaries):
+        verdicts = fidelity.by_seed({int(s["seed"]): s["fidelity"] for s in summaries})
+        combined["fidelity"] = verdicts
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_summary(combined, args.out)
+    span = f"seeds {seeds[0]}..{seeds[-1]}"
+    print(f"\nmedian over {span}:")
+    print(format_table({k: v for k, v in combined["median"].items() if k != "vs_fifo"}))
+    if verdicts is not None:
+        print()
+        print(fidelity.format_verdicts(
+            verdicts, f"live vs simulated per seed (within ±{fidelity.TOLERANCE:.0%} is met)"
+        ))
+    median = {**combined["median"], "seed": span}
+    write_live_page(args, median, setup.policies, setup.description(args.time_scale), verdicts=verdicts,
+                    medians=True)
+    print(f"results in {args.out}/ (summary.json: median, spread and fidelity per seed; seed-*/ per seed)")
 
 
 def _shown(path: Path) -> str:
@@ -278,18 +366,24 @@ def _shown(path: Path) -> str:
 
 
 def write_live_page(
-    args: argparse.Namespace, summary: dict[str, Any], policies: list[str], setup: str
+    args: argparse.Namespace, summary: dict[str, Any], policies: list[str], setup: str,
+    verdicts: dict[str, Any] | None = None, medians: bool = False,
 ) -> None:
-    """results.md in --out, and at --results-md when given (see `driftsched.results`)."""
+    """results.md in --out, and at --results-md when given (see `driftsched.results`); `verdicts`
+    (`fidelity.by_seed`) adds the live-against-simulator table, `medians` says the figures are medians
+    over the seeds `summary['seed']` names."""
     command = getattr(args, "command_line", None) or results.command_line("driftsched", sys.argv[1:])
+    seeds = f"the median of each figure over {summary['seed']}" if medians else f"seed {summary['seed']}"
     facts = (
-        f"{summary['workload']} workload, {summary['requests']} requests per policy, seed {summary['seed']}, "
+        f"{summary['workload']} workload, {int(summary['requests'])} requests per policy, {seeds}, "
         f"on the app of `{summary['config']}` with each policy in turn. Latencies in modelled seconds "
         "(wall time / time scale)."
     )
+    notes = [facts, window_and_objectives(summary), LEGEND]
+    if verdicts:
+        notes += ["### Live against the simulator", fidelity.verdict_markdown(verdicts)]
     text = results.page(
-        results.provenance(command, setup), results_table(summary, policies),
-        [facts, window_and_objectives(summary), LEGEND],
+        results.provenance(command, setup), results_table(summary, policies), notes,
         summary_table(summary, policies),
     )
     for path in results.write_page(text, [args.out / "results.md", args.results_md]):

@@ -146,26 +146,32 @@ class LivePlan:
     port: int = 0
 
 
-def run_policies(plan: LivePlan, policies: Sequence[str]) -> list[RunRecords]:
-    """Deploy, warm up, load and remove the app once per policy; one `RunRecords` each."""
+def run_policies(
+    plan: LivePlan, policies: Sequence[str], serve: LocalServe | None = None
+) -> list[RunRecords]:
+    """Deploy, warm up, load and remove the app once per policy; one `RunRecords` each.
+
+    On `serve` when given (several seeds on one Ray instance), else on a private one of its own."""
+    if serve is None:
+        with LocalServe(port=plan.port) as own:
+            return run_policies(plan, policies, own)
     items = plan.workload.items
     ts = plan.options.time_scale
     out = []
-    with LocalServe(port=plan.port) as serve:
-        for policy in policies:
-            args = policy_args(plan.base_args, plan.core, policy, ts, plan.options.timeout_s, len(items))
-            logger.info("policy %s: deploying", policy)
-            base_url = serve.deploy(args)
-            try:
-                warm_up(base_url, int(args["replicas"].get("num_replicas", 2)), plan.options.timeout_s)
-                keys = {t: bench_key(t) for t in (s.name for s in plan.workload.tenants)}
-                result = asyncio.run(run_load(items, Target(base_url, keys), plan.options))
-                completed = sum(r.status == "completed" for r in result.records)
-                est = scrape_estimator(serve.root, serve.metrics_token, completed, frozenset({WARMUP_TENANT}))
-            finally:
-                serve.remove()
-            estimator = {"uncorrected": est["uncorrected"], "corrected": est["corrected"]}
-            extras = {"service_observations": est["observations"], "time_scale": ts}
-            out.append(to_records(policy, items, result, ts, estimator, extras))
-            logger.info("policy %s: %s in %.1f s", policy, result.statuses(), result.wall_s)
+    for policy in policies:
+        args = policy_args(plan.base_args, plan.core, policy, ts, plan.options.timeout_s, len(items))
+        logger.info("policy %s: deploying", policy)
+        base_url = serve.deploy(args)
+        try:
+            warm_up(base_url, int(args["replicas"].get("num_replicas", 2)), plan.options.timeout_s)
+            keys = {t: bench_key(t) for t in (s.name for s in plan.workload.tenants)}
+            result = asyncio.run(run_load(items, Target(base_url, keys), plan.options))
+            completed = sum(r.status == "completed" for r in result.records)
+            est = scrape_estimator(serve.root, serve.metrics_token, completed, frozenset({WARMUP_TENANT}))
+        finally:
+            serve.remove()
+        estimator = {"uncorrected": est["uncorrected"], "corrected": est["corrected"]}
+        extras = {"service_observations": est["observations"], "time_scale": ts}
+        out.append(to_records(policy, items, result, ts, estimator, extras))
+        logger.info("policy %s: %s in %.1f s", policy, result.statuses(), result.wall_s)
     return out
