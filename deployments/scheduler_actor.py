@@ -384,7 +384,8 @@ class SchedulerActor:
             self._serving = set(serving)
         core, replicas = self._core, list(self._ledger.replicas())
         running = sum(sum(state.progress.values()) for state in replicas)
-        return self._meter.backlog(self._clock(), core.queued_tickets(), core.num_in_flight, len(replicas),
+        queued = [*core.queued_tickets(), *self._dispatcher.waiting_ahead()]  # ahead: waiting in engines
+        return self._meter.backlog(self._clock(), queued, core.num_in_flight, len(replicas),
                                    window_s, running, risk=core.risk)
 
     async def ping(self) -> str:

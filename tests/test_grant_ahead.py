@@ -239,3 +239,18 @@ def test_a_resumed_grant_ahead_is_never_revoked_and_a_step_stays_finite():
     scheduler.admit(make_ticket(3, estimate=10.0, prompt_tokens=10, arrival=1.0))
     step = dispatcher.step()
     assert step.revoked == [] and step.grants == []
+
+
+def test_a_grant_ahead_moves_to_a_replica_that_would_start_it_at_once():
+    scheduler, clock, dispatcher = _pool("fifo")
+    scheduler.admit(make_ticket(1, estimate=1000.0, prompt_tokens=10))
+    scheduler.admit(make_ticket(2, estimate=500.0, prompt_tokens=10))
+    assert _granted(dispatcher) == ["r1", "r2"]  # r2 waits ahead, behind r1
+    dispatcher.placement.report("a", _ahead(("r1", "r2"), ("r2",)), 0.5)
+    dispatcher.placement.report("b", _ahead((), ()), 0.6)  # a new replica, idle
+    clock.now = 0.6
+    step = dispatcher.step()
+    assert [(t.request_id, r) for t, r in step.revoked] == [("r2", "a")]
+    assert [(t.request_id, r) for t, r in step.grants] == [("r2", "b")]
+    assert dispatcher.placement.holds("b", "r2") and not dispatcher.placement.holds("a", "r2")
+    assert scheduler.snapshot().counters["a"].dispatched == 2  # moved, not dispatched again

@@ -17,6 +17,10 @@ costs nothing: when the head fits nowhere and a replica holds a not-started gran
 its replica to drop it) and goes back to its place in the queue (`Scheduler.unstart`), and the head
 takes its place. The policy's order is therefore kept as if nothing had been granted ahead; a policy
 without a rank (`weighted`) revokes nothing. Revocation needs no waiting and no preemption setting.
+A grant ahead also moves, revoked on its replica and granted on another in the same step, when that
+other replica would start it at once (a running slot free there: a replica just added, or one that
+emptied), so no request waits behind running ones while a slot elsewhere is idle. A resumed request
+is never revoked: it goes before every request that has not started anyway.
 
 **Preemption** (when `PreemptionConfig.enabled` and the policy can rank running tickets). When the head
 fits nowhere, nothing is revocable, and either the head's TTFT objective is at risk
@@ -121,8 +125,10 @@ class Dispatcher:
                 rank = self._rank.rank(ticket, now)
                 entry = (tuple(-x for x in rank), ticket.seq, ticket.request_id, replica)
                 heapq.heappush(self._running, entry)
-            if self._ranked is not None and placement.revocable(replica, ticket.request_id):
+            if placement.revocable(replica, ticket.request_id):
                 self._ahead[ticket.request_id] = (ticket, replica)
+        if self._ahead:
+            self._move_ahead(now, out)
         if self._ahead and not out.preempted:
             victim = self._promote(now)
             if victim is not None:
@@ -194,6 +200,49 @@ class Dispatcher:
             heapq.heapify(heap)
         return found
 
+    def waiting_ahead(self) -> list[Ticket]:
+        """The grants ahead that have not started: work that waits as queued work does (inside an
+        engine instead of the queue), which the autoscaler counts as backlog."""
+        return [ticket for _, ticket, _ in self._live_ahead()]
+
+    def _live_ahead(self) -> list[tuple[str, Ticket, str]]:
+        """The grants ahead not started yet, best-ranked first (the others are forgotten)."""
+        placement, live = self.placement, []
+        for rid, (ticket, replica) in list(self._ahead.items()):
+            if self.scheduler.in_flight_ticket(rid) is not ticket or not placement.revocable(replica, rid):
+                del self._ahead[rid]  # started, finished or gone
+                continue
+            live.append((rid, ticket, replica))
+        if self._rank is not None:
+            rank, now = self._rank.rank, self.scheduler.clock()
+            live.sort(key=lambda entry: rank(entry[1], now))
+        return live
+
+    def _move_ahead(self, now: float, out: DispatchStep) -> None:
+        """A grant ahead waits for a running slot on its replica; where another replica would start it
+        at once (a new or idle one), it moves there: revoked at no cost on its replica, granted on the
+        other in the same step."""
+        placement = self.placement
+        idle = [r.replica_id for r in placement.replicas() if placement.running_slot_free(r.replica_id)]
+        if not idle:  # the common case: nowhere would a grant start sooner
+            return
+        for rid, ticket, source in self._live_ahead():
+            target = next((r for r in idle if r != source and placement.starts_at_once(r, ticket)), None)
+            if target is None:
+                continue
+            placement.release(source, rid)
+            placement.grant(target, ticket, now)
+            del self._ahead[rid]
+            granted_now = [i for i, (t, _) in enumerate(out.grants) if t.request_id == rid]
+            if granted_now:  # granted in this very step: it never left, it just goes elsewhere
+                out.grants[granted_now[-1]] = (ticket, target)
+            else:
+                out.revoked.append((ticket, source))
+                out.grants.append((ticket, target))
+            if self._rank is not None:
+                entry = (tuple(-x for x in self._rank.rank(ticket, now)), ticket.seq, rid, target)
+                heapq.heappush(self._running, entry)
+
     def _guards(self, now: float, urgent: bool) -> Callable[[Ticket, str, int], bool]:
         """Whether a running request may be preempted now (module docstring), for a head that is
         `urgent` (at risk: no waiting) or not."""
@@ -229,15 +278,12 @@ class Dispatcher:
         """A grant ahead waits inside its replica's engine behind the running requests, as the head
         would wait in the queue: when the best-ranked one is at risk or has waited `wait_s`, preempt
         the worst-ranked running request below it on that replica, whose slot it then takes."""
-        cfg, policy, placement = self.preemption, self._ranked, self.placement
+        cfg, policy = self.preemption, self._ranked
         if policy is None:
             return None
         best: tuple[Rank, Ticket, str, bool] | None = None
         share = self.scheduler.risk.config.risk_share
-        for rid, (ticket, replica) in list(self._ahead.items()):
-            if self.scheduler.in_flight_ticket(rid) is not ticket or not placement.revocable(replica, rid):
-                del self._ahead[rid]  # started, finished or gone
-                continue
+        for _, ticket, replica in self._live_ahead():
             if ticket.preemptions:
                 continue  # a resumed one waits for a slot to free, as a resumed head does
             urgent = now - ticket.arrival_time > share * ticket.ttft_slo_s

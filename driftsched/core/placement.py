@@ -460,6 +460,20 @@ class Placement:
         state = self._replicas.get(replica_id)
         return state.last_freed if state is not None else float("inf")
 
+    def running_slot_free(self, replica_id: str) -> bool:
+        """Whether a grant to `replica_id` now would start at once: a running slot is free there, not
+        only a slot ahead."""
+        state = self._replicas.get(replica_id)
+        if state is None:
+            return False
+        running = state.capacity.running_slots or state.capacity.max_slots
+        return state.in_use < running and state.free_slots() > 0
+
+    def starts_at_once(self, replica_id: str, ticket: Ticket) -> bool:
+        """Whether `ticket` would start at once on `replica_id`: a running slot is free and it fits."""
+        state = self._replicas.get(replica_id)
+        return state is not None and self.running_slot_free(replica_id) and self.fits(state, ticket)
+
     def revocable(self, replica_id: str, request_id: str) -> bool:
         """Whether `request_id`'s grant on `replica_id` is not started yet: queued inside the engine by
         its last report, or granted beyond the running slots and not reported since (grant-ahead)."""

@@ -459,6 +459,7 @@ class Simulation:
     def backlog(self, window_s: float) -> Backlog:
         """The scheduler's backlog as the scheduler actor publishes it to the autoscaling policy."""
         running = sum(seq.generated for _, seq in self._seqs.values())
-        return self.meter.backlog(self.clock.now, self.scheduler.queued_tickets(),
+        queued = [*self.scheduler.queued_tickets(), *self.dispatcher.waiting_ahead()]  # ahead: in engines
+        return self.meter.backlog(self.clock.now, queued,
                                   self.scheduler.num_in_flight, len(self.active_replicas), window_s, running,
                                   risk=self.scheduler.risk)
