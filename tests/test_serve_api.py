@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 ARGS = app_args(benchmark_mode=True, **{
     "replicas.time_scale": 0.1,
     "core.scheduler.max_queued_total": 3,
+    "replicas.engine_queue_slots": 0,  # slots are max_num_seqs only: the overload test counts them
     "core.scheduler.max_request_tokens": 8192,
     "gateway.queue_timeout_s": 1.5,
 })
@@ -170,8 +171,7 @@ async def _post(base_url, prompt_tokens_target, **extra):
 
 def test_overload_is_503_and_queue_deadline_is_504(base_url):
     async def scenario():
-        # fill the 6 slots: 2 replicas x (2 running + 1 granted ahead)
-        blockers = [asyncio.create_task(_post(base_url, 5000)) for _ in range(6)]
+        blockers = [asyncio.create_task(_post(base_url, 5000)) for _ in range(4)]  # fill 4 slots
         await asyncio.sleep(0.5)
         queued = [asyncio.create_task(_post(base_url, 5)) for _ in range(3)]  # max_queued_total
         await asyncio.sleep(0.3)
@@ -181,7 +181,7 @@ def test_overload_is_503_and_queue_deadline_is_504(base_url):
     overloaded, queued, blockers = asyncio.run(scenario())
     assert overloaded[0] == 503 and overloaded[1] is not None
     assert [s for s, _ in queued] == [504, 504, 504]
-    assert [s for s, _ in blockers] == [200] * 6
+    assert [s for s, _ in blockers] == [200] * 4
 
 
 def test_client_disconnect_frees_capacity(base_url):
