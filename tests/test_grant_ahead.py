@@ -254,3 +254,21 @@ def test_a_grant_ahead_moves_to_a_replica_that_would_start_it_at_once():
     assert [(t.request_id, r) for t, r in step.grants] == [("r2", "b")]
     assert dispatcher.placement.holds("b", "r2") and not dispatcher.placement.holds("a", "r2")
     assert scheduler.snapshot().counters["a"].dispatched == 2  # moved, not dispatched again
+
+
+def test_a_revoked_request_that_finished_where_it_was_leaves_no_copy_behind():
+    config = {"tenants": [{"name": "a"}], "scheduler": {"policy": "sjf"}}
+
+    async def scenario() -> dict[str, int]:
+        actor = SchedulerActor(config)
+        await actor.report("r0", _ahead((), ()))
+        await actor.submit("c", [Submission(make_ticket(1, estimate=1000.0, prompt_tokens=10), 30.0),
+                                 Submission(make_ticket(2, estimate=500.0, prompt_tokens=10), 30.0)])
+        await actor.report("r0", _ahead(("r1", "r2"), ("r2",)))
+        await actor.submit("c", [Submission(make_ticket(3, estimate=10.0, prompt_tokens=10), 30.0)])
+        # The stop order lost the race: r2 had started and finished on r0 before it arrived.
+        await actor.release_many([Release("r2", "r0", 480)])
+        return await actor.table_sizes()
+
+    sizes = asyncio.run(scenario())
+    assert sizes["core_queued"] == 0 and sizes["revoked"] == 0 and sizes["granted"] == 2  # r1 and r3 only
