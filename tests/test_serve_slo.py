@@ -379,6 +379,7 @@ GOODPUT_ARGS = app_args(**{
     # 4 slots at twice an L4's modelled time, ~0.3 s per request: about 12 requests/s. A run at 25/s
     # queues, and TTFT spreads from ~0 to ~1.5 s across the objective.
     "replicas.time_scale": 2.0,
+    "replicas.engine_queue_slots": 0,  # the 4 slots above, nothing granted ahead: the spread it is sized for
     "core.scheduler.policy": "fifo",
     "auth.demo_keys": {GOLD: "gold"},
     "core.tenants": [{"name": "gold", "tier": 1, "ttft_slo_s": 0.8, "tpot_slo_s": 0.05}],
