@@ -242,6 +242,30 @@ def test_driftsched_starts_a_new_context_on_the_replica_running_fewest_requests(
     assert p.choose(fresh) == "c"
 
 
+def test_driftsched_spreads_a_popular_prefix_by_free_kv_and_copies_it_to_replicas_without_it():
+    p = pool("driftsched", replicas="abcd", config=UNBOUNDED)
+    for r in "abc":  # three of four hold 1,600 of the 2,000-token prompt: a popular prefix
+        warm(p, r, ticket(1, 2_000, blocks=100))
+    for r, free in (("a", 50_000), ("b", 90_000), ("c", 70_000), ("d", 40_000)):
+        p.report(r, Capacity(64, 64, free, (), 100_000), 1.0)
+    hot = ticket(2, 2_000, blocks=100)
+    assert p.choose(hot) == "b"  # the holder with the most free KV, not the last holder by id (c)
+    p.report("d", Capacity(64, 64, 95_000, (), 100_000), 1.0)
+    assert p.choose(hot) == "b"  # d would prefill 1,600 more tokens: 1.6 s, outside the spread window
+    fast = pool("driftsched", replicas="abcd", config=PlacementConfig(balance_slack=1e9, spread_window_s=2.0))
+    for r in "abc":
+        warm(fast, r, ticket(1, 2_000, blocks=100))
+    fast.report("d", Capacity(64, 64, 100_000, (), 100_000), 1.0)
+    for r in "abc":
+        fast.report(r, Capacity(64, 64, 60_000, (), 100_000), 1.0)
+    assert fast.choose(hot) == "d"  # within the window, the replica without it takes it: no partition
+    two = pool("driftsched", replicas="abcd", config=UNBOUNDED)
+    warm(two, "a", ticket(1, 2_000, blocks=100))  # one holder: a context to follow, not a popular prefix
+    two.report("b", Capacity(64, 64, 100_000, (), 100_000), 1.0)
+    two.report("a", Capacity(64, 64, 50_000, (), 100_000), 1.0)
+    assert two.choose(hot) == "a"
+
+
 def test_driftsched_bounds_each_replicas_recent_work_against_the_pools_mean():
     def followers(config: PlacementConfig) -> tuple[list[str | None], list[float]]:
         p = pool("driftsched", replicas="abcd", config=config, index_ttl_s=1e6)

@@ -44,9 +44,11 @@ taken to find its session's previous prompt on the replica that served that sess
 replica until the replica reports a token generated for it (`Capacity.progress`) or it is released.
 Between reports that are busy with prefill, the tokens whose prefill finished over the seconds it took
 measure the replica's prefill rate (decayed, half-life `RATE_HALF_LIFE_S`; the configured
-`prefill_tokens_per_s` until `MIN_RATE_S` of it are measured). Each grant also adds its uncached prompt
+`prefill_tokens_per_s` until `MIN_RATE_S` of it are measured). Each grant also adds its whole prompt
 and output estimate to the replica's *recent work* (halved every `WORK_HALF_LIFE_S`), its share of
-what the pool was given lately. The rules read all three.
+what the pool was given lately: the whole prompt, because a cached prefix saves only its prefill, and
+the prompt's KV is still read at every decode step of that request, slowing every request running
+beside it. The rules read all three.
 
 **Cached prompts and KV.** A prefix hit saves the prefill; it saves KV only where the blocks are held
 by a request running on that replica: vLLM counts cached blocks no request holds as free (they are
@@ -160,7 +162,7 @@ class ReplicaState:
     rate_tokens: float = 0.0  # decayed prefill tokens finished / decayed seconds busy with prefill
     rate_seconds: float = 0.0
     prefill_since: float = 0.0  # when the prefill in flight last rose from none
-    placed: float = 0.0  # work granted here (uncached prompt + output estimate), decayed to `placed_at`
+    placed: float = 0.0  # work granted here (prompt + output estimate), decayed to `placed_at`
     placed_at: float = 0.0
     waiting: set[str] = field(default_factory=set)  # reported held by the engine, not started
     ahead: set[str] = field(default_factory=set)  # granted beyond the running slots, not yet reported
@@ -239,7 +241,7 @@ class ReplicaState:
         return self.prefill_tokens + self.decode_left
 
     def recent_work(self, now: float) -> float:
-        """Work granted here lately, in tokens (uncached prompt and output estimate of each grant,
+        """Work granted here lately, in tokens (prompt and output estimate of each grant,
         halved every `WORK_HALF_LIFE_S`): this replica's recent share of the pool's work."""
         if now <= self.placed_at:
             return self.placed
@@ -558,7 +560,7 @@ class Placement:
         state.decode_left -= state.left(rid)
         state.expected[rid] = ticket.remaining_estimate
         state.decode_left += ticket.remaining_estimate
-        state.add_work(uncached + ticket.remaining_estimate, now)
+        state.add_work(prompt + ticket.remaining_estimate, now)
         if state.horizon:
             state.reserved += state.growth(rid)
 
