@@ -396,7 +396,8 @@ class SchedulerActor:
         running = sum(sum(state.progress.values()) for state in replicas)
         queued = [*core.queued_tickets(), *self._dispatcher.waiting_ahead()]  # ahead: waiting in engines
         return self._meter.backlog(self._clock(), queued, core.num_in_flight, len(replicas),
-                                   window_s, running, risk=core.risk)
+                                   window_s, running, risk=core.risk,
+                                   prefill_tokens_per_s=self._ledger.prefill_rate())
 
     async def ping(self) -> str:
         return self._core.policy.name

@@ -279,3 +279,19 @@ def test_queued_prefill_alone_can_set_the_drain_term() -> None:
     heavy = replace(light, queued_prefill_tokens=6000 * 60 * 3)
     raw, reason = scaler.demand(heavy)
     assert reason == "prefill" and raw == pytest.approx(3.0)
+    measured = replace(heavy, prefill_tokens_per_s=9000.0)  # the placement's rate replaces the prior
+    raw, reason = scaler.demand(measured)
+    assert reason == "prefill" and raw == pytest.approx(2.0)
+
+
+def test_the_placements_prefill_rate_is_its_replicas_mean_measured_else_its_prior() -> None:
+    from driftsched.core.placement import MIN_RATE_S, Capacity, Placement
+
+    placement = Placement(prefill_tokens_per_s=5000.0)
+    assert placement.prefill_rate() is None  # no replica: the autoscaler keeps its own prior
+    for r in "ab":
+        placement.report(r, Capacity(8, 8, 100_000, (), 100_000), 0.0)
+    assert placement.prefill_rate() == pytest.approx(5000.0)
+    state = {s.replica_id: s for s in placement.replicas()}
+    state["b"].rate_tokens, state["b"].rate_seconds = 9000.0 * MIN_RATE_S, MIN_RATE_S  # b measured
+    assert placement.prefill_rate() == pytest.approx(7000.0)

@@ -18,7 +18,9 @@ tokens and, for each QoS tier ``k`` with queued work and an objective, ``Q_k`` t
     raw     = steady + max(drain, prefill, max_k slo_k, max_k risk_k)   both at once
 
 ``P`` is the queued prompts' uncached tokens (a prefix already in a replica's cache is not prefilled
-again) and ``pi`` one replica's prefill tokens/s (`prior_prefill_tokens_per_s`): on prompt-heavy traffic
+again) and ``pi`` one replica's prefill tokens/s, the placement's figure (`Backlog.prefill_tokens_per_s`:
+measured from the replicas' reports, its prior until then; `prior_prefill_tokens_per_s` only when the
+backlog carries none), the same rate that placement predicts first tokens with: on prompt-heavy traffic
 (long documents, agents' growing contexts) prefill, not decode, is what a backlog waits for. The
 measured ``mu`` already pays for the prefill of the mix it was measured on, so the two terms are not
 added: ``prefill`` bites when the queued prompts alone would outlast the drain budget.
@@ -89,7 +91,8 @@ class AutoscaleConfig(BaseModel):
     """Output tokens/s of one saturated replica before the scheduler has measured it."""
     prior_prefill_tokens_per_s: float = Field(default=6000.0, gt=0)
     """Uncached prompt tokens/s one replica prefills (an L4 with an 8B FP8 model: ~91 TFLOP/s effective
-    over 2 x 7.5 GFLOP a token, docs/simulator.md), for the backlog's prefill term."""
+    over 2 x 7.5 GFLOP a token, docs/simulator.md), for the backlog's prefill term when the backlog
+    carries no rate of the placement's (`Backlog.prefill_tokens_per_s`)."""
     prior_replica_s: float = Field(default=60.0, ge=0)
     """Weight of the prior against the measurement, in saturated replica-seconds."""
     max_risk_growth: float = Field(default=2.0, ge=1.0)
@@ -155,7 +158,8 @@ class QueueAwareScaler:
         demand = backlog.arrival_tokens_per_s + backlog.shed_tokens_per_s
         steady = demand / (mu * cfg.target_utilization)
         extra, reason = backlog.queued_tokens / (mu * cfg.drain_s), "backlog"
-        prefill = backlog.queued_prefill_tokens / (cfg.prior_prefill_tokens_per_s * cfg.drain_s)
+        pi = backlog.prefill_tokens_per_s or cfg.prior_prefill_tokens_per_s
+        prefill = backlog.queued_prefill_tokens / (pi * cfg.drain_s)
         if prefill > extra:
             extra, reason = prefill, "prefill"
         ahead = 0.0

@@ -91,6 +91,9 @@ class Backlog:
     tiers: tuple[TierBacklog, ...] = ()
     queued_prefill_tokens: float = 0.0
     """Prompt tokens the queued tickets must prefill: their uncached prompts (`Ticket.uncached_prompt`)."""
+    prefill_tokens_per_s: float | None = None
+    """One replica's prefill tokens/s as the scheduler's placement knows it (`Placement.prefill_rate`:
+    measured from the replicas' reports, its prior until then); None: unknown."""
     shed_tokens_per_s: float = 0.0
     """Estimated output tokens/s that SLO admission refused over the window (demand the pool lacked
     the capacity for; admitted arrivals alone would hide it)."""
@@ -132,10 +135,12 @@ class BacklogMeter:
     def backlog(
         self, now: float, queued: Iterable[Ticket], in_flight: int, replicas: int, window_s: float = 30.0,
         running_tokens: float = 0.0, risk: RiskModel | None = None,
+        prefill_tokens_per_s: float | None = None,
     ) -> Backlog:
         """The summary now; `queued` are the waiting tickets, `window_s` the rate window,
-        `running_tokens` the output tokens the running requests have generated so far and `risk` the
-        scheduler's risk model (`Scheduler.risk`; None: no predicted risk, no refused demand)."""
+        `running_tokens` the output tokens the running requests have generated so far, `risk` the
+        scheduler's risk model (`Scheduler.risk`; None: no predicted risk, no refused demand) and
+        `prefill_tokens_per_s` one replica's prefill rate (`Backlog.prefill_tokens_per_s`)."""
         self._window_s = min(max(window_s, 1e-3), _MAX_WINDOW_S)
         tiers: dict[int, list[float]] = {}  # tier -> [queued, tokens, oldest queued_at, slo or inf]
         total_tokens, prefill, count = 0.0, 0.0, 0
@@ -160,6 +165,7 @@ class BacklogMeter:
             queued=count,
             queued_tokens=total_tokens,
             queued_prefill_tokens=prefill,
+            prefill_tokens_per_s=prefill_tokens_per_s,
             in_flight=in_flight,
             replicas=replicas,
             arrival_tokens_per_s=self._arrival_rate(now),

@@ -602,6 +602,12 @@ class Placement:
     def replicas(self) -> Iterable[ReplicaState]:
         return self._replicas.values()
 
+    def prefill_rate(self) -> float | None:
+        """One replica's prefill tokens/s, the mean over the replicas of each one's measured rate (its
+        prior until measured); None with no replica."""
+        rates = [r.rate(self.prefill_prior) for r in self._replicas.values()]
+        return sum(rates) / len(rates) if rates else None
+
     def summary(self) -> dict[str, dict[str, float]]:
         """Per replica: slots, in use, free, KV, prefill in flight, prefix index size and the engine's
         own state (for metrics)."""

@@ -462,4 +462,5 @@ class Simulation:
         queued = [*self.scheduler.queued_tickets(), *self.dispatcher.waiting_ahead()]  # ahead: in engines
         return self.meter.backlog(self.clock.now, queued,
                                   self.scheduler.num_in_flight, len(self.active_replicas), window_s, running,
-                                  risk=self.scheduler.risk)
+                                  risk=self.scheduler.risk,
+                                  prefill_tokens_per_s=self.placement.prefill_rate())
