@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
 from factories import make_scheduler, make_ticket
 
 from deployments.replica import RunStops
@@ -272,3 +273,51 @@ def test_a_revoked_request_that_finished_where_it_was_leaves_no_copy_behind():
 
     sizes = asyncio.run(scenario())
     assert sizes["core_queued"] == 0 and sizes["revoked"] == 0 and sizes["granted"] == 2  # r1 and r3 only
+
+
+def _race(moved: bool) -> Any:
+    """A simulated run where the dispatcher revokes request 0 after its engine already ran it to the
+    end in the step under way (one output token), as a stop order can lose the race live; `moved`:
+    it is granted on the other replica in the same step, as `_move_ahead` does."""
+    from driftsched.core.dispatch import DispatchStep
+    from driftsched.sim.perf_model import PerfModel
+    from driftsched.sim.simulator import Simulation, core_config_for
+    from driftsched.sim.workload import TenantSpec, Workload, WorkloadItem
+
+    items = [WorkloadItem(0.0, "a", "qa", 200, 8, 1), WorkloadItem(0.001, "a", "qa", 200, 8, 4)]
+    workload = Workload("race", items, (TenantSpec("a", 0, 1.0),))
+    perf = PerfModel()
+    sim = Simulation(workload, "fifo", perf, 2, core_config_for(workload, perf), queue_timeout_s=3600.0)
+    real_step, calls = sim.dispatcher.step, []
+
+    def step() -> DispatchStep:
+        calls.append(sim.clock.now)
+        if len(calls) != 2:  # the second dispatch, at request 1's arrival, revokes request 0
+            return real_step()
+        ticket = sim.scheduler.in_flight_ticket("0")
+        assert ticket is not None and sim._pending[int(sim.replica[0])]  # finished in the step under way
+        source = str(int(sim.replica[0]))
+        sim.placement.release(source, "0")
+        out = real_step()
+        if moved:
+            target = "1" if source == "0" else "0"
+            sim.placement.grant(target, ticket, sim.clock.now)
+            out.grants.append((ticket, target))
+        else:
+            sim.scheduler.unstart("0")
+        out.revoked.append((ticket, source))
+        return out
+
+    sim.dispatcher.step = step  # type: ignore[method-assign]
+    return sim, sim.run()
+
+
+def test_a_simulated_revocation_that_lost_the_race_completes_the_run_once_and_leaves_no_copy():
+    for moved in (False, True):
+        sim, result = _race(moved)
+        assert not np.isnan(result.finish).any()
+        counters = result.stats.counters["a"]
+        assert counters.completed == 2 and counters.revoked == 0
+        assert sim.scheduler.num_queued == 0 and sim.scheduler.num_in_flight == 0
+        assert all(sum(1 for _ in e.running) == 0 for e in sim.engines)
+        assert all(not sim.placement.holds(r, "0") for r in ("0", "1"))

@@ -313,6 +313,24 @@ class Scheduler:
         self._advance(now)
         return ticket
 
+    def restart(self, request_id: str) -> Ticket:
+        """Undo an `unstart` whose order to stop lost the race: the request had started where it was
+        granted (and may have finished there). Its copy leaves the queue and it is in flight again, its
+        revocation uncounted. Raises `UnknownRequestError` if it is not queued."""
+        ticket = self._queued.get(request_id)
+        if ticket is None or not self.policy.remove(ticket):
+            raise UnknownRequestError(f"no request {request_id!r} queued")
+        if ticket in self._front:
+            self._front.remove(ticket)
+        now = self.clock()
+        self._unqueue(ticket)
+        ticket.dispatch_time = now
+        self._in_flight[request_id] = ticket
+        self._fly(ticket, 1)
+        self._counters[ticket.tenant].revoked -= 1
+        self._advance(now)
+        return ticket
+
     def catch_up(self, request_id: str, total_generated: int) -> bool:
         """A queued request (revoked) turns out to have generated `total_generated` tokens in all before
         it stopped (it had started after all): its prompt and budget follow, as `resume` would set them.

@@ -356,9 +356,18 @@ class Simulation:
         step, now = self.dispatcher.step(), self.clock.now
         for ticket in step.expired:
             self.expired[int(ticket.request_id)] = True
-        for ticket, _ in step.revoked:  # back in the queue already; its replica drops it
-            r, seq = self._seqs.pop(ticket.request_id)
-            self.engines[r].abort(seq)
+        lost: set[str] = set()  # revoked, but finished in the step under way: it completes where it ran
+        for ticket, _ in step.revoked:  # back in the queue, or granted elsewhere; its replica drops it
+            rid = ticket.request_id
+            r, seq = self._seqs[rid]
+            if self.engines[r].abort(seq):
+                del self._seqs[rid]
+                continue
+            # The stop lost the race, as one can live (the report that showed it waiting predates the
+            # step that ran it): its queued copy, or the grant made for it elsewhere, is withdrawn.
+            lost.add(rid)
+            if self.scheduler.is_queued(rid):
+                self.scheduler.restart(rid)
         unstarted: set[str] = set()
         for ticket, _ in step.preempted:
             running = self._seqs.get(ticket.request_id)
@@ -371,6 +380,9 @@ class Simulation:
                 del self._seqs[ticket.request_id]
                 self.scheduler.requeue(ticket.request_id, seq.generated, now + self.queue_timeout_s)
         for ticket, replica in step.grants:
+            if ticket.request_id in lost:
+                self.placement.release(replica, ticket.request_id)
+                continue
             if ticket.request_id in unstarted:
                 continue
             i, r = int(ticket.request_id), int(replica)
