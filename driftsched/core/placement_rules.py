@@ -253,8 +253,8 @@ class DriftSched:
     request goes to the replica with the most free KV among those where its first token is expected
     within `spread_window_s` of the soonest, as `most-free-kv` would place it. (Followed as a context,
     the holders took all of that tenant's requests, the replicas without the prefix never got one to
-    copy it, and the tenant's time per output token missed its objective 5-10 points more often than
-    under `most-free-kv` on `hot-prefix` at 8 replicas.)
+    copy it, and the tenant met its objectives about 6 points less often than under `most-free-kv`
+    on `hot-prefix` at 8 replicas and full load, all of it time per output token.)
 
     **New contexts** (no holder worth following) go to the replica running the fewest requests among
     those where the first token is expected within `spread_window_s` of the soonest (then the soonest):
