@@ -38,10 +38,8 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -360,18 +358,13 @@ def main() -> None:
     parser.add_argument("--results-md", type=Path, default=None,
                         help="also write the Markdown results page to PATH (docs/results/token-path.md)")
     opts = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.update(kv.split("=", 1) for kv in opts.serve_env)  # Ray's workers inherit them
-    import ray
     from ray import serve
 
+    from driftsched.bench.service import LocalServe
     from serve_app.app import build_app
 
-    temp_dir = tempfile.mkdtemp(prefix="dsbench-", dir="/tmp")
-    ray.init(_temp_dir=temp_dir, _node_ip_address="127.0.0.1", include_dashboard=False,
-             log_to_driver=False, num_cpus=8)
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    try:
+    with LocalServe(port=PORT):
         serve.run(_hops_app(), name="hops", route_prefix="/hops")
         if "driftsched" in opts.hops:
             for name, coalesce in (("plain", False), ("merged", True)):
@@ -380,11 +373,6 @@ def main() -> None:
         text = _measure_all(opts)
         for path in results.write_page(text, [opts.results_md]):
             print(f"wrote {path}")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

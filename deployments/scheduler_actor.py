@@ -323,11 +323,11 @@ class SchedulerActor:
     def _release(self, item: Release) -> None:
         request_id, output_tokens = item.request_id, item.output_tokens
         self._clients.pop(request_id, None)
+        granted = self._granted.pop(request_id, None)
         if self._revoked.pop(request_id, None) is not None:
             # It ended before its resumption: it had started on its replica after all (and may have
             # finished there), or its client left. The grant made since was never used; a copy back in
             # the queue is withdrawn, and a finished run still teaches drift.
-            granted = self._granted.pop(request_id, None)
             if granted is not None:
                 self._ledger.release(granted[0], request_id)
             queued = self._core.cancel(request_id)
@@ -335,7 +335,6 @@ class SchedulerActor:
                 self._answer(request_id, _CANCELLED)
                 if output_tokens is not None and self._drift is not None:
                     self._feed.observe(queued, output_tokens)
-        self._granted.pop(request_id, None)
         ticket = self._core.in_flight_ticket(request_id)
         freed = ticket.prompt_tokens + (output_tokens or 0) if ticket is not None else 0
         self._ledger.release(item.replica_id, request_id, freed, self._clock())

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from driftsched.core.autoscale import AutoscaleConfig, QueueAwareScaler
 from driftsched.core.backlog import SERVICE_SETTLE_S, Backlog, BacklogMeter, TierBacklog
+from driftsched.core.placement import MIN_RATE_S, Capacity, Placement
 from tests.factories import make_config, make_ticket
 
 MU = 1000.0  # tokens/s of one replica in these tests
@@ -285,8 +286,6 @@ def test_queued_prefill_alone_can_set_the_drain_term() -> None:
 
 
 def test_the_placements_prefill_rate_is_its_replicas_mean_measured_else_its_prior() -> None:
-    from driftsched.core.placement import MIN_RATE_S, Capacity, Placement
-
     placement = Placement(prefill_tokens_per_s=5000.0)
     assert placement.prefill_rate() is None  # no replica: the autoscaler keeps its own prior
     for r in "ab":

@@ -18,8 +18,11 @@ from factories import make_scheduler, make_ticket
 from deployments.replica import RunStops
 from deployments.scheduler_actor import AcquireStatus, Release, Resumption, SchedulerActor, Submission
 from driftsched.core.config import PreemptionConfig
-from driftsched.core.dispatch import Dispatcher
+from driftsched.core.dispatch import Dispatcher, DispatchStep
 from driftsched.core.placement import Capacity, Placement
+from driftsched.sim.perf_model import PerfModel
+from driftsched.sim.simulator import Simulation, core_config_for
+from driftsched.sim.workload import TenantSpec, Workload, WorkloadItem
 
 KV = 100_000
 
@@ -275,15 +278,10 @@ def test_a_revoked_request_that_finished_where_it_was_leaves_no_copy_behind():
     assert sizes["core_queued"] == 0 and sizes["revoked"] == 0 and sizes["granted"] == 2  # r1 and r3 only
 
 
-def _race(moved: bool) -> Any:
+def _race(moved: bool) -> tuple[Simulation, Any]:
     """A simulated run where the dispatcher revokes request 0 after its engine already ran it to the
     end in the step under way (one output token), as a stop order can lose the race live; `moved`:
     it is granted on the other replica in the same step, as `_move_ahead` does."""
-    from driftsched.core.dispatch import DispatchStep
-    from driftsched.sim.perf_model import PerfModel
-    from driftsched.sim.simulator import Simulation, core_config_for
-    from driftsched.sim.workload import TenantSpec, Workload, WorkloadItem
-
     items = [WorkloadItem(0.0, "a", "qa", 200, 8, 1), WorkloadItem(0.001, "a", "qa", 200, 8, 4)]
     workload = Workload("race", items, (TenantSpec("a", 0, 1.0),))
     perf = PerfModel()
