@@ -49,10 +49,12 @@ def test_priority_serves_high_tier_before_queued_low_tier(serve_cluster):
     waiting = [("sk-test-bronze", small)] * 4 + [("sk-test-gold", small)] * 4  # low tier arrives first
     times = asyncio.run(_contend(base_url, waiting))
     bronze, gold = times[:4], times[4:]
-    # The first gold to finish frees its slot for the first bronze, whose first token can come a few
-    # ms before the last gold's (seen in CI: 2.6806 s against 2.6882 s). Under FIFO every bronze
-    # would take a slot before any gold.
-    assert sorted(gold)[2] < min(bronze), (gold, bronze)
+    # Bronze requests granted ahead into the engines' queues (one a replica) are revoked for the
+    # golds, so two golds start the moment the blockers end, before any scheduler round trip. The
+    # freed slots then go to the other two golds and two bronzes in one dispatch step, whose first
+    # tokens come within a few tens of ms of one another in either order (CI saw a bronze at 2.144 s
+    # between golds at 2.115 and 2.158 s). Under FIFO the bronzes hold the slots ahead and start first.
+    assert sorted(gold)[1] < min(bronze), (gold, bronze)
 
 
 def test_sjf_lets_short_jobs_overtake_long_ones(serve_cluster):
