@@ -45,8 +45,11 @@ class ReplicaConfig(BaseModel):
     for a scheduler round trip (release, grant, dispatch). The order stays the policy's: a grant ahead
     that has not started is revoked for a better-ranked request that fits nowhere else, and goes back to
     its place in the queue (`driftsched.core.dispatch`). 0 hands over one slot at a time."""
-    max_num_batched_tokens: int = Field(default=4096, ge=16)
-    """Token budget of one engine step (chunked prefill). The default is config.l4.yaml's."""
+    max_num_batched_tokens: int = Field(default=1024, ge=16)
+    """Token budget of one engine step (chunked prefill). The default is config.l4.yaml's, the
+    balanced budget of an L4 serving Llama-3.1-8B FP8 (`PerfModel.balanced_token_budget`): a larger
+    chunk stalls every running stream on its matmuls (4,096 makes a step ~0.6 s, six times a 100 ms
+    TPOT objective), a smaller one spends more steps on each prompt. Another model or GPU has its own."""
     time_scale: float = Field(default=1.0, gt=0, le=100)
     """Real seconds per modelled second: 1.0 is an L4 in real time, 0.02 is 50x faster."""
     stream_interval_s: float = Field(default=0.01, gt=0, le=1)

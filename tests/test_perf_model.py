@@ -112,3 +112,22 @@ def test_saturated_throughput_grows_with_shorter_requests():
     long = perf.saturated_throughput_rps(900, 400, 1200)
     short = perf.saturated_throughput_rps(300, 100, 350)
     assert short > long > 0
+
+
+def test_balanced_token_budget_is_the_chunk_a_full_mixed_step_carries_on_its_reads():
+    perf = PerfModel(LLAMA_3_1_8B_FP8)
+    budget = perf.balanced_token_budget()
+    assert budget == 1024
+    full, batch = perf.kv_capacity_tokens, 32
+    reads_only = perf.step_time_s(1, batch, full, prefill_attention_pairs=0.0)  # memory-bound
+    assert perf.step_time_s(budget, batch, full) == pytest.approx(reads_only, rel=0.1)
+    assert perf.step_time_s(4 * budget, batch, full) > 3 * reads_only  # every stream waits on the matmuls
+    assert PerfModel(LLAMA_3_1_8B_BF16).balanced_token_budget() < budget  # fewer KV tokens to read
+
+
+def test_the_replicas_default_step_budget_is_the_default_models_balanced_one():
+    from deployments.replica_config import ReplicaConfig
+
+    default = ReplicaConfig()
+    assert default.model == "llama-3.1-8b-fp8"
+    assert default.max_num_batched_tokens == PerfModel(LLAMA_3_1_8B_FP8).balanced_token_budget()
