@@ -81,32 +81,36 @@ NO_ADMISSION = "-no-admission"
 """Suffix of a run without DriftSched's SLO-aware admission (`scheduler.admission.enabled: false`)."""
 
 
-def _without_admission(config: CoreConfig) -> CoreConfig:
+def _without_admission(config: CoreConfig, tpot_guard: bool = True) -> CoreConfig:
+    """`config` without DriftSched's admission, and without its TPOT guard unless `tpot_guard`."""
     data = config.model_dump()
     data["scheduler"]["admission"]["enabled"] = False
+    data["scheduler"]["placement"]["tpot_guard"] = tpot_guard and config.scheduler.placement.tpot_guard
     return CoreConfig.model_validate(data)
 
 
 def run_task(task: Task, policies: Sequence[str], requests: int, ours: str) -> dict[str, Any]:
     """Every policy on one (workload, load, seed): its summary per policy, plus the work measures.
 
-    Only `ours` runs with DriftSched's admission (the config's default); FIFO and the peers run as their
-    own schedulers do, queueing whatever arrives until its deadline, and a name ending in
-    `NO_ADMISSION` runs that policy without it too (ours without admission separates the two effects).
+    Only `ours` runs with DriftSched's admission and TPOT guard (the config's defaults); FIFO and the
+    peers run as their own schedulers do, queueing whatever arrives until its deadline and filling the
+    replicas' KV whatever the pace, and a name ending in `NO_ADMISSION` runs that policy without
+    admission but with the guard (ours without admission separates the two effects).
     """
     workload_name, load, seed = task
     args = _simulate_args(workload_name, load, seed, requests)
     setup = resolve_setup(args)
     workload = build_workload(argparse.Namespace(**{**vars(args), "replicas": setup.replicas}), setup.perf)
     config = core_config_for(workload, setup.perf)
-    plain = _without_admission(config)
+    plain, unguarded = _without_admission(config), _without_admission(config, tpot_guard=False)
     objectives = config.objectives()
     intake = [intake_fields(it, workload.block_tokens) for it in workload.items]
     weights = {t.name: t.weight for t in config.tenants}
     out: dict[str, Any] = {"workload": workload_name, "load": load, "seed": seed, "policies": {}}
     for name in policies:
         policy = name.removesuffix(NO_ADMISSION)
-        sim = Simulation(workload, policy, setup.perf, setup.replicas, config if name == ours else plain,
+        used = config if name == ours else plain if name.endswith(NO_ADMISSION) else unguarded
+        sim = Simulation(workload, policy, setup.perf, setup.replicas, used,
                          queue_timeout_s=setup.queue_timeout_s, intake=intake)
         rec = as_records(sim.run())
         summary = policy_summary(rec, objectives)
@@ -355,10 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = results.command_line("python benchmarks/bench_slo.py", sys.argv[1:] if argv is None else argv)
     source = results.provenance(command, "modelled NVIDIA L4, the simulator's default replicas and model")
     notes = [
-        f"Our policy: `{args.ours}` with DriftSched's SLO-aware admission (the default); peers: "
-        f"{', '.join(f'`{p}`' for p in peers)}; FIFO the floor. FIFO, the peers and the other policies "
-        "shown run without that admission, as their own schedulers do: every request waits until it is "
-        f"served or its queue deadline passes (`{args.ours}{NO_ADMISSION}` is ours without it). "
+        f"Our policy: `{args.ours}` with DriftSched's SLO-aware admission and TPOT guard (the defaults); "
+        f"peers: {', '.join(f'`{p}`' for p in peers)}; FIFO the floor. FIFO, the peers and the other "
+        "policies shown run without either, as their own schedulers do: every request waits until it is "
+        "served or its queue deadline passes, and replicas fill their KV whatever their pace "
+        f"(`{args.ours}{NO_ADMISSION}` is ours without admission, with the guard). "
         f"{args.requests} requests per run, seeds {args.seed}..{args.seed + args.seeds - 1} (held out from "
         "development); figures over the steady window (arrivals from 10 % to 90 % of the run). Intervals "
         "are 95 % Student-t intervals over seeds of paired per-seed differences or ratios; a verdict is "

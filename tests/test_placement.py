@@ -204,3 +204,62 @@ def test_choose_remembering_a_head_that_fit_nowhere_agrees_with_a_full_scan(ops:
             p.drop(replica)
         expected = _oracle(p, head)
         assert p.choose(head) == expected
+
+
+def _tight(seq: int, prompt_tokens: int, tpot_s: float = 0.1) -> Any:
+    from dataclasses import replace
+
+    return replace(make_ticket(seq, prompt_tokens=prompt_tokens), tpot_slo_s=tpot_s)
+
+
+def _paced(p: Placement, t0: float, step_s: float, seconds: float, free_kv: int = 5_000) -> float:
+    """Reports from replica "a" running "r1" at `step_s` seconds per token for `seconds`; the end time."""
+    t, done = t0, 0
+    while t < t0 + seconds:
+        t += 0.25
+        done += round(0.25 / step_s)
+        p.report("a", Capacity(4, 3, free_kv, ("r1",), 10_000, progress=(done,)), t)
+    return t
+
+
+def test_tpot_guard_shrinks_the_kv_new_grants_may_fill_while_the_pace_misses_the_tightest_objective():
+    p = Placement(kv_watermark=0.0, tpot_guard=True)
+    p.report("a", Capacity(4, 3, 5_000, ("r1",), 10_000), 0.0)
+    p.grant("a", _tight(1, prompt_tokens=100), 0.0)  # r1: 100 ms per token promised
+    big = make_ticket(2, prompt_tokens=4_500)  # fits the 5,000 free tokens of 10,000
+    t = _paced(p, 0.0, 0.05, 2.0)  # 50 ms a step: within the objective, the whole KV is open
+    assert p.choose(big) == "a"
+    t = _paced(p, t, 0.125, 4.0)  # 125 ms a step: every second of it cuts the share
+    assert p.choose(big) is None
+    assert p.choose(make_ticket(3, prompt_tokens=100)) == "a"  # small work still fits the lower share
+    _paced(p, t, 0.05, 30.0)  # fast again: the share comes back
+    assert p.choose(big) == "a"
+
+
+def test_tpot_guard_reads_only_the_objectives_of_the_grants_there_and_never_blocks_an_idle_replica():
+    loose = Placement(kv_watermark=0.0, tpot_guard=True)
+    loose.report("a", Capacity(4, 3, 5_000, ("r1",), 10_000), 0.0)
+    loose.grant("a", _tight(1, prompt_tokens=100, tpot_s=0.5), 0.0)
+    _paced(loose, 0.0, 0.125, 6.0)  # slow for a 100 ms stream, fine for this 500 ms one
+    assert loose.choose(make_ticket(2, prompt_tokens=4_500)) == "a"
+    off = Placement(kv_watermark=0.0)  # a bare Placement has no guard
+    off.report("a", Capacity(4, 3, 5_000, ("r1",), 10_000), 0.0)
+    off.grant("a", _tight(1, prompt_tokens=100), 0.0)
+    _paced(off, 0.0, 0.125, 6.0)
+    assert off.choose(make_ticket(2, prompt_tokens=4_500)) == "a"
+    guarded = Placement(kv_watermark=0.0, tpot_guard=True)
+    guarded.report("a", Capacity(4, 3, 5_000, ("r1",), 10_000), 0.0)
+    guarded.grant("a", _tight(1, prompt_tokens=100), 0.0)
+    t = _paced(guarded, 0.0, 0.125, 6.0)
+    assert guarded.choose(make_ticket(2, prompt_tokens=4_500)) is None
+    guarded.release("a", "r1", 100, t)
+    guarded.report("a", Capacity(4, 4, 10_000, (), 10_000), t + 0.1)  # nothing runs: any ticket
+    assert guarded.choose(make_ticket(3, prompt_tokens=9_000)) == "a"
+
+
+def test_the_configured_placement_guards_tpot_by_default():
+    from driftsched.core.config import SchedulerConfig
+
+    assert Placement.from_config(SchedulerConfig()).tpot_guard
+    off = SchedulerConfig.model_validate({"placement": {"tpot_guard": False}})
+    assert Placement.from_config(off).tpot_guard is False

@@ -346,6 +346,13 @@ class PlacementConfig(_Strict):
     cache. 0.3 kept every replica's share of a run's work within about 1.1x the mean in our runs; a
     larger share keeps more requests on their prefix's replica, a smaller one balances at the cache's
     expense."""
+    tpot_guard: bool = True
+    """Keep each replica's decode pace within the tightest TPOT objective of the requests it runs: the
+    pace (seconds per step, measured from the replicas' progress reports) is held under that objective
+    by lowering the share of the replica's KV that new grants may fill while it is too slow, and raising
+    it back while there is room (`driftsched.core.placement`, "TPOT guard"). A step reads every running
+    request's KV, so a fuller KV is a slower step for every stream on the replica. Off: replicas fill
+    their KV whatever the pace, which serves the most tokens and lets tight-TPOT streams miss."""
 
     @field_validator("rule")
     @classmethod

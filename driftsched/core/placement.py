@@ -78,6 +78,18 @@ checks only those (a replica that did not change still cannot take it). Every me
 replica's figures marks it changed. (An index entry that ages out only lowers a match, which never lets
 a ticket fit where it did not.)
 
+**TPOT guard** (`PlacementConfig.tpot_guard`, on by default). A decode step reads the KV of every
+request running on the replica, so how full its KV is sets the pace of every stream there, and a
+stream's TPOT is that pace. Each report gives the tokens each running request has generated; between
+two reports the most any of them advanced is the steps taken, and over at least `PACE_WINDOW_S` of
+busy time the seconds per step is the replica's measured pace. While the pace is above `GUARD_HIGH` of
+the tightest TPOT objective among the grants there, the share of the KV new grants may fill
+(`ReplicaState.kv_cap`) is cut by `CAP_CUT`; while it is below `GUARD_LOW`, the share is raised by
+`CAP_STEP` back towards all of it. The guard only refuses a grant (the ticket waits, in order, or goes
+to another replica); it never stops a running request, and an idle replica takes any ticket. It trades
+tokens for objectives: a replica held below a full KV serves fewer tokens a second, and the streams it
+serves keep their pace (measured: docs/scheduling.md, "The TPOT guard").
+
 **Liveness.** A replica silent for `replica_timeout_s` is dropped with its grants; a grant that its
 replica has never reported running for `grant_grace_s` is presumed lost (its caller died) and released.
 """
@@ -100,6 +112,12 @@ RATE_HALF_LIFE_S = 60.0
 MIN_RATE_S = 5.0
 WORK_HALF_LIFE_S = 60.0
 """Half-life of each replica's recent work (`ReplicaState.recent_work`), the balance rules' measure."""
+PACE_WINDOW_S = 1.0
+"""Busy seconds of reports over which the TPOT guard measures a replica's pace."""
+GUARD_HIGH, GUARD_LOW = 1.0, 0.8
+"""The guard cuts the KV share above GUARD_HIGH of the tightest objective and raises it below GUARD_LOW."""
+CAP_CUT, CAP_STEP, CAP_FLOOR = 0.9, 0.05, 0.3
+"""Multiplicative cut, additive raise and the lowest KV share the guard sets."""
 MAX_SESSIONS = 65_536
 """Sessions whose last replica is remembered (least recently used forgotten first)."""
 
@@ -166,6 +184,10 @@ class ReplicaState:
     placed_at: float = 0.0
     waiting: set[str] = field(default_factory=set)  # reported held by the engine, not started
     ahead: set[str] = field(default_factory=set)  # granted beyond the running slots, not yet reported
+    tpot: dict[str, float] = field(default_factory=dict)  # granted id -> its TPOT objective (finite ones)
+    pace_s: float = 0.0  # busy seconds and steps measured since the guard last judged the pace
+    pace_steps: int = 0
+    kv_cap: float = 1.0  # share of the KV new grants may fill (the TPOT guard)
 
     def refresh(self, capacity: Capacity, now: float) -> None:
         self.capacity, self.reported_at, self.kv_credit = capacity, now, 0
@@ -218,6 +240,7 @@ class ReplicaState:
         self.prefilled(request_id)
         self.waiting.discard(request_id)
         self.ahead.discard(request_id)
+        self.tpot.pop(request_id, None)
         pins = self.pins
         for h in self.pinned.pop(request_id, ()):
             left = pins[h] - 1
@@ -253,6 +276,28 @@ class ReplicaState:
         else:  # an earlier time than the last grant's (clocks of two shells): decay it to that one
             self.placed += tokens * math.pow(0.5, (self.placed_at - now) / WORK_HALF_LIFE_S)
 
+    def pace(self, capacity: Capacity, now: float) -> None:
+        """The TPOT guard's measurement and control, from a report before it is applied (module
+        docstring): steps are the most any request listed in both reports advanced."""
+        ids = capacity.active if capacity.active is not None else capacity.progress_ids
+        before, steps = self.progress, 0
+        for rid, done in zip(ids, capacity.progress or (), strict=False):
+            was = before.get(rid)
+            if was is not None and done - was > steps:
+                steps = done - was
+        if steps <= 0 or now <= self.reported_at:
+            return
+        self.pace_s += now - self.reported_at
+        self.pace_steps += steps
+        if self.pace_s < PACE_WINDOW_S:
+            return
+        step_s, tight = self.pace_s / self.pace_steps, min(self.tpot.values(), default=math.inf)
+        self.pace_s, self.pace_steps = 0.0, 0
+        if step_s > GUARD_HIGH * tight:
+            self.kv_cap = max(CAP_FLOOR, self.kv_cap * CAP_CUT)
+        elif step_s < GUARD_LOW * tight or not math.isfinite(tight):
+            self.kv_cap = min(1.0, self.kv_cap + CAP_STEP)
+
     def rate(self, prior: float) -> float:
         """Prefill tokens/s measured here, or `prior` until `MIN_RATE_S` busy seconds are measured."""
         if self.rate_seconds < MIN_RATE_S or self.rate_tokens <= 0:
@@ -276,6 +321,7 @@ class Placement:
         prefill_tokens_per_s: float = 0.0,
         shared_kv: bool = True,
         seed: int = 0,
+        tpot_guard: bool = False,
     ) -> None:
         """`rule`: a `PLACEMENT_RULES` name (its default parameters) or a rule object (`make_rule`);
         `block_tokens`: tokens per prefix hash of the tickets; `prefill_tokens_per_s`: a replica's
@@ -299,6 +345,7 @@ class Placement:
         self.index_ttl_s = index_ttl_s
         self.prefill_prior = prefill_tokens_per_s or DEFAULT_PREFILL_TOKENS_PER_S
         self.shared_kv = shared_kv
+        self.tpot_guard = tpot_guard
         self._replicas: dict[str, ReplicaState] = {}
         # the last ticket that fit nowhere, with what of it the rule reads (prompt, remaining estimate)
         self._no_fit: tuple[Ticket, int, float] | None = None
@@ -334,12 +381,13 @@ class Placement:
             index_ttl_s=cfg.index_ttl_s,
             prefill_tokens_per_s=rate,
             shared_kv=shared_kv,
+            tpot_guard=cfg.tpot_guard,
         )
 
     @property
     def needs_progress(self) -> bool:
         """Whether reports should carry `Capacity.progress` (growth reservation, prefill in flight)."""
-        return bool(self.kv_growth_tokens) or self.rule.reads_load
+        return bool(self.kv_growth_tokens) or self.rule.reads_load or self.tpot_guard
 
     # -- reports ---------------------------------------------------------------------------------
 
@@ -365,6 +413,8 @@ class Placement:
                 state.expected.pop(rid, None)  # `refresh` sums what is left anew
                 state.forget(rid)
         busy_s = now - max(state.reported_at, state.prefill_since) if state.prefill_tokens > 0 else 0.0
+        if self.tpot_guard and capacity.progress:
+            state.pace(capacity, now)
         state.refresh(capacity, now)
         if state.prefill:
             progress = state.progress
@@ -442,6 +492,8 @@ class Placement:
         if idle or state.in_use == 0 or kv_total <= 0:
             return free_kv, free_slots
         need = prompt + self.kv_watermark * kv_total
+        if state.kv_cap < 1.0:  # the TPOT guard holds part of the KV back from new grants
+            need += (1.0 - state.kv_cap) * kv_total
         if state.horizon:
             need += min(state.horizon, remaining) + state.reserved
         return (free_kv, free_slots) if need <= free_kv + kv else None
@@ -561,6 +613,8 @@ class Placement:
         state.expected[rid] = ticket.remaining_estimate
         state.decode_left += ticket.remaining_estimate
         state.add_work(prompt + ticket.remaining_estimate, now)
+        if math.isfinite(ticket.tpot_slo_s):
+            state.tpot[rid] = ticket.tpot_slo_s
         if state.horizon:
             state.reserved += state.growth(rid)
 
