@@ -50,6 +50,10 @@ _ENGINE_GAUGES = (
     ("kv_usage", "driftsched_replica_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use."),
     ("engine_queue_s", "driftsched_replica_engine_queue_seconds",
      "Recent mean time requests waited inside the engine."),
+    ("step_s", "driftsched_replica_step_seconds",
+     "Decode pace measured from the replica's progress reports: seconds per step (0 until measured)."),
+    ("kv_share", "driftsched_replica_tpot_guard_kv_share",
+     "Share of the replica's KV the TPOT guard lets new grants fill (1: all of it)."),
 )
 
 

@@ -366,6 +366,53 @@ def test_the_sdk_sees_its_objectives_bad_asks_are_400_and_attainment_is_reported
     assert 'driftsched_slo_objective_seconds{objective="ttft",tenant="bronze"} 20.0' in text
 
 
+GUARD_ARGS = app_args(benchmark_mode=True, **{
+    "replicas.seed": 2406,  # its own scheduler actor
+    "replicas.time_scale": 1.0,  # an L4's pace in real time: ~6 ms a step for this model
+    "core.scheduler.policy": "fifo",
+    "auth.demo_keys": {GOLD: "gold"},
+    # 1 ms per token: no replica's pace meets it, so the TPOT guard must act on every measurement
+    "core.tenants": [{"name": "gold", "tier": 1, "tpot_slo_s": 0.001}],
+})
+
+
+def _gauges(text: str, name: str) -> list[float]:
+    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+
+
+@pytest.mark.slow
+def test_the_tpot_guard_measures_each_replicas_pace_and_narrows_its_kv_while_the_pace_misses(
+        serve_cluster: Any) -> None:
+    base_url = serve_cluster.deploy(GUARD_ARGS)
+    root = base_url.removesuffix("/v1")
+
+    async def streams(n: int, tokens: int) -> list[int]:
+        gold = openai.AsyncOpenAI(base_url=base_url, api_key=GOLD, max_retries=0, timeout=60)
+
+        async def stream() -> int:
+            got = 0
+            chunks = await gold.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "count"}], max_tokens=tokens,
+                stream=True, stream_options={"include_usage": True},
+                extra_body={"driftsched_target_tokens": tokens})
+            async for chunk in chunks:
+                if chunk.usage is not None:
+                    got = chunk.usage.completion_tokens
+            return got
+
+        async with gold:
+            return list(await asyncio.gather(*(stream() for _ in range(n))))
+
+    # ~2.5 s each at ~6 ms a step; the guard refuses grants, never stops a running stream
+    assert asyncio.run(streams(4, 400)) == [400] * 4
+    text = httpx.get(root + "/metrics", headers=METRICS_HEADERS, timeout=10).text
+    paces, shares = (_gauges(text, "driftsched_replica_step_seconds"),
+                     _gauges(text, "driftsched_replica_tpot_guard_kv_share"))
+    assert len(paces) == len(shares) == 2, text[-2000:]
+    assert max(paces) > 0.001 and min(shares) < 1.0, (paces, shares)
+    assert asyncio.run(streams(1, 20)) == [20]  # a narrowed replica with nothing running takes any request
+
+
 def _tokenizer(tmp: Path) -> Path:
     """A tokenizer for vLLM's random dataset: the tiny model's (driftsched/tiny_model.py)."""
     pytest.importorskip("vllm")

@@ -188,6 +188,7 @@ class ReplicaState:
     pace_s: float = 0.0  # busy seconds and steps measured since the guard last judged the pace
     pace_steps: int = 0
     kv_cap: float = 1.0  # share of the KV new grants may fill (the TPOT guard)
+    step_s: float = 0.0  # the pace last measured: seconds per decode step (0 until measured)
 
     def refresh(self, capacity: Capacity, now: float) -> None:
         self.capacity, self.reported_at, self.kv_credit = capacity, now, 0
@@ -292,7 +293,7 @@ class ReplicaState:
         if self.pace_s < PACE_WINDOW_S:
             return
         step_s, tight = self.pace_s / self.pace_steps, min(self.tpot.values(), default=math.inf)
-        self.pace_s, self.pace_steps = 0.0, 0
+        self.pace_s, self.pace_steps, self.step_s = 0.0, 0, step_s
         if step_s > GUARD_HIGH * tight:
             self.kv_cap = max(CAP_FLOOR, self.kv_cap * CAP_CUT)
         elif step_s < GUARD_LOW * tight or not math.isfinite(tight):
@@ -663,8 +664,8 @@ class Placement:
         return sum(rates) / len(rates) if rates else None
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per replica: slots, in use, free, KV, prefill in flight, prefix index size and the engine's
-        own state (for metrics)."""
+        """Per replica: slots, in use, free, KV, prefill in flight, prefix index size, the engine's
+        own state, and the TPOT guard's measured pace and KV share (for metrics)."""
         return {
             r.replica_id: {"slots": r.capacity.max_slots, "in_use": r.in_use, "free": r.free_slots(),
                            "free_kv_tokens": r.free_kv(), "kv_capacity_tokens": r.capacity.kv_capacity_tokens,
@@ -673,6 +674,7 @@ class Placement:
                            "prefix_index_blocks": len(r.index),
                            "engine_running": r.capacity.engine_running,
                            "engine_waiting": r.capacity.engine_waiting,
-                           "kv_usage": r.capacity.kv_usage, "engine_queue_s": r.capacity.engine_queue_s}
+                           "kv_usage": r.capacity.kv_usage, "engine_queue_s": r.capacity.engine_queue_s,
+                           "step_s": r.step_s, "kv_share": r.kv_cap}
             for r in self._replicas.values()
         }
