@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from deployments.replica_config import ReplicaConfig
 from driftsched.sim.perf_model import (
     LLAMA_3_1_8B_BF16,
     LLAMA_3_1_8B_FP8,
@@ -126,8 +127,6 @@ def test_balanced_token_budget_is_the_chunk_a_full_mixed_step_carries_on_its_rea
 
 
 def test_the_replicas_default_step_budget_is_the_default_models_balanced_one():
-    from deployments.replica_config import ReplicaConfig
-
     default = ReplicaConfig()
     assert default.model == "llama-3.1-8b-fp8"
     assert default.max_num_batched_tokens == PerfModel(LLAMA_3_1_8B_FP8).balanced_token_budget()

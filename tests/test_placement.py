@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from driftsched.core.config import SchedulerConfig
 from driftsched.core.dispatch import Dispatcher
 from driftsched.core.placement import Capacity, Placement
 
@@ -207,8 +209,6 @@ def test_choose_remembering_a_head_that_fit_nowhere_agrees_with_a_full_scan(ops:
 
 
 def _tight(seq: int, prompt_tokens: int, tpot_s: float = 0.1) -> Any:
-    from dataclasses import replace
-
     return replace(make_ticket(seq, prompt_tokens=prompt_tokens), tpot_slo_s=tpot_s)
 
 
@@ -258,8 +258,6 @@ def test_tpot_guard_reads_only_the_objectives_of_the_grants_there_and_never_bloc
 
 
 def test_the_configured_placement_guards_tpot_by_default():
-    from driftsched.core.config import SchedulerConfig
-
     assert Placement.from_config(SchedulerConfig()).tpot_guard
     off = SchedulerConfig.model_validate({"placement": {"tpot_guard": False}})
     assert Placement.from_config(off).tpot_guard is False

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import DEMO_KEYS, METRICS_HEADERS, app_args
+from conftest import DEMO_KEYS, METRICS_HEADERS, app_args, metric_samples
 from factories import make_scheduler, make_ticket
 from test_gateway_pump import FakeLLM, FakeScheduler, tok
 
@@ -385,5 +385,4 @@ def test_a_bad_session_header_is_an_openai_error_and_metrics_show_the_cache(serv
 
 def _total(metrics: str, name: str, having: str = "") -> float:
     """The sum of `name`'s samples in a /metrics text whose labels contain `having`."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith(name + "{") and having in line)
+    return sum(metric_samples(metrics, name, having))

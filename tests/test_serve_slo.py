@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import DEMO_KEYS, METRICS_HEADERS, app_args
+from conftest import DEMO_KEYS, METRICS_HEADERS, app_args, metric_samples
 from factories import make_scheduler, make_ticket
 from pydantic import ValidationError
 
@@ -376,10 +376,6 @@ GUARD_ARGS = app_args(benchmark_mode=True, **{
 })
 
 
-def _gauges(text: str, name: str) -> list[float]:
-    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
-
-
 @pytest.mark.slow
 def test_the_tpot_guard_measures_each_replicas_pace_and_narrows_its_kv_while_the_pace_misses(
         serve_cluster: Any) -> None:
@@ -406,8 +402,8 @@ def test_the_tpot_guard_measures_each_replicas_pace_and_narrows_its_kv_while_the
     # ~2.5 s each at ~6 ms a step; the guard refuses grants, never stops a running stream
     assert asyncio.run(streams(4, 400)) == [400] * 4
     text = httpx.get(root + "/metrics", headers=METRICS_HEADERS, timeout=10).text
-    paces, shares = (_gauges(text, "driftsched_replica_step_seconds"),
-                     _gauges(text, "driftsched_replica_tpot_guard_kv_share"))
+    paces, shares = (metric_samples(text, "driftsched_replica_step_seconds"),
+                     metric_samples(text, "driftsched_replica_tpot_guard_kv_share"))
     assert len(paces) == len(shares) == 2, text[-2000:]
     assert max(paces) > 0.001 and min(shares) < 1.0, (paces, shares)
     assert asyncio.run(streams(1, 20)) == [20]  # a narrowed replica with nothing running takes any request

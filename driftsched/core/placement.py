@@ -387,7 +387,8 @@ class Placement:
 
     @property
     def needs_progress(self) -> bool:
-        """Whether reports should carry `Capacity.progress` (growth reservation, prefill in flight)."""
+        """Whether reports should carry `Capacity.progress` (growth reservation, prefill in flight,
+        the TPOT guard's pace)."""
         return bool(self.kv_growth_tokens) or self.rule.reads_load or self.tpot_guard
 
     # -- reports ---------------------------------------------------------------------------------
