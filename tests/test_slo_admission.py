@@ -139,7 +139,7 @@ def spike(run: FluidRun, tenant: str) -> None:
 # -- the measurement ------------------------------------------------------------------------------
 
 
-def test_rate_counts_only_completions_while_work_waits() -> None:
+def test_without_progress_readings_the_rate_counts_completions_while_work_waits() -> None:
     rate = ServiceRate(half_life_s=60.0)
     rate.advance(0.0, saturated=False)
     rate.completed(5.0, 10_000)  # no queue: that is demand, not capacity
@@ -152,6 +152,23 @@ def test_rate_counts_only_completions_while_work_waits() -> None:
     rate.advance(30.0, saturated=False)
     rate.advance(5000.0, saturated=False)  # an idle spell ages nothing: the hardware's speed stays known
     assert rate.pool() == pytest.approx(500, rel=0.02)
+
+
+def test_rate_counts_tokens_as_they_are_generated_while_the_pool_is_saturated() -> None:
+    # Long requests generate 500 tokens/s throughout; the pool is saturated from 10 s to 20 s and no
+    # request completes then. Counted by completions that spell would read nothing; by progress, it
+    # reads the pace. The unsaturated parts of the readings' intervals are not credited.
+    rate = ServiceRate(half_life_s=60.0)
+    for t in range(31):
+        rate.advance(float(t), saturated=10 <= t < 20)
+        rate.generated(float(t), 500.0 * t)
+    assert rate.pool() == pytest.approx(500, rel=0.02)
+    rate.completed(35.0, 500.0 * 35)  # they all finish, unsaturated: demand, not capacity
+    rate.generated(40.0, 0.0)
+    assert rate.pool() == pytest.approx(500, rel=0.02)
+    rate.advance(40.0, saturated=True)  # saturated again, and the running requests were dropped
+    rate.generated(42.0, 0.0)  # (preempted or their replica lost): nothing is credited for them
+    assert rate.pool() == pytest.approx(500 * 10 / 12, rel=0.02)
 
 
 def test_rate_is_per_replica_and_a_new_replica_settles_before_it_is_sampled() -> None:
@@ -395,18 +412,23 @@ def test_no_holdback_for_a_head_within_its_share_or_below_the_lower_tiers_reserv
     assert sched.peek().tenant == "bulk"  # less important tiers below their reserve: the head goes
 
 
-def test_admission_holds_back_a_tenant_above_its_share_while_a_tier_as_important_is_at_risk() -> None:
+def test_admission_holds_back_a_tenant_above_its_share_while_a_more_important_tier_would_miss() -> None:
     run = warm()
     sched, clock = run.sched, run.clock
     clock.now = 100.0
     queued_bulk(sched, clock)
     chat = ticket(6000, "chat", 0, 100.0, clock.now)
     sched.admit(chat)
-    clock.advance(0.8)  # tier 0 at risk
+    clock.advance(0.8)  # tier 0 at risk (past half its objective), not projected to miss it
+    assert sched.risk.at_risk(0, clock.now) is chat
+    assert sched.admit(ticket(6004, "bulk", 3, 500.0, clock.now, ttft_s=600.0)).admitted  # it waits behind
+    for i in range(8):  # 0.8 s of tier-0 work due with chat: now projected to miss
+        assert sched.admit(ticket(6010 + i, "chat", 0, 100.0, clock.now - 0.8)).admitted
     held = sched.admit(ticket(6001, "bulk", 3, 500.0, clock.now, ttft_s=600.0))
     assert held.reason is RejectReason.TIER_HOLDBACK and held.retry_after_s is not None
     assert "tier 0 is at risk" in held.detail and "fair share" in held.detail
     assert sched.admit(ticket(6002, "batch", 3, 500.0, clock.now, ttft_s=600.0)).admitted  # within share
+    assert all(sched.cancel(f"r{6010 + i}") is not None for i in range(8))
     assert sched.dispatch() is chat  # tier 0 served: no tier at risk any more
     assert sched.admit(ticket(6003, "bulk", 3, 500.0, clock.now, ttft_s=600.0)).admitted
 
@@ -417,7 +439,7 @@ LONG_OVERLOAD = (WARM + steady("burst", 0, 250.0, 0.125, 50.0, 150.0)
 
 
 def test_holdback_holds_a_tenant_above_its_share_to_its_share_and_never_one_within_it() -> None:
-    held = fluid(LONG_OVERLOAD)
+    held = fluid(LONG_OVERLOAD)  # its own tier at risk: held from half the objective on
     alone = fluid(LONG_OVERLOAD, holdback=False)  # early rejection alone
 
     def admitted_per_s(run: FluidRun, tenant: str, start: float, end: float) -> float:

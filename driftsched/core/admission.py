@@ -18,10 +18,13 @@ this order:
    ``system_slo_unreachable``; within it the request is admitted. The rest of ``A`` is other tenants'
    work beyond their shares (their burst), so a tenant within its share is never shed for it, even
    while the burst is too young to move that tenant's demand over the window above its share.
-2. **tier holdback** when a tier at least as important as its own is at risk (`RiskModel.at_risk`)
-   and what was recently admitted of its tenant already exceeds the tenant's fair share: 429
-   ``tier_holdback``. When the system is at risk, tenants above their share give way first, and only
-   down to their share: the shares sum to the pool's rate, so about the physical excess is shed.
+2. **tier holdback** when its own tier is at risk (`RiskModel.at_risk`, past `risk_share`) or a
+   more important tier is projected to miss its TTFT objective (past `holdback_share`), and what was
+   recently admitted of its tenant already exceeds the tenant's fair share: 429 ``tier_holdback``.
+   When the system is at risk, tenants above their share give way first, and only down to their
+   share: the shares sum to the pool's rate, so about the physical excess is shed. A less important
+   request waits behind the at-risk tier anyway (its deadline is later), so it is refused only once
+   that tier is projected to miss: refused earlier, it is shed for bursts that queueing absorbs.
 
 Retry-After is the time the work ahead needs to drain to where the request would make its objective
 (``A / mu - b``; for a holdback, the at-risk tier's projected excess), within 1 s..`max_retry_after_s`.
@@ -144,9 +147,10 @@ class SloAdmission:
             for tier in risk.queued.tiers():
                 if tier > ticket.tier:
                     break
-                urgent = risk.at_risk(tier, now)
+                limit = cfg.risk_share if tier == ticket.tier else cfg.holdback_share
+                urgent = risk.at_risk(tier, now, limit)
                 if urgent is not None:
-                    excess = (risk.projected_share(urgent, now) - cfg.risk_share) * urgent.ttft_slo_s
+                    excess = (risk.projected_share(urgent, now) - limit) * urgent.ttft_slo_s
                     return Refusal(
                         RejectReason.TIER_HOLDBACK,
                         f"tier {tier} is at risk of missing its time-to-first-token objective and tenant "

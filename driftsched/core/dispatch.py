@@ -98,7 +98,7 @@ class Dispatcher:
         now = scheduler.clock()
         scheduler.set_replicas(sum(1 for _ in placement.replicas()))  # the rate is per replica
         out = DispatchStep(expired=scheduler.expire_due())
-        revocations = 0
+        revocations, full = 0, False
         while scheduler.num_queued:
             head = scheduler.peek()
             if head is None:
@@ -115,6 +115,7 @@ class Dispatcher:
                     out.preempted.append(victim)
                     replica = placement.choose(head, now)
             if replica is None:
+                full = True
                 break
             ticket = scheduler.dispatch()
             if ticket is None:  # pragma: no cover - peek and dispatch agree at one instant
@@ -134,6 +135,7 @@ class Dispatcher:
             if victim is not None:
                 out.preempted.append(victim)
         out.expired += scheduler.expire_due()  # any that peek/dispatch expired during this step
+        scheduler.pool_reading(full, placement.generated())
         return out
 
     def _revoke(self, head: Ticket, now: float, out: DispatchStep) -> bool:

@@ -163,6 +163,7 @@ class ReplicaState:
     pending: dict[str, int] = field(default_factory=dict)  # granted, not yet in a report: id -> KV
     active: set[str] = field(default_factory=set)  # reported running
     progress: dict[str, int] = field(default_factory=dict)  # reported tokens generated, per running id
+    generated: int = 0  # their sum
     in_use: int = 0
     kv_pending: int = 0
     kv_credit: int = 0  # KV of requests released since the report (freed, not yet reported)
@@ -202,6 +203,7 @@ class ReplicaState:
             self.in_use = len(self.active) + len(self.pending)
             self.withheld = max(0, capacity.max_slots - len(capacity.active) - capacity.free_slots)
         self.progress = dict(zip(ids, capacity.progress or (), strict=False))
+        self.generated = sum(self.progress.values())
         self.waiting = set(capacity.waiting_ids)
         if self.ahead:
             reported = self.active if capacity.active is not None else set(ids)
@@ -610,7 +612,7 @@ class Placement:
             sessions.move_to_end(ticket.session_id)
             if len(sessions) > MAX_SESSIONS:
                 sessions.popitem(last=False)
-        state.progress.pop(rid, None)  # a resumed request starts a new run here
+        state.generated -= state.progress.pop(rid, 0)  # a resumed request starts a new run here
         state.decode_left -= state.left(rid)
         state.expected[rid] = ticket.remaining_estimate
         state.decode_left += ticket.remaining_estimate
@@ -657,6 +659,10 @@ class Placement:
 
     def replicas(self) -> Iterable[ReplicaState]:
         return self._replicas.values()
+
+    def generated(self) -> int:
+        """Output tokens the running requests have generated in their current runs, as last reported."""
+        return sum(state.generated for state in self._replicas.values())
 
     def prefill_rate(self) -> float | None:
         """One replica's prefill tokens/s, the mean over the replicas of each one's measured rate (its

@@ -15,11 +15,12 @@ whenever an engine slot frees up.
 
 **SLO admission and holdback** (`AdmissionConfig`). The scheduler keeps the risk model
 (`driftsched.core.risk`): the queued work indexed by tier and TTFT deadline, the pool's output
-tokens/s measured from completions while work waits, and each tenant's demand. `admit` asks
-`SloAdmission` after the quotas (module `driftsched.core.admission`). `dispatch` applies the holdback
-rule: when the policy's head is of a less important tier than a tier at risk (its most urgent request
-projected past `risk_share` of its TTFT objective) and the head's tenant asks for more than its fair
-share, that tier's most urgent request (earliest TTFT deadline) goes first instead, unless the less
+tokens/s measured while it is saturated (the dispatcher's `pool_reading` says when, and what the
+replicas generated), and each tenant's demand. `admit` asks `SloAdmission` after the quotas
+(module `driftsched.core.admission`). `dispatch` applies the holdback rule: when the policy's head
+is of a less important tier than a tier at risk (its most urgent request projected past
+`risk_share` of its TTFT objective) and the head's tenant asks for more than its fair share, that
+tier's most urgent request (earliest TTFT deadline) goes first instead, unless the less
 important tiers hold less than `reserve` of the requests in flight. Tiers are visited most important
 first; the policy's order stands otherwise (always for a head whose tenant is within its share: a
 tier's priority does not take another tenant's share), and within a tier at risk the order is
@@ -82,6 +83,7 @@ class Scheduler:
         self._slo = SloAdmission(admission, self.risk)
         self._holdback = admission.enabled and admission.holdback
         self._reserve = admission.reserve
+        self._pool_full: bool | None = None  # the dispatcher's last word: no room for the head
         self._in_flight_tiers: dict[int, int] = {}
         self.prefix_lookup: Callable[[Ticket], int] | None = None
         """Prompt tokens of a ticket cached on the replica that holds most of its prefix (set by the
@@ -169,8 +171,19 @@ class Scheduler:
         self.risk.queued.remove(ticket)
 
     def _advance(self, now: float) -> None:
-        """Tell the rate measurement whether work waits from `now` on (only then is it capacity)."""
-        self.risk.rate.advance(now, bool(self._queued))
+        """Tell the rate measurement whether the pool is saturated from `now` on: work waits, and the
+        dispatcher's last step found no room for it (only then is the throughput capacity; a caller
+        without a dispatcher counts any waiting work)."""
+        self.risk.rate.advance(now, bool(self._queued) and self._pool_full is not False)
+
+    def pool_reading(self, full: bool, running_tokens: float) -> None:
+        """The dispatcher's reading after a step: whether the queue's head found no replica with room
+        (`full`), and the output tokens the running requests have generated in their current runs
+        (the rate counts tokens as they are generated, `driftsched.core.risk`)."""
+        now = self.clock()
+        self._pool_full = full
+        self._advance(now)
+        self.risk.rate.generated(now, running_tokens)
 
     def _fly(self, ticket: Ticket, delta: int) -> None:
         self._in_flight_tiers[ticket.tier] = self._in_flight_tiers.get(ticket.tier, 0) + delta
@@ -387,7 +400,7 @@ class Scheduler:
         self._counters[tenant].completed += 1
         self._quotas[tenant].reconcile(ticket.corrected_estimate, float(output_tokens))
         self.policy.on_finish(ticket, output_tokens)
-        self.risk.rate.completed(now, float(output_tokens))
+        self.risk.rate.completed(now, float(output_tokens - ticket.generated))  # this run's tokens
         if observe:
             estimate = Estimate(ticket.raw_estimate, ticket.corrected_estimate, ticket.bucket)
             self.estimator.observe(tenant, ticket.category, estimate, output_tokens, now)

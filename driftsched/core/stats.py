@@ -52,7 +52,7 @@ class SchedulerStats:
     drift: list[DriftStat]
     drift_total: DriftStat
     service_tokens_per_s: float | None = None
-    """The pool's measured output tokens/s while work waits (None: not measured yet)."""
+    """The pool's measured output tokens/s while saturated (None: not measured yet)."""
     tiers: list[TierRisk] = field(default_factory=list)
     """Each tier with queued work: objective, work ahead, predicted wait, at risk (`TierRisk`)."""
 
