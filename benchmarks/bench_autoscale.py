@@ -199,7 +199,7 @@ def run(workload: Workload, perf: PerfModel, config: AutoscaleConfig, slot_targe
     p99 = {t.name: float(np.nanpercentile(e2e[tenants == t.name], 99)) for t in workload.tenants}
     cost = pool.replica_seconds(result.sim_time_s)
     return Outcome(label, cost, cost / result.sim_time_s, pool.events, p99, int(result.expired.sum()),
-                   sim.meter.service_tokens_per_s)
+                   sim.scheduler.risk.rate.per_replica())
 
 
 @dataclass(frozen=True, slots=True)

@@ -347,7 +347,6 @@ class SchedulerActor:
                 self._core.complete(request_id, output_tokens, observe=False)
                 if self._drift is not None:
                     self._feed.observe(ticket, output_tokens)
-            self._meter.completed(self._clock(), output_tokens)
         if item.timings is not None:
             self._book.record(item.timings, item.replica_id)
 
@@ -392,10 +391,9 @@ class SchedulerActor:
         if serving is not None:
             self._serving = set(serving)
         core, replicas = self._core, list(self._ledger.replicas())
-        running = sum(sum(state.progress.values()) for state in replicas)
         queued = [*core.queued_tickets(), *self._dispatcher.waiting_ahead()]  # ahead: waiting in engines
         return self._meter.backlog(self._clock(), queued, core.num_in_flight, len(replicas),
-                                   window_s, running, risk=core.risk,
+                                   window_s, risk=core.risk,
                                    prefill_tokens_per_s=self._ledger.prefill_rate())
 
     async def ping(self) -> str:

@@ -10,8 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from driftsched.core.autoscale import AutoscaleConfig, QueueAwareScaler
-from driftsched.core.backlog import SERVICE_SETTLE_S, Backlog, BacklogMeter, TierBacklog
+from driftsched.core.backlog import Backlog, BacklogMeter, TierBacklog
+from driftsched.core.config import AdmissionConfig
 from driftsched.core.placement import MIN_RATE_S, Capacity, Placement
+from driftsched.core.risk import RiskModel
 from tests.factories import make_config, make_ticket
 
 MU = 1000.0  # tokens/s of one replica in these tests
@@ -53,43 +55,22 @@ def test_meter_stays_bounded_when_nobody_reads_it() -> None:
     assert meter.backlog(20_000.0, [], 0, 1, window_s=600).arrival_tokens_per_s == pytest.approx(10, rel=0.01)
 
 
-def test_meter_measures_service_rate_only_while_saturated() -> None:
+def test_meter_reports_the_schedulers_service_rate_for_the_scaler_to_blend() -> None:
+    """The scaler reads the rate SLO admission divides by (`ServiceRate`, tested with the risk
+    model): its sums, so the scaler can weigh them against its prior. No risk model: none measured."""
     meter = BacklogMeter({})
-    queue = [make_ticket(1, estimate=500)]
-    meter.backlog(0.0, [], 0, 2)
-    meter.completed(0.5, 10_000)  # not saturated at the first read: demand, not capacity
-    assert meter.backlog(1.0, queue, 4, 2, running_tokens=600).saturated_replica_s == 0
-    assert meter.service_tokens_per_s is None
-    meter.completed(1.5, 3000)
-    meter.completed(2.5, 1000)
-    # 4000 completed; the running requests went from 600 to 600 + 3000 - 1000 generated tokens
-    summary = meter.backlog(3.0, queue, 4, 2, running_tokens=2600)
-    assert (summary.served_tokens, summary.saturated_replica_s) == (pytest.approx(6000), pytest.approx(4))
-    meter.completed(3.5, 50)  # the queue empties: the measurement is kept, not replaced by demand
-    assert meter.backlog(4.0, [], 1, 2).saturated_replica_s == pytest.approx(4)
-    assert meter.service_tokens_per_s == pytest.approx(1500)
-
-
-def test_meter_skips_intervals_while_the_pool_settles_after_a_resize() -> None:
-    """A replica that just joined is still prefilling the batch it was handed: its first seconds
-    would read as a slow replica, so intervals starting within SERVICE_SETTLE_S of a resize do not count."""
-    meter = BacklogMeter({})
-    queue = [make_ticket(1)]
-    meter.backlog(0.0, queue, 4, 2)
-    meter.completed(1.0, 2000)
-    assert meter.backlog(2.0, queue, 4, 2).saturated_replica_s == pytest.approx(4), "a steady pool counts"
-    for t in range(3, 3 + int(SERVICE_SETTLE_S) + 1):  # grows to 5 at t=3: warm-up reads
-        meter.completed(t - 0.5, 100)
-        meter.backlog(float(t), queue, 4, 5)
-    assert meter.service_tokens_per_s == pytest.approx(500), "nothing from the settling time"
-    settled = 3 + SERVICE_SETTLE_S
-    meter.completed(settled + 1, 5000)
-    summary = meter.backlog(settled + 2, queue, 4, 5)
-    assert summary.saturated_replica_s == pytest.approx(4 + 10)
-    assert summary.served_tokens == pytest.approx(2000 + 5000)
-    meter.backlog(settled + 3, queue, 4, 3)  # shrinks: the leavers' tokens would count for nobody
-    meter.completed(settled + 4, 9000)
-    assert meter.backlog(settled + 5, queue, 4, 3).saturated_replica_s == pytest.approx(14)
+    unmeasured = meter.backlog(1.0, [], 0, 2)
+    assert (unmeasured.served_tokens, unmeasured.saturated_replica_s) == (0, 0)
+    risk = RiskModel(AdmissionConfig(), {})
+    risk.rate.set_replicas(0.0, 2)
+    risk.rate.advance(0.0, saturated=True)
+    for t in range(1, 11):
+        risk.rate.completed(float(t), 1000)  # 1000 tokens/s from 2 replicas: 500 each
+    summary = meter.backlog(10.0, [make_ticket(1)], 4, 2, risk=risk)
+    assert summary.saturated_replica_s == pytest.approx(20, rel=0.1)
+    assert summary.served_tokens / summary.saturated_replica_s == pytest.approx(500, rel=0.02)
+    scaler = QueueAwareScaler(config(prior_tokens_per_s=MU, prior_replica_s=summary.saturated_replica_s))
+    assert scaler.service_rate(summary) == pytest.approx((MU + 500) / 2, rel=0.02)
 
 
 def test_meter_groups_queued_work_by_tier_with_the_tightest_objective() -> None:

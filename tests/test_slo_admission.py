@@ -473,6 +473,8 @@ def test_backlog_carries_the_predicted_risk_and_the_refused_demand() -> None:
     refused = sum(sched.snapshot().counters["burst"].rejected.values())
     assert refused > 0 and summary.shed_tokens_per_s == pytest.approx(refused * 500.0 / 10.0)
     assert sched.snapshot().tiers[0].tier == 0 and sched.snapshot().service_tokens_per_s is not None
+    # the scaler reads the very rate admission divides by, as its sums
+    assert summary.served_tokens / summary.saturated_replica_s == pytest.approx(sched.risk.rate.per_replica())
 
 
 def scaler_backlog(tiers: tuple[TierBacklog, ...] = (), shed: float = 0.0) -> Backlog:

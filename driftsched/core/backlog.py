@@ -1,28 +1,24 @@
 """The scheduler's backlog, summarised for the autoscaler: what waits, how fast it comes, how fast it goes.
 
-`BacklogMeter` is fed by whoever runs the core (the scheduler actor, the simulator) with two events,
-``admitted(now, tokens)`` and ``completed(now, tokens)``, and is read with ``backlog(now, ...)`` about
-once a second. Its answer, a `Backlog`, is small (a few numbers and one row per QoS tier), so the
-autoscaling policy can fetch it with one actor call.
+`BacklogMeter` is fed by whoever runs the core (the scheduler actor, the simulator) with each
+admission, ``admitted(now, tokens)``, and is read with ``backlog(now, ...)`` about once a second. Its
+answer, a `Backlog`, is small (a few numbers and one row per QoS tier), so the autoscaling policy can
+fetch it with one actor call.
 
 Measurement (time is passed in; the meter never reads a clock):
 
 * **arrival rate** ``lambda``: corrected output-token estimates admitted in the last ``window_s``,
   divided by the window (by the time since the first admission while the meter is younger).
-* **service** per replica: output tokens generated between two reads at both of which the queue was
-  not empty (tokens of the requests completed in between, plus the change in the tokens the running
-  requests have generated so far, as the replicas report them: counting completions alone would miss
-  the work in progress at either end of a busy spell), and the replica-seconds of that interval.
-  Only such *saturated* intervals count: with a queue every replica is full, so throughput is
-  capacity; without one, throughput is demand. Nor does an interval that starts less than
-  ``SERVICE_SETTLE_S`` after the replica count changed: a replica that has just joined is handed a
-  full batch at once and spends its first seconds prefilling it (a simulated L4 on the paper mix takes
-  about 20 s to reach its steady output rate), and one that has just left finishes its requests
-  uncounted. A queue-aware pool grows exactly while a queue stands, so without the settling time most
-  saturated spells it remembers would be warm-ups and the rate would read low (bench_autoscale).
-  The meter keeps the most recent ``SERVICE_MEMORY_REPLICA_S`` of them, however old (an idle spell
-  does not forget the hardware's speed), and reports their sums; the scaler blends them with its
-  configured prior (a few seconds alone say little).
+* **service** per replica: the scheduler's own measurement (`driftsched.core.risk.ServiceRate`, the
+  one SLO admission divides the work ahead by), reported as its sums, output tokens generated while
+  the pool was saturated and the replica-seconds of that time, so the scaler can weigh them against
+  its configured prior (a few seconds alone say little). One measurement serves both readers: the
+  scaler and admission cannot disagree about how fast the pool is. It counts tokens as they are
+  generated, only while the dispatcher finds no replica with room for the queue's head, and not for
+  ``SETTLE_S`` after the replica count changed (a replica that has just joined is handed a full
+  batch at once and spends its first seconds prefilling it; a queue-aware pool grows exactly while a
+  queue stands, so without the settling time most saturated spells would be warm-ups and the rate
+  would read low, bench_autoscale).
 * **per-tier waits**: for each QoS tier with queued work, its queued tokens, the oldest ticket's wait
   and the tightest ``latency_slo_s`` of that tier's tenants.
 * **predicted risk** (when the caller passes the scheduler's `RiskModel`, as the scheduler actor does):
@@ -47,8 +43,6 @@ from driftsched.core.request import Ticket
 from driftsched.core.risk import RiskModel, TierRisk
 
 _MAX_WINDOW_S = 600.0
-SERVICE_MEMORY_REPLICA_S = 600.0
-SERVICE_SETTLE_S = 30.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,10 +78,10 @@ class Backlog:
     """Replicas registered with the scheduler (heartbeating) now."""
     arrival_tokens_per_s: float
     served_tokens: float = 0.0
-    """Output tokens completed in the saturated intervals the meter remembers."""
+    """Output tokens generated while the pool was saturated, decayed (`ServiceRate.sums`)."""
     saturated_replica_s: float = 0.0
-    """Replica-seconds of those intervals: ``served_tokens / saturated_replica_s`` is the measured
-    output tokens/s of one saturated replica."""
+    """Replica-seconds of that time, decayed alike: ``served_tokens / saturated_replica_s`` is the
+    measured output tokens/s of one saturated replica (0: nothing measured yet)."""
     tiers: tuple[TierBacklog, ...] = ()
     queued_prefill_tokens: float = 0.0
     """Prompt tokens the queued tickets must prefill: their uncached prompts (`Ticket.uncached_prompt`)."""
@@ -100,24 +94,13 @@ class Backlog:
 
 
 class BacklogMeter:
-    """Arrival and service rates from admissions and completions; see the module docstring."""
+    """Arrival rate from admissions, and the backlog's summary; see the module docstring."""
 
     def __init__(self, latency_slo_s: Mapping[str, float | None]) -> None:
         self._slo = dict(latency_slo_s)  # tenant -> its objective
         self._window_s = 30.0
         self._arrivals: deque[tuple[float, float]] = deque()
         self._first_arrival: float | None = None
-        self._completed_since_read = 0.0
-        self._samples: deque[tuple[float, float]] = deque()  # (tokens, replica-seconds), saturated
-        self._served, self._replica_s = 0.0, 0.0  # their sums
-        self._last_read: tuple[float, bool, int] | None = None  # (time, saturated, replicas)
-        self._resized_at = -math.inf  # when the replica count last changed
-        self._running_tokens = 0.0  # generated so far by the running requests, at the last read
-
-    @property
-    def service_tokens_per_s(self) -> float | None:
-        """Measured output tokens/s of one saturated replica (None: no saturated interval yet)."""
-        return self._served / self._replica_s if self._replica_s > 0 else None
 
     def admitted(self, now: float, tokens: float) -> None:
         """A ticket was admitted with `tokens` estimated output tokens."""
@@ -128,19 +111,14 @@ class BacklogMeter:
         while arrivals[0][0] < now - _MAX_WINDOW_S:  # no read may look further back: bounded without reads
             arrivals.popleft()
 
-    def completed(self, now: float, tokens: float) -> None:
-        """A request finished after generating `tokens` output tokens in its last run."""
-        self._completed_since_read += tokens
-
     def backlog(
         self, now: float, queued: Iterable[Ticket], in_flight: int, replicas: int, window_s: float = 30.0,
-        running_tokens: float = 0.0, risk: RiskModel | None = None,
-        prefill_tokens_per_s: float | None = None,
+        risk: RiskModel | None = None, prefill_tokens_per_s: float | None = None,
     ) -> Backlog:
-        """The summary now; `queued` are the waiting tickets, `window_s` the rate window,
-        `running_tokens` the output tokens the running requests have generated so far, `risk` the
-        scheduler's risk model (`Scheduler.risk`; None: no predicted risk, no refused demand) and
-        `prefill_tokens_per_s` one replica's prefill rate (`Backlog.prefill_tokens_per_s`)."""
+        """The summary now; `queued` are the waiting tickets, `window_s` the rate window, `risk` the
+        scheduler's risk model (`Scheduler.risk`: its service rate, predicted risk and refused demand;
+        None: none of them) and `prefill_tokens_per_s` one replica's prefill rate
+        (`Backlog.prefill_tokens_per_s`)."""
         self._window_s = min(max(window_s, 1e-3), _MAX_WINDOW_S)
         tiers: dict[int, list[float]] = {}  # tier -> [queued, tokens, oldest queued_at, slo or inf]
         total_tokens, prefill, count = 0.0, 0.0, 0
@@ -156,10 +134,11 @@ class BacklogMeter:
                 row[3] = min(row[3], slo)
             total_tokens += tokens
             count += 1
-        self._measure_service(now, count > 0, replicas, running_tokens)
         predicted: dict[int, TierRisk] = {}
+        served, replica_s = 0.0, 0.0
         if risk is not None:
             predicted = {r.tier: r for r in risk.tier_risks(now)}
+            served, replica_s = risk.rate.sums()
         return Backlog(
             time=now,
             queued=count,
@@ -169,8 +148,8 @@ class BacklogMeter:
             in_flight=in_flight,
             replicas=replicas,
             arrival_tokens_per_s=self._arrival_rate(now),
-            served_tokens=self._served,
-            saturated_replica_s=self._replica_s,
+            served_tokens=served,
+            saturated_replica_s=replica_s,
             tiers=tuple(
                 _tier_row(tier, int(n), tokens, max(0.0, now - oldest), None if math.isinf(slo) else slo,
                           predicted.get(tier))
@@ -187,28 +166,6 @@ class BacklogMeter:
             return 0.0
         span = min(self._window_s, max(now - self._first_arrival, 1.0))
         return sum(tokens for _, tokens in self._arrivals) / span
-
-    def _measure_service(self, now: float, saturated: bool, replicas: int, running_tokens: float) -> None:
-        last = self._last_read
-        tokens = max(0.0, self._completed_since_read + running_tokens - self._running_tokens)
-        self._last_read, self._completed_since_read = (now, saturated, replicas), 0.0
-        self._running_tokens = running_tokens
-        if last is not None and replicas != last[2]:
-            self._resized_at = now
-        if last is None or not (last[1] and saturated) or now <= last[0]:
-            return
-        if last[0] < self._resized_at + SERVICE_SETTLE_S:  # replicas warming up or leaving
-            return
-        sample = (tokens, (now - last[0]) * replicas)
-        if sample[1] <= 0:
-            return
-        self._samples.append(sample)
-        self._served += sample[0]
-        self._replica_s += sample[1]
-        while self._replica_s - self._samples[0][1] >= SERVICE_MEMORY_REPLICA_S:
-            old_tokens, old_s = self._samples.popleft()
-            self._served -= old_tokens
-            self._replica_s -= old_s
 
 
 def _tier_row(tier: int, queued: int, tokens: float, oldest_wait_s: float, latency_slo_s: float | None,

@@ -148,6 +148,10 @@ class ServiceRate:
         """Decayed seconds with waiting work behind the measurement."""
         return self._busy_s
 
+    def sums(self) -> tuple[float, float]:
+        """Decayed output tokens generated while saturated, and the replica-seconds they took."""
+        return self._tokens, self._replica_s
+
     def per_replica(self) -> float | None:
         """Output tokens/s of one replica while saturated; None before any saturated time."""
         return self._tokens / self._replica_s if self._replica_s > 0 else None

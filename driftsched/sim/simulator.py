@@ -429,7 +429,6 @@ class Simulation:
             self.finish[i] = now
             self._seqs.pop(str(i), None)
             scheduler.complete(str(i), self.items[i].output_tokens, observe=not self.oracle)
-            self.meter.completed(now, seq.output_tokens)
             placement.release(replica, str(i), now=now)
         self._pending[r] = []
         self.busy[r] = False
@@ -470,9 +469,8 @@ class Simulation:
 
     def backlog(self, window_s: float) -> Backlog:
         """The scheduler's backlog as the scheduler actor publishes it to the autoscaling policy."""
-        running = sum(seq.generated for _, seq in self._seqs.values())
         queued = [*self.scheduler.queued_tickets(), *self.dispatcher.waiting_ahead()]  # ahead: in engines
         return self.meter.backlog(self.clock.now, queued,
-                                  self.scheduler.num_in_flight, len(self.active_replicas), window_s, running,
+                                  self.scheduler.num_in_flight, len(self.active_replicas), window_s,
                                   risk=self.scheduler.risk,
                                   prefill_tokens_per_s=self.placement.prefill_rate())
