@@ -94,6 +94,7 @@ METRICS_TOKEN = "test-metrics-scrape-token"
 METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 """What a scrape of GET /metrics sends: it answers only the metrics token, never a tenant key."""
 
+
 def metric_samples(text: str, name: str, having: str = "") -> list[float]:
     """The values of `name`'s labelled samples in a /metrics text whose labels contain `having`."""
     return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()

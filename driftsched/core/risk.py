@@ -145,7 +145,7 @@ class ServiceRate:
         self._read_s = self._read_saturated_s = 0.0
 
     def measured_s(self) -> float:
-        """Decayed seconds with waiting work behind the measurement."""
+        """Decayed saturated seconds: the evidence behind the measurement."""
         return self._busy_s
 
     def sums(self) -> tuple[float, float]:
